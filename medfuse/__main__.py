@@ -1,0 +1,5 @@
+"""``python -m medfuse`` runs the command line."""
+
+from medfuse.cli import main
+
+main()

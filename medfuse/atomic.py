@@ -1,0 +1,184 @@
+"""Safe outputs: checked before any work, written under temporary names, renamed when all are done.
+
+A command that writes several files (fused volume, overlay, preview, report) does so inside one
+:class:`OutputTransaction`: each file is written to a hidden temporary name in its target folder and
+all are renamed into place only when every one is complete. An exception, a write error or Ctrl-C
+removes the temporaries (and any folder the transaction created), so the user never finds a partial
+output, and an existing file is only replaced with ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from medfuse.console import warn
+from medfuse.errors import MedfuseError, OutputError
+
+VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+TEMP_MARKER = ".medfuse-tmp-"
+
+
+def full_suffix(path: str | Path) -> str:
+    """The lower-case extension, with ``.nii.gz`` (and other ``.gz``) kept whole."""
+    name = Path(path).name.lower()
+    if name.endswith(".gz"):
+        inner = Path(name[:-3]).suffix
+        return inner + ".gz" if inner else ".gz"
+    return Path(name).suffix
+
+
+def strip_suffix(path: str | Path) -> Path:
+    """``path`` without its full extension: ``out/fused.nii.gz`` -> ``out/fused``."""
+    path = Path(path)
+    suffix = full_suffix(path)
+    return path.with_name(path.name[: len(path.name) - len(suffix)]) if suffix else path
+
+
+def sibling(path: str | Path, tag: str, suffix: str | None = None) -> Path:
+    """A file beside ``path`` named ``<stem><tag><suffix>``; ``suffix`` defaults to ``path``'s."""
+    path = Path(path)
+    ext = full_suffix(path) if suffix is None else suffix
+    return strip_suffix(path).with_name(strip_suffix(path).name + tag + ext)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_output_path(
+    path: str | Path,
+    *,
+    allowed: Iterable[str] | None = None,
+    inputs: Iterable[str | Path] = (),
+    overwrite: bool = False,
+    is_dir: bool = False,
+    option: str = "-o",
+) -> Path:
+    """Refuse an output path before any work is done; return it as a :class:`Path`.
+
+    Refused: an extension not in ``allowed``; a path equal to (or inside, for folders) an input; a
+    path under an existing file; a missing folder whose parent is missing too; an existing output
+    without ``overwrite``; an existing folder where a file is wanted (and the reverse).
+    """
+    path = Path(path)
+    if allowed is not None and not is_dir:
+        allowed = tuple(allowed)
+        if full_suffix(path) not in allowed:
+            raise OutputError(
+                f"{path}: unknown output extension {full_suffix(path) or '(none)'!r} for {option}; "
+                f"use one of {', '.join(allowed)}."
+            )
+    for item in inputs:
+        item_path = Path(item)
+        if _same_file(path, item_path):
+            raise OutputError(f"{path}: the output path is one of the inputs; choose another {option}.")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"{path}: {parent} is a file, not a folder; choose another {option}.")
+    parent = path.parent
+    if not parent.exists() and not parent.parent.exists():
+        raise OutputError(f"{path}: the folder {parent.parent} does not exist; create it first.")
+    if path.exists():
+        if is_dir and not path.is_dir():
+            raise OutputError(f"{path}: a file of that name exists where a folder is wanted.")
+        if not is_dir and path.is_dir():
+            raise OutputError(f"{path}: a folder of that name exists where a file is wanted.")
+        if not overwrite and not (is_dir and not any(path.iterdir())):
+            raise OutputError(f"{path}: the output already exists; pass --overwrite to replace it.")
+    return path
+
+
+class OutputTransaction:
+    """A set of outputs that appear together or not at all."""
+
+    def __init__(self, overwrite: bool = False) -> None:
+        self.overwrite = overwrite
+        self._pending: list[tuple[Path, Path]] = []
+        self._created_dirs: list[Path] = []
+
+    def _ensure_folder(self, folder: Path) -> None:
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        for directory in reversed(missing):
+            try:
+                directory.mkdir()
+            except OSError as exc:
+                raise OutputError(f"{directory}: cannot create the output folder ({exc.strerror}).") from exc
+            self._created_dirs.append(directory)
+            warn(f"{directory}: the output folder did not exist and was created.")
+
+    def _temp_for(self, final: Path) -> Path:
+        suffix = full_suffix(final)
+        stem = final.name[: len(final.name) - len(suffix)] if suffix else final.name
+        return final.with_name(f".{stem}{TEMP_MARKER}{uuid.uuid4().hex[:8]}{suffix}")
+
+    def path_for(self, final: str | Path) -> Path:
+        """Register ``final`` and return the temporary path to write it to."""
+        final = Path(final)
+        if final.exists() and not self.overwrite:
+            raise OutputError(f"{final}: the output already exists; pass --overwrite to replace it.")
+        self._ensure_folder(final.parent)
+        temp = self._temp_for(final)
+        self._pending.append((temp, final))
+        return temp
+
+    def write(self, final: str | Path, writer: Callable[[Path], object]) -> Path:
+        """Call ``writer(temp_path)``; a failure of the writer becomes an :class:`OutputError`."""
+        final = Path(final)
+        temp = self.path_for(final)
+        try:
+            writer(temp)
+        except MedfuseError:
+            raise
+        except (OSError, RuntimeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1:] or ["write failed"]
+            reason = reason if isinstance(reason, str) else reason[0]
+            raise OutputError(f"{final}: could not be written ({reason}).") from exc
+        return final
+
+    def commit(self) -> None:
+        """Move every completed temporary into place."""
+        for temp, final in self._pending:
+            if final.is_dir() and temp.is_dir():
+                shutil.rmtree(final)
+            os.replace(temp, final)
+        self._pending.clear()
+        self._created_dirs.clear()
+
+    def rollback(self) -> None:
+        """Delete the temporaries and the folders this transaction created (when left empty)."""
+        for temp, _final in self._pending:
+            with contextlib.suppress(OSError):
+                if temp.is_dir():
+                    shutil.rmtree(temp)
+                else:
+                    temp.unlink(missing_ok=True)
+        self._pending.clear()
+        for directory in reversed(self._created_dirs):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        self._created_dirs.clear()
+
+
+@contextlib.contextmanager
+def output_transaction(overwrite: bool = False) -> Iterator[OutputTransaction]:
+    """Open a transaction; commit on success, roll back on any exception (Ctrl-C included)."""
+    transaction = OutputTransaction(overwrite=overwrite)
+    try:
+        yield transaction
+    except BaseException:
+        transaction.rollback()
+        raise
+    try:
+        transaction.commit()
+    except OSError as exc:
+        transaction.rollback()
+        raise OutputError(f"could not move the outputs into place ({exc.strerror}).") from exc

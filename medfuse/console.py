@@ -1,0 +1,96 @@
+"""Terminal output: one rich console on stderr, a quiet switch, warnings and progress bars.
+
+Everything medfuse says goes to stderr so that stdout stays clean for data (``info --json``,
+``evaluate``'s table when piped). ``--quiet`` silences progress and info, never errors.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+T = TypeVar("T")
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+_state = {"quiet": False}
+
+
+class MedfuseWarning(UserWarning):
+    """A recoverable problem with the inputs (NaN voxels replaced, folder created...)."""
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence progress and informational messages (warnings and errors still show)."""
+    _state["quiet"] = quiet
+
+
+def is_quiet() -> bool:
+    """Whether ``--quiet`` is in force."""
+    return _state["quiet"]
+
+
+def info(message: str) -> None:
+    """Print an informational line on stderr unless quiet."""
+    if not _state["quiet"]:
+        console.print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    """Raise a :class:`MedfuseWarning`; the CLI shows it as ``medfuse: warning: ...``.
+
+    Library users can filter or record it with the :mod:`warnings` machinery.
+    """
+    warnings.warn(message, MedfuseWarning, stacklevel=2)
+
+
+def show_warning(message: str) -> None:
+    """Print a warning line on stderr (used by the CLI's warning hook)."""
+    console.print(f"[yellow]medfuse: warning:[/yellow] {_escape(message)}")
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+def make_progress(transient: bool = False) -> Progress:
+    """A rich progress display on stderr (disabled when quiet or when stderr is no terminal)."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+        disable=_state["quiet"],
+    )
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate over ``items`` with a progress bar."""
+    with make_progress(transient=True) as progress:
+        yield from progress.track(items, total=total, description=description)
+
+
+@contextmanager
+def stage(description: str) -> Iterator[None]:
+    """Show a spinner while a pipeline stage runs."""
+    if _state["quiet"]:
+        yield
+        return
+    with console.status(description, spinner="dots"):
+        yield
