@@ -12,6 +12,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -88,6 +89,89 @@ def main_options(
     """medfuse: MRI/PET fusion from the command line."""
     _options["debug"] = debug
     set_quiet(quiet)
+
+
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output file (or folder).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
+MethodOpt = Annotated[
+    str, typer.Option("--method", help="net (the trained network) or laplacian (classical baseline).")
+]
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Network weights file (default: the bundled ones).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto = CUDA when present).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch and SimpleITK.")]
+
+
+# ---- fuse: 2-D branch owned by fusion2d.py, 3-D branch by pipeline.py -------------------------------
+@app.command()
+@handle_errors
+def fuse(
+    mri: Annotated[Path, typer.Argument(help="MRI: NIfTI/NRRD/MHA file, DICOM folder, 2-D image or image folder.")],
+    pet: Annotated[Path, typer.Argument(help="PET or SPECT, same kinds as MRI.")],
+    output: OutputOpt,
+    method: MethodOpt = "net",
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    register: Annotated[
+        str, typer.Option("--register", help="PET to MRI registration: rigid, affine or none.")
+    ] = "rigid",
+    transform: Annotated[
+        Path | None, typer.Option("--transform", help="Reuse this ITK transform (.tfm); skips registration.")
+    ] = None,
+    save_transform: Annotated[
+        Path | None, typer.Option("--save-transform", help="Write the PET-to-MRI transform (.tfm).")
+    ] = None,
+    frame: Annotated[str | None, typer.Option("--frame", help="For 4-D PET: frame index N or 'sum'.")] = None,
+    pet_window: Annotated[
+        tuple[float, float] | None,
+        typer.Option("--pet-window", help="PET display window LOW HIGH in image units (default: percentiles)."),
+    ] = None,
+    colormap: Annotated[str, typer.Option("--colormap", help="Colour map of the overlay.")] = "aanlib",
+    no_overlay: Annotated[bool, typer.Option("--no-overlay", help="Do not write the colour overlay.")] = False,
+    preview: Annotated[Path | None, typer.Option("--preview", help="Write a PNG mosaic of axial slices.")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write a JSON run report.")] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="auto (from the extension), nifti, nrrd, mha or dicom.")
+    ] = "auto",
+    suv: Annotated[bool, typer.Option("--suv", help="Convert DICOM PET to SUV (body weight).")] = False,
+    mri_series: Annotated[str | None, typer.Option("--mri-series", help="SeriesInstanceUID of the MRI.")] = None,
+    pet_series: Annotated[str | None, typer.Option("--pet-series", help="SeriesInstanceUID of the PET.")] = None,
+    allow_different_patients: Annotated[
+        bool, typer.Option("--allow-different-patients", help="Fuse even if PatientID differs.")
+    ] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Fuse an MRI with a PET: volumes (with registration) or 2-D images / folders of them."""
+    from medfuse import fusion2d
+    from medfuse.options import FuseOptions
+
+    options = FuseOptions(
+        method=method,  # type: ignore[arg-type]
+        weights=weights,
+        device=device,
+        threads=threads,
+        register=register,  # type: ignore[arg-type]
+        transform=transform,
+        save_transform=save_transform,
+        frame=frame,
+        pet_window=pet_window,
+        colormap=colormap,
+        overlay=not no_overlay,
+        preview=preview,
+        report=report,
+        overwrite=overwrite,
+        output_format=output_format,  # type: ignore[arg-type]
+        suv=suv,
+        mri_series=mri_series,
+        pet_series=pet_series,
+        allow_different_patients=allow_different_patients,
+    )
+    if fusion2d.is_2d_input(mri) or fusion2d.is_2d_input(pet):
+        fusion2d.fuse_2d(mri, pet, output, options)
+    else:
+        from medfuse.pipeline import fuse_files
+
+        fuse_files(mri, pet, output, options)
 
 
 def main() -> None:
