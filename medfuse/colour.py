@@ -3,11 +3,18 @@
 The network fuses luminance. A pseudo-colour PET is split into Y, Cb, Cr (ITU-R BT.601, full range,
 as JPEG uses), Y is fused with the MRI and RGB is rebuilt from the fused Y and the PET's own Cb/Cr,
 so the result keeps the PET's colours. All arrays here are float32 in [0, 1], channels last.
+
+Colour maps (``COLORMAPS``, ``apply_colormap``) turn windowed PET values into RGB; ``aanlib`` is the
+map of the training PET, fitted from those images by ``fit_colormap_from_folder``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from medfuse.errors import UnreadableInputError, UsageError
 
 # BT.601 full-range matrices (Y in [0, 1], Cb/Cr centred on 0.5).
 _RGB_TO_YCBCR = np.array(
@@ -51,3 +58,209 @@ def is_grey(image: np.ndarray, tolerance: float = 1.0 / 255.0) -> bool:
         spread = (rgb.max(axis=-1) - rgb.min(axis=-1)) / scale
         return bool(spread.max(initial=0.0) <= tolerance)
     return False
+
+
+# ---- colour maps ---------------------------------------------------------------------------------------
+# A map is a list of control points (value, R, G, B) with values rising from 0 to 1; the 256-entry
+# lookup table interpolates linearly between them.
+ControlPoints = tuple[tuple[float, float, float, float], ...]
+
+# The pseudo-colour map of the Harvard Whole Brain Atlas (AANLIB) FDG-PET slices the network is trained
+# on, as returned by ``fit_colormap_from_folder("../shared/data/harvard/PET-MRI/PET")`` (rounded).
+# The atlas uses a 128-entry table; these six points reproduce all 128 colours within 2/255.
+AANLIB_POINTS: ControlPoints = (
+    (0.0, 0.0, 0.0, 0.0),
+    (0.1181, 0.0, 0.0, 0.4824),
+    (0.2441, 0.0, 0.3333, 1.0),
+    (0.4961, 1.0, 1.0, 0.0),
+    (0.748, 1.0, 0.0, 0.0),
+    (1.0, 1.0, 0.0, 1.0),
+)
+# Classic "hot": black -> red -> yellow -> white.
+_HOT_POINTS: ControlPoints = (
+    (0.0, 0.0, 0.0, 0.0),
+    (0.4, 1.0, 0.0, 0.0),
+    (0.8, 1.0, 1.0, 0.0),
+    (1.0, 1.0, 1.0, 1.0),
+)
+# "fire": black -> deep violet -> crimson -> orange -> pale yellow; darker lows than "hot".
+_FIRE_POINTS: ControlPoints = (
+    (0.0, 0.0, 0.0, 0.0),
+    (0.25, 0.3, 0.0, 0.45),
+    (0.5, 0.85, 0.1, 0.25),
+    (0.75, 1.0, 0.55, 0.0),
+    (1.0, 1.0, 1.0, 0.75),
+)
+_GREY_POINTS: ControlPoints = ((0.0, 0.0, 0.0, 0.0), (1.0, 1.0, 1.0, 1.0))
+
+LUT_SIZE = 256
+
+
+def lut_from_points(points: ControlPoints, size: int = LUT_SIZE) -> np.ndarray:
+    """Sample a piecewise-linear map given by control points (value, R, G, B) at ``size`` even steps."""
+    table = np.asarray(points, dtype=np.float64)
+    values = np.linspace(0.0, 1.0, size)
+    rgb = [np.interp(values, table[:, 0], table[:, channel]) for channel in (1, 2, 3)]
+    return np.clip(np.stack(rgb, axis=-1), 0.0, 1.0).astype(np.float32)
+
+
+COLORMAPS: dict[str, np.ndarray] = {
+    "aanlib": lut_from_points(AANLIB_POINTS),
+    "hot": lut_from_points(_HOT_POINTS),
+    "fire": lut_from_points(_FIRE_POINTS),
+    "grey": lut_from_points(_GREY_POINTS),
+}
+"""Colour-map name -> (256, 3) float32 lookup table in [0, 1], index 0 for value 0, 255 for value 1.
+
+``aanlib`` is the map of the training PET (black -> blue -> cyan-green -> yellow -> red -> magenta for
+rising uptake). The volume pipeline feeds the network ``Y = 0.299 R + 0.587 G + 0.114 B`` of this map,
+which is *not* monotonic in uptake: Y(0) = 0, Y(0.12) = 0.06 (dark blue), Y(0.24) = 0.31, Y(0.37) = 0.60,
+Y(0.50) = 0.88 (yellow, the brightest), then falls to Y(0.75) = 0.30 (red) and Y(1) = 0.41 (magenta).
+Hence the network sees the hottest spots darker than the warm rim, exactly as in its training slices.
+"""
+
+
+def colormap_lut(name: str) -> np.ndarray:
+    """The lookup table of colour map ``name``; an unknown name is a :class:`UsageError` for --colormap."""
+    try:
+        return COLORMAPS[name]
+    except KeyError:
+        raise UsageError(
+            f"--colormap {name!r} is not a known colour map; use one of {', '.join(sorted(COLORMAPS))}."
+        ) from None
+
+
+def apply_colormap(values: np.ndarray, name: str) -> np.ndarray:
+    """Map values in [0, 1] (clipped; NaN counts as 0) to float32 RGB (..., 3) by linear interpolation."""
+    lut = colormap_lut(name)
+    position = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
+    position = np.clip(position, 0.0, 1.0) * np.float32(LUT_SIZE - 1)
+    lower = np.minimum(position.astype(np.intp), LUT_SIZE - 2)
+    fraction = (position - lower)[..., None]
+    return (lut[lower] * (1.0 - fraction) + lut[lower + 1] * fraction).astype(np.float32)
+
+
+# ---- fitting a pseudo-colour map from images -------------------------------------------------------------
+def _cheapest_insertion(path: np.ndarray, point: np.ndarray) -> tuple[int, float]:
+    """Where inserting ``point`` into ``path`` (after its fixed first point) adds least length, and how much."""
+    to_point = np.linalg.norm(path - point, axis=1)
+    detours = to_point[:-1] + to_point[1:] - np.linalg.norm(np.diff(path, axis=0), axis=1)
+    best = int(np.argmin(detours)) if len(detours) else 0
+    if not len(detours) or to_point[-1] <= detours[best]:
+        return len(path), float(to_point[-1])
+    return best + 1, float(detours[best])
+
+
+def order_colours_along_curve(colours: np.ndarray, max_step: float = 0.1) -> np.ndarray:
+    """Order distinct colours (n, 3) in [0, 1] along the 1-D curve they lie on, starting at the darkest.
+
+    A pseudo-colour table is a curve through RGB space whose neighbouring entries are a few levels
+    apart. Chain each next colour as the closest unvisited one while it is within ``max_step``, insert
+    the colours left over where they lengthen the path least, then move single colours to cheaper places
+    until the path stops shrinking (this repairs the zig-zags greedy chaining makes at sharp corners).
+    A step longer than ``max_step`` in the final order means the colours do not form one curve.
+    """
+    points = np.asarray(colours, dtype=np.float64)
+    order = [int(np.argmin(points.sum(axis=1)))]
+    unvisited = set(range(len(points))) - set(order)
+    while unvisited:
+        candidates = np.array(sorted(unvisited))
+        distances = np.linalg.norm(points[candidates] - points[order[-1]], axis=1)
+        if distances.min() > max_step:
+            break
+        order.append(int(candidates[np.argmin(distances)]))
+        unvisited.discard(order[-1])
+    for leftover in sorted(unvisited):
+        order.insert(_cheapest_insertion(points[order], points[leftover])[0], leftover)
+    improved = True
+    while improved:
+        improved = False
+        for position in range(1, len(order)):
+            moved = order.pop(position)
+            path = points[order]
+            saved = np.linalg.norm(points[moved] - path[position - 1])
+            if position < len(order):
+                saved += np.linalg.norm(points[moved] - path[position]) - np.linalg.norm(
+                    path[position] - path[position - 1]
+                )
+            target, cost = _cheapest_insertion(path, points[moved])
+            if cost < saved - 1e-9:
+                order.insert(target, moved)
+                improved = True
+            else:
+                order.insert(position, moved)
+    steps = np.linalg.norm(np.diff(points[order], axis=0), axis=1)
+    if len(steps) and steps.max() > max_step:
+        worst = int(np.argmax(steps))
+        raise ValueError(
+            f"the colours do not lie on one curve: a step of {steps[worst]:.3f} follows "
+            f"{np.round(points[order[worst]] * 255).astype(int).tolist()}"
+        )
+    return points[order]
+
+
+def simplify_curve(curve: np.ndarray, tolerance: float) -> list[int]:
+    """Indices of the fewest points whose linear interpolation keeps every colour within ``tolerance``.
+
+    Ramer-Douglas-Peucker on a curve sampled at even steps of the value: the error of an interior point is
+    its distance from the straight line between the kept neighbours, evaluated at the same value.
+    """
+    keep = {0, len(curve) - 1}
+    spans = [(0, len(curve) - 1)]
+    while spans:
+        first, last = spans.pop()
+        if last - first < 2:
+            continue
+        fractions = (np.arange(first + 1, last) - first) / (last - first)
+        line = curve[first] + fractions[:, None] * (curve[last] - curve[first])
+        errors = np.linalg.norm(curve[first + 1 : last] - line, axis=1)
+        worst = int(np.argmax(errors))
+        if errors[worst] > tolerance:
+            split = first + 1 + worst
+            keep.add(split)
+            spans += [(first, split), (split, last)]
+    return sorted(keep)
+
+
+def distinct_colours(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct RGB colours (n, 3) uint8 of 8-bit ``images`` and how many pixels have each."""
+    pixels = np.concatenate([np.asarray(image, dtype=np.uint8)[..., :3].reshape(-1, 3) for image in images])
+    packed = (pixels[:, 0].astype(np.uint32) << 16) | (pixels[:, 1].astype(np.uint32) << 8) | pixels[:, 2]
+    codes, counts = np.unique(packed, return_counts=True)
+    colours = np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=1).astype(np.uint8)
+    return colours, counts
+
+
+def fit_colormap_control_points(images: list[np.ndarray], tolerance: float = 2.0 / 255.0) -> ControlPoints:
+    """Fit control points (value, R, G, B) of the pseudo-colour map used by 8-bit RGB ``images``.
+
+    The distinct colours are ordered along their curve (:func:`order_colours_along_curve`); the k-th of
+    n colours stands for value k / (n - 1), since the table of a pseudo-colour map is even in value; the
+    curve is then reduced to the control points needed to stay within ``tolerance``.
+    """
+    colours, _counts = distinct_colours(images)
+    curve = order_colours_along_curve(colours / 255.0)
+    values = np.linspace(0.0, 1.0, len(curve))
+    kept = simplify_curve(curve, tolerance)
+    return tuple(
+        (round(float(values[i]), 4), *(round(float(c), 4) for c in curve[i]))  # type: ignore[misc]
+        for i in kept
+    )
+
+
+def fit_colormap_from_folder(folder: str | Path) -> ControlPoints:
+    """Fit the pseudo-colour map of every PNG in ``folder``; this produced ``AANLIB_POINTS``.
+
+    Rerun: ``python -c "from medfuse.colour import fit_colormap_from_folder as f;
+    print(f('../shared/data/harvard/PET-MRI/PET'))"``.
+    """
+    from PIL import Image
+
+    paths = sorted(Path(folder).glob("*.png"))
+    if not paths:
+        raise UnreadableInputError(f"{folder}: no PNG images to fit a colour map from; give a folder of PET PNGs.")
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            images.append(np.asarray(image.convert("RGB")))
+    return fit_colormap_control_points(images)
