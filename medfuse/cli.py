@@ -174,6 +174,53 @@ def fuse(
         fuse_files(mri, pet, output, options)
 
 
+# ---- preview: owned by preview.py ----------------------------------------------------------------------
+@app.command()
+@handle_errors
+def preview(
+    volume: Annotated[Path, typer.Argument(help="Volume or 2-D image (NIfTI/NRRD/MHA/PNG file or DICOM folder).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")],
+    mode: Annotated[str, typer.Option("--mode", help="mosaic, slice, triplanar or mip.")] = "mosaic",
+    slice_index: Annotated[
+        int | None, typer.Option("--slice", help="Axial slice index (the file's own index; slice/triplanar).")
+    ] = None,
+    at: Annotated[
+        tuple[float, float, float] | None,
+        typer.Option("--at", help="Point X Y Z in mm, LPS patient coordinates (slice/triplanar)."),
+    ] = None,
+    pet: Annotated[Path | None, typer.Option("--pet", help="PET drawn in colour over a grey volume.")] = None,
+    colorbar: Annotated[bool, typer.Option("--colorbar", help="Add a colour bar with values and units.")] = False,
+    units: Annotated[str | None, typer.Option("--units", help="Colour-bar units (default: from DICOM).")] = None,
+    colormap: Annotated[str, typer.Option("--colormap", help="Colour map of the PET overlay.")] = "hot",
+    suv: Annotated[
+        bool, typer.Option("--suv", help="Show a DICOM PET in SUV (the --pet folder, else VOLUME).")
+    ] = False,
+    neurological: Annotated[
+        bool, typer.Option("--neurological", help="Patient's right on the right (default: radiological).")
+    ] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Write a PNG preview: a mosaic, one slice, three planes or projections, with an optional PET overlay."""
+    from medfuse.console import info
+    from medfuse.preview import preview_file
+
+    written = preview_file(
+        volume,
+        output,
+        mode=mode,  # type: ignore[arg-type]
+        pet=pet,
+        slice_index=slice_index,
+        at=at,
+        colorbar=colorbar,
+        units=units,
+        colormap=colormap,
+        suv=suv,
+        convention="neurological" if neurological else "radiological",
+        overwrite=overwrite,
+    )
+    info(f"Preview written to {written}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
