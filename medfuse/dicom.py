@@ -760,6 +760,12 @@ _SUV_TAGS = {
 }
 
 
+def _absent(dataset: Dataset, keyword: str) -> bool:
+    """Whether ``keyword`` is missing or empty (a present zero is not absent: it is refused as a value)."""
+    value = dataset.get(keyword)
+    return value is None or (isinstance(value, str | list | MultiValue | pydicom.Sequence) and len(value) == 0)
+
+
 def _missing(path: Path, names: list[str]) -> InvalidInputError:
     listed = ", ".join(f"{name} {_SUV_TAGS.get(name, '')}".strip() for name in names)
     return InvalidInputError(
@@ -801,16 +807,16 @@ def suv_factors(series: SeriesInfo, slices: list[SliceRecord]) -> tuple[np.ndarr
             f"{path}: cannot compute SUV from PET in Units {units}; medfuse needs BQML, GML or Philips CNTS, "
             "so export the PET in Bq/ml or omit --suv."
         )
-    missing = [kw for kw in ("CorrectedImage", "DecayCorrection", "PatientWeight") if not header.get(kw)]
+    missing = [kw for kw in ("CorrectedImage", "DecayCorrection", "PatientWeight") if _absent(header, kw)]
     isotope = _first_item(header, "RadiopharmaceuticalInformationSequence")
     if isotope is None:
         missing.append("RadiopharmaceuticalInformationSequence")
         isotope = Dataset()
     else:
-        missing += [kw for kw in ("RadionuclideTotalDose", "RadionuclideHalfLife") if not isotope.get(kw)]
-        if not isotope.get("RadiopharmaceuticalStartDateTime") and not isotope.get("RadiopharmaceuticalStartTime"):
+        missing += [kw for kw in ("RadionuclideTotalDose", "RadionuclideHalfLife") if _absent(isotope, kw)]
+        if _absent(isotope, "RadiopharmaceuticalStartDateTime") and _absent(isotope, "RadiopharmaceuticalStartTime"):
             missing.append("RadiopharmaceuticalStartTime")
-    missing += [kw for kw in ("SeriesDate", "SeriesTime") if not header.get(kw)]
+    missing += [kw for kw in ("SeriesDate", "SeriesTime") if _absent(header, kw)]
     if missing:
         raise _missing(path, missing)
     corrected = {str(v).upper() for v in header.CorrectedImage}

@@ -119,8 +119,8 @@ def pet_suv_tags(
     """
     isotope: dict[str, Any] = {
         "Radiopharmaceutical": "Fluorodeoxyglucose",
-        "RadionuclideTotalDose": format_number_as_ds(dose_bq),
-        "RadionuclideHalfLife": format_number_as_ds(half_life_s),
+        "RadionuclideTotalDose": format_number_as_ds(float(dose_bq)),
+        "RadionuclideHalfLife": format_number_as_ds(float(half_life_s)),
     }
     if injection_time is not None:
         isotope["RadiopharmaceuticalStartTime"] = injection_time
@@ -130,7 +130,7 @@ def pet_suv_tags(
         "Units": units,
         "CorrectedImage": list(corrected),
         "DecayCorrection": decay_correction,
-        "PatientWeight": format_number_as_ds(weight_kg),
+        "PatientWeight": format_number_as_ds(float(weight_kg)),
         "SeriesDate": series_date,
         "SeriesTime": series_time,
         "AcquisitionDate": series_date,
