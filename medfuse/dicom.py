@@ -33,7 +33,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DA, DT, TM, format_number_as_ds
 
 from medfuse import __version__
@@ -60,6 +60,7 @@ _ORIENTATION_TOLERANCE = 1e-4
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 _DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ".dc3"}
+_FIRST_GROUPS = {0x0002, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028}
 _PHILIPS_SUV_SCALE = (0x7053, 0x1000)
 _GE_SCAN_DATETIME = (0x0009, 0x100D)
 _PATIENT_STUDY_KEYWORDS = (
@@ -159,11 +160,12 @@ class _Stack:
     spacing: tuple[float, float, float]
 
 
-def _quiet_dcmread(path: Path, **kwargs: Any) -> Dataset:
-    """``pydicom.dcmread`` without pydicom's own warnings about non-conformant values."""
+def _quiet_dcmread(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
+    """``pydicom.dcmread`` of a file already recognised as DICOM (preamble or not), without pydicom's
+    own warnings about non-conformant values."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return pydicom.dcmread(path, **kwargs)
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
 
 
 def _read_header(path: Path) -> Dataset | None:
@@ -176,13 +178,13 @@ def _read_header(path: Path) -> Dataset | None:
             f"{path}: cannot be read ({exc.strerror}); check that it exists and is readable."
         ) from exc
     has_preamble = head[128:132] == b"DICM"
-    # A few old exports omit the 128-byte preamble; such files start with group 0002 or 0008.
-    looks_raw = head[:2] in (b"\x02\x00", b"\x08\x00")
+    # Some exports omit the 128-byte preamble: such files start with a tag of an early group.
+    looks_raw = len(head) >= 8 and int.from_bytes(head[:2], "little") in _FIRST_GROUPS
     claims_dicom = has_preamble or path.suffix.lower() in _DICOM_SUFFIXES
     if not (has_preamble or looks_raw or claims_dicom):
         return None
     try:
-        dataset = _quiet_dcmread(path, stop_before_pixels=True, force=not has_preamble)
+        dataset = _quiet_dcmread(path, stop_before_pixels=True)
         series_uid = str(dataset.get("SeriesInstanceUID", ""))
     except Exception as exc:
         if not claims_dicom:
@@ -361,9 +363,9 @@ def _is_localizer(image_type: tuple[str, ...], description: str, records: list[S
 def list_series(folder: str | Path, *, recursive: bool = True) -> list[SeriesInfo]:
     """Describe every image series under ``folder`` (headers only), largest first.
 
-    Files that are not DICOM are skipped; a file that claims to be DICOM (preamble or ``.dcm``) but
-    cannot be parsed raises :class:`UnreadableInputError` naming it. Returns ``[]`` when the folder
-    holds no DICOM images.
+    Files that are not DICOM are skipped, and so (with a warning) are copies of an instance already
+    seen; a file that claims to be DICOM (preamble or ``.dcm``) but cannot be parsed raises
+    :class:`UnreadableInputError` naming it. Returns ``[]`` when the folder holds no DICOM images.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -371,10 +373,17 @@ def list_series(folder: str | Path, *, recursive: bool = True) -> list[SeriesInf
     headers: dict[str, Dataset] = {}
     records: dict[str, list[SliceRecord]] = {}
     paths: dict[str, list[Path]] = {}
+    instances: dict[str, Path] = {}
     for path in _dicom_files(folder, recursive):
         dataset = _read_header(path)
         if dataset is None or "Rows" not in dataset:  # not DICOM, or no image (SR, PR, KO...)
             continue
+        instance = str(dataset.get("SOPInstanceUID", "") or "")
+        if instance in instances:
+            warn(f"{path}: is a copy of {instances[instance]} (same SOPInstanceUID) and was ignored.")
+            continue
+        if instance:
+            instances[instance] = path
         uid = str(dataset.SeriesInstanceUID)
         headers.setdefault(uid, dataset)
         records.setdefault(uid, []).extend(_slice_records(path, dataset))
@@ -589,7 +598,10 @@ def _decode(path: Path) -> np.ndarray:
         ) from exc
     if "PixelData" not in dataset and "FloatPixelData" not in dataset:
         raise UnreadableInputError(f"{path}: holds no pixel data; export the series again with its images.")
-    syntax = dataset.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+    if "TransferSyntaxUID" not in dataset.file_meta:  # a file without meta header: as parsed
+        implicit = dataset.original_encoding[0]
+        dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    syntax = pydicom.uid.UID(dataset.file_meta.TransferSyntaxUID)
     try:
         plugin = _decoding_plugin(syntax)
         if plugin:
@@ -598,8 +610,12 @@ def _decode(path: Path) -> np.ndarray:
             warnings.simplefilter("ignore")
             return np.asarray(dataset.pixel_array)
     except Exception as exc:
+        if not syntax.is_compressed:
+            raise UnreadableInputError(
+                f"{path}: its pixel data is truncated or corrupt ({_reason(exc)}); export the series again."
+            ) from exc
         raise UnreadableInputError(
-            f"{path}: its pixel data ({getattr(syntax, 'name', syntax)}) cannot be decoded ({_reason(exc)}); "
+            f"{path}: its pixel data ({syntax.name}) cannot be decoded ({_reason(exc)}); "
             "export the series again, uncompressed, or reinstall medfuse with its DICOM decoders."
         ) from exc
 

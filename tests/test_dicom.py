@@ -291,3 +291,35 @@ def test_different_patients_refused_unless_allowed(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         dicom.check_same_patient(mri.info, None, allow=False)  # a NIfTI PET has no PatientID to compare
         dicom.check_same_patient(mri.info, dicom.read_dicom_series(tmp_path / "study", role="PET").info, allow=False)
+
+
+def test_copies_of_an_instance_are_ignored_with_a_warning(tmp_path: Path) -> None:
+    built = make_series(tmp_path / "mr", phantom((4, 5, 5)))
+    copy = tmp_path / "mr" / "zz_copy.dcm"
+    copy.write_bytes(built.paths[0].read_bytes())
+    with pytest.warns(MedfuseWarning, match=r"zz_copy\.dcm: is a copy of .* \(same SOPInstanceUID\) and was ignored"):
+        volume = dicom.read_dicom_series(tmp_path / "mr", role="MRI")
+    np.testing.assert_allclose(sitk.GetArrayFromImage(volume.image), built.values, rtol=1e-6)
+
+
+def test_files_without_preamble_or_extension_are_read(tmp_path: Path) -> None:
+    built = make_series(tmp_path / "mr", phantom((4, 5, 5)), suffix="")
+    for path in built.paths:  # an old export: no 128-byte preamble, no file meta, no extension
+        dataset = pydicom.dcmread(path)
+        dataset.preamble = None
+        del dataset.file_meta
+        dataset.save_as(path, enforce_file_format=False)
+        assert path.read_bytes()[128:132] != b"DICM"
+    volume = dicom.read_dicom_series(tmp_path / "mr", role="MRI")
+    np.testing.assert_allclose(sitk.GetArrayFromImage(volume.image), built.values, rtol=1e-6)
+
+
+def test_truncated_pixel_data_is_named(tmp_path: Path) -> None:
+    built = make_series(tmp_path / "pt", phantom((4, 8, 8), kind="pet"), modality="PT")
+    data = built.paths[1].read_bytes()
+    built.paths[1].write_bytes(data[: len(data) - 40])
+    with pytest.raises(UnreadableInputError) as caught:
+        dicom.read_dicom_series(tmp_path / "pt", role="PET")
+    message = str(caught.value)
+    assert message.startswith(f"{built.paths[1]}: its pixel data is truncated or corrupt (")
+    assert message.endswith("; export the series again.")
