@@ -221,6 +221,87 @@ def preview(
     info(f"Preview written to {written}")
 
 
+# ---- batch: owned by batch.py --------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def batch(
+    input_dir: Annotated[
+        Path | None, typer.Argument(help="Folder with one subfolder per case (one MRI and one PET each).")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (one subfolder per case).")] = ...,  # type: ignore[assignment]
+    pairs: Annotated[
+        Path | None, typer.Option("--pairs", help="CSV with columns case, mri, pet (instead of INPUT_DIR).")
+    ] = None,
+    mri_glob: Annotated[
+        list[str] | None, typer.Option("--mri-glob", help="MRI file/folder name pattern (repeatable; mri*, t1*).")
+    ] = None,
+    pet_glob: Annotated[
+        list[str] | None, typer.Option("--pet-glob", help="PET file/folder name pattern (repeatable; pet*).")
+    ] = None,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Skip cases whose outputs are all there (resume).")
+    ] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Cases fused in parallel processes.")] = 1,
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT of its scheduler.")
+    ] = None,
+    method: MethodOpt = "net",
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="CPU threads per case (default: CPUs / workers).")
+    ] = None,
+    register: Annotated[
+        str, typer.Option("--register", help="PET to MRI registration: rigid, affine or none.")
+    ] = "rigid",
+    frame: Annotated[str | None, typer.Option("--frame", help="For 4-D PET: frame index N or 'sum'.")] = None,
+    pet_window: Annotated[
+        tuple[float, float] | None,
+        typer.Option("--pet-window", help="PET display window LOW HIGH in image units (default: percentiles)."),
+    ] = None,
+    colormap: Annotated[str, typer.Option("--colormap", help="Colour map of the overlay.")] = "aanlib",
+    no_overlay: Annotated[bool, typer.Option("--no-overlay", help="Do not write the colour overlay.")] = False,
+    suv: Annotated[bool, typer.Option("--suv", help="Convert DICOM PET to SUV (body weight).")] = False,
+    allow_different_patients: Annotated[
+        bool, typer.Option("--allow-different-patients", help="Fuse even if PatientID differs.")
+    ] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Fuse every case of a folder of studies (or of a pairs CSV); writes OUTPUT/<case>/ and OUTPUT/summary.csv."""
+    from medfuse.batch import DEFAULT_MRI_GLOBS, DEFAULT_PET_GLOBS, print_summary, run_batch
+    from medfuse.errors import ProcessingError
+    from medfuse.options import FuseOptions
+
+    options = FuseOptions(
+        method=method,  # type: ignore[arg-type]
+        weights=weights,
+        device=device,
+        threads=threads,
+        register=register,  # type: ignore[arg-type]
+        frame=frame,
+        pet_window=pet_window,
+        colormap=colormap,
+        overlay=not no_overlay,
+        overwrite=overwrite,
+        suv=suv,
+        allow_different_patients=allow_different_patients,
+    )
+    result = run_batch(
+        input_dir,
+        output,
+        options,
+        pairs=pairs,
+        mri_globs=mri_glob or DEFAULT_MRI_GLOBS,
+        pet_globs=pet_glob or DEFAULT_PET_GLOBS,
+        skip_existing=skip_existing,
+        workers=workers,
+        scheduler=scheduler,
+    )
+    print_summary(result)
+    if result.failed:
+        raise ProcessingError(f"{len(result.failed)} of {len(result.cases)} cases failed; see {result.summary}.")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
