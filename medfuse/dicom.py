@@ -344,9 +344,10 @@ def _slice_records(path: Path, dataset: Dataset) -> list[SliceRecord]:
 
 
 def _dicom_files(folder: Path, recursive: bool) -> Iterator[Path]:
+    """Candidate files in name order, skipping hidden files and folders (and medfuse's temporaries)."""
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     for path in sorted(candidates):
-        if path.is_file() and not path.name.startswith("."):
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts):
             yield path
 
 
@@ -735,9 +736,8 @@ def read_dicom_series(
     if suv:
         factors, suv_details = suv_factors(chosen, stack.slices)
         units = "SUVbw"
-    volume = _real_world(stack, folder, factors)
-    image = _to_image(volume, stack)
     say(f"{role}: series {chosen.label()} from {folder}: {reason}.")
+    image = _to_image(_real_world(stack, folder, factors), stack)
     reference = _quiet_dcmread(stack.slices[0].path, stop_before_pixels=True)
     return DicomVolume(
         image=image,
