@@ -13,7 +13,7 @@ from dicom_factory import make_series, phantom
 from medfuse import dicom
 from medfuse.atomic import output_transaction
 from medfuse.console import MedfuseWarning
-from medfuse.errors import OutputError
+from medfuse.errors import InvalidInputError, OutputError
 
 OBLIQUE = sitk.Euler3DTransform((0, 0, 0), -0.1, 0.25, 0.4).GetMatrix()
 
@@ -188,3 +188,12 @@ def test_float_rgb_in_unit_range_is_scaled_to_8_bit(tmp_path: Path, mri: dicom.D
     back = read_back(dicom.write_dicom_series(colour, tmp_path / "c", reference=None, description="c", rgb=True))
     expected = np.rint(sitk.GetArrayFromImage(colour) * 255)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), expected)
+
+
+def test_an_exported_overlay_is_not_taken_as_a_grey_input(tmp_path: Path, mri: dicom.DicomVolume) -> None:
+    out = dicom.write_dicom_series(
+        overlay_like(mri.image), tmp_path / "o", reference=mri.info, description="o", rgb=True
+    )
+    uid = str(pydicom.dcmread(next(out.iterdir())).SeriesInstanceUID)
+    with pytest.raises(InvalidInputError, match=r"series .* holds colour pixels \(RGB\), not grey values"):
+        dicom.read_dicom_series(out, role="PET", series_uid=uid)
