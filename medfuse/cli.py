@@ -302,6 +302,28 @@ def batch(
         raise ProcessingError(f"{len(result.failed)} of {len(result.cases)} cases failed; see {result.summary}.")
 
 
+# ---- evaluate: owned by metrics.py ---------------------------------------------------------------------
+@app.command()
+@handle_errors
+def evaluate(
+    fused: Annotated[Path, typer.Option("--fused", help="Folder of fused images.")],
+    mri: Annotated[Path, typer.Option("--mri", help="Folder of the MRI images (same file names).")],
+    pet: Annotated[Path, typer.Option("--pet", help="Folder of the PET or SPECT images (same file names).")],
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write per-image and mean metrics to this JSON file.")
+    ] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Score fused images against their sources: EN, SD, SF, MI, SCD, VIF, Qabf, SSIM (means, CDDFuse conventions)."""
+    from rich.console import Console
+
+    from medfuse.metrics import metrics_table, run_evaluation
+
+    evaluation = run_evaluation(fused, mri, pet, json_path=json_path, overwrite=overwrite)
+    title = f"{len(evaluation.per_image)} pairs (colour images scored on their luminance)"
+    Console().print(metrics_table({fused.name or str(fused): evaluation.means}, title=title))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

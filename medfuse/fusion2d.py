@@ -1,0 +1,337 @@
+"""2-D fusion of image files (PNG, JPEG, TIFF) and of folders of them, the layout fusion benchmarks use.
+
+``medfuse fuse mri.png pet.png -o fused.png`` and ``medfuse fuse MRI_DIR PET_DIR -o OUT_DIR`` land here.
+The MRI must be grey (an RGB file with R = G = B counts as grey); the PET/SPECT may be grey or a
+pseudo-colour RGB. A colour PET goes through YCbCr: its luminance Y is fused with the MRI and RGB is
+rebuilt with the PET's own Cb/Cr, so the output keeps the PET's colours; a grey PET gives a grey output.
+Outputs are 8-bit, of the input size, in the format their extension names, written atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from medfuse import colour
+from medfuse.atomic import IMAGE_EXTENSIONS, check_output_path, output_transaction
+from medfuse.console import make_progress, warn
+from medfuse.errors import InvalidInputError, UnreadableInputError, UsageError
+from medfuse.options import FuseOptions
+
+FileKind = Literal["image", "dicom"]
+
+
+class Fuser(Protocol):
+    """What fusion needs of a fuser (docs/ARCHITECTURE.md): fused luminance of (H, W) or (N, H, W) arrays."""
+
+    method: str
+
+    def fuse(self, mri: np.ndarray, pet: np.ndarray) -> np.ndarray: ...
+
+
+_IMAGE_MAGIC = (
+    b"\x89PNG\r\n\x1a\n",  # PNG
+    b"\xff\xd8\xff",  # JPEG
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
+    b"II+\x00",  # BigTIFF, little-endian
+    b"MM\x00+",  # BigTIFF, big-endian
+)
+# DICOM: "DICM" after a 128-byte preamble; a few old exports omit the preamble and start with group 0002/0008.
+_DICOM_OFFSET = 128
+_RAW_DICOM_STARTS = (b"\x02\x00", b"\x08\x00")
+_JPEG_QUALITY = 95
+# Options that steer the volume pipeline only, with the flag that sets each.
+_VOLUME_ONLY_FLAGS = {
+    "register": "--register",
+    "transform": "--transform",
+    "save_transform": "--save-transform",
+    "frame": "--frame",
+    "pet_window": "--pet-window",
+    "colormap": "--colormap",
+    "overlay": "--no-overlay",
+    "preview": "--preview",
+    "report": "--report",
+    "output_format": "--format",
+    "suv": "--suv",
+    "mri_series": "--mri-series",
+    "pet_series": "--pet-series",
+    "allow_different_patients": "--allow-different-patients",
+}
+
+
+# ---- recognising 2-D inputs ---------------------------------------------------------------------------------
+def sniff(path: Path) -> FileKind | None:
+    """``"image"`` (PNG/JPEG/TIFF) or ``"dicom"`` from the first bytes of ``path``; ``None`` for anything else."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(_DICOM_OFFSET + 4)
+    except OSError:
+        return None
+    if head.startswith(_IMAGE_MAGIC):
+        return "image"
+    if head[_DICOM_OFFSET:] == b"DICM" or path.suffix.lower() == ".dcm" or head[:2] in _RAW_DICOM_STARTS:
+        return "dicom"
+    return None
+
+
+def _folder_files(folder: Path) -> dict[FileKind, list[Path]]:
+    """The visible files directly in ``folder``, sorted into images and DICOM by content."""
+    kinds: dict[FileKind, list[Path]] = {"image": [], "dicom": []}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            kind = sniff(path)
+            if kind is not None:
+                kinds[kind].append(path)
+    return kinds
+
+
+def list_image_files(folder: str | Path) -> list[Path]:
+    """The PNG/JPEG/TIFF files directly in ``folder`` (by content), sorted; a mix with DICOM is refused."""
+    folder = Path(folder)
+    kinds = _folder_files(folder)
+    if kinds["image"] and kinds["dicom"]:
+        raise InvalidInputError(
+            f"{folder}: holds both 2-D images ({kinds['image'][0].name}) and DICOM files "
+            f"({kinds['dicom'][0].name}); keep one kind per folder."
+        )
+    return kinds["image"]
+
+
+def is_2d_input(path: str | Path) -> bool:
+    """True for a PNG/JPEG/TIFF file (by content, or by extension when unreadable) or a folder of them."""
+    path = Path(path)
+    if path.is_dir():
+        return bool(list_image_files(path))
+    return sniff(path) == "image" or path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+# ---- reading and writing ------------------------------------------------------------------------------------
+def read_image(path: str | Path) -> np.ndarray:
+    """Read a 2-D image as float32 in [0, 1]: (H, W) for grey, (H, W, 3) for colour; alpha is dropped.
+
+    8-bit images are divided by 255. Images with more bits (16-bit PNG/TIFF, float TIFF) are divided by
+    their own maximum, so that 12-bit data stored in 16 bits spans the full range; negatives become 0.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableInputError(f"{path}: the image does not exist; check the path.")
+    try:
+        with Image.open(path) as image:
+            if getattr(image, "n_frames", 1) > 1:
+                raise InvalidInputError(
+                    f"{path}: holds {image.n_frames} pages; save one 2-D slice per file (or fuse a volume)."
+                )
+            array = _pixels(image)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnreadableInputError(f"{path}: cannot be decoded as an image ({reason}); check the file.") from exc
+    if array.ndim not in (2, 3):
+        raise InvalidInputError(f"{path}: is not a 2-D image (shape {array.shape}); give a grey or RGB image.")
+    return array
+
+
+def _pixels(image: object) -> np.ndarray:
+    """Pixel values of an open PIL image as float32 [0, 1], grey (H, W) or RGB (H, W, 3)."""
+    from PIL import Image
+
+    assert isinstance(image, Image.Image)
+    if image.mode in ("RGB", "L"):
+        return np.asarray(image, dtype=np.float32) / 255.0
+    if image.mode in ("1", "LA", "La") or (image.mode == "P" and _palette_is_grey(image)):
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    if image.mode in ("RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    values = np.asarray(image).astype(np.float32)
+    if values.ndim == 3:
+        values = values[..., :3]
+    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    values = np.maximum(values, 0.0)
+    peak = float(values.max(initial=0.0))
+    return values / peak if peak > 0 else values
+
+
+def _palette_is_grey(image: object) -> bool:
+    palette = np.asarray(image.convert("RGB"))  # type: ignore[attr-defined]
+    return colour.is_grey(palette)
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    """Write a float [0, 1] grey (H, W) or RGB (H, W, 3) array as 8 bits, in the format of ``path``'s extension."""
+    from PIL import Image
+
+    pixels = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    picture = Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        picture.save(path, quality=_JPEG_QUALITY)
+    else:
+        picture.save(path)
+
+
+# ---- fusion of one pair -------------------------------------------------------------------------------------
+@dataclass
+class _Pair:
+    """An MRI/PET pair ready for the fuser: MRI grey, PET split into Y (and Cb/Cr when it is colour)."""
+
+    mri: np.ndarray
+    pet_y: np.ndarray
+    pet_chroma: tuple[np.ndarray, np.ndarray] | None
+
+    @classmethod
+    def split(cls, mri: np.ndarray, pet: np.ndarray) -> _Pair:
+        """Grey MRI (H, W) and grey or RGB PET of the same size, float [0, 1]."""
+        mri = np.asarray(mri, dtype=np.float32)
+        pet = np.asarray(pet, dtype=np.float32)
+        if pet.ndim == 2 or colour.is_grey(pet):
+            return cls(mri, pet if pet.ndim == 2 else pet.mean(axis=-1), None)
+        y, cb, cr = colour.rgb_to_ycbcr(pet)
+        return cls(mri, np.clip(y, 0.0, 1.0), (cb, cr))
+
+    def compose(self, fused_y: np.ndarray) -> np.ndarray:
+        """The output image: fused Y as grey, or RGB rebuilt from fused Y and the PET's Cb/Cr."""
+        return fused_y if self.pet_chroma is None else colour.ycbcr_to_rgb(fused_y, *self.pet_chroma)
+
+
+def _load_pair(mri_path: Path, pet_path: Path) -> _Pair:
+    """Read and check one pair: a grey MRI and a PET of its size."""
+    mri = read_image(mri_path)
+    pet = read_image(pet_path)
+    if mri.ndim == 3:
+        if not colour.is_grey(mri):
+            raise InvalidInputError(
+                f"{mri_path}: the MRI is a colour image (R, G and B differ); give a grey MRI "
+                "(were the MRI and PET swapped?)."
+            )
+        mri = mri.mean(axis=-1)
+    if mri.shape != pet.shape[:2]:
+        raise InvalidInputError(
+            f"{pet_path}: its size {pet.shape[1]}x{pet.shape[0]} differs from the MRI {mri_path.name} "
+            f"({mri.shape[1]}x{mri.shape[0]}); resample the PET to the MRI first."
+        )
+    return _Pair.split(mri, pet)
+
+
+def fuse_arrays(mri: np.ndarray, pet: np.ndarray, fuser: Fuser) -> np.ndarray:
+    """Fuse a grey MRI (H, W) with a grey (H, W) or RGB (H, W, 3) PET, float [0, 1], as the CLI does."""
+    if np.shape(mri) != np.shape(pet)[:2] or np.ndim(mri) != 2:
+        raise ValueError(f"expected a grey MRI (H, W) and a PET of its size, got {np.shape(mri)} and {np.shape(pet)}")
+    pair = _Pair.split(mri, pet)
+    return pair.compose(fuser.fuse(pair.mri, pair.pet_y))
+
+
+def load_fuser(options: FuseOptions) -> Fuser:
+    """The fuser named by ``options.method``, loaded once (weights checked) and reused for every pair."""
+    if options.method == "laplacian":
+        from medfuse.laplacian import LaplacianFuser
+
+        return LaplacianFuser()
+    from medfuse.inference import get_fuser
+
+    return get_fuser(options.method, options.weights, options.device, options.threads, options.batch_size)
+
+
+def _warn_ignored_options(options: FuseOptions) -> None:
+    defaults = FuseOptions()
+    ignored = [flag for name, flag in _VOLUME_ONLY_FLAGS.items() if getattr(options, name) != getattr(defaults, name)]
+    if ignored:
+        warn(f"{', '.join(ignored)} apply to volumes only and were ignored for 2-D images.")
+
+
+def fuse_image_files(
+    mri: str | Path, pet: str | Path, output: str | Path, options: FuseOptions, fuser: Fuser | None = None
+) -> Path:
+    """Fuse one MRI image with one PET image into ``output`` (format from its extension); returns the path."""
+    mri, pet = Path(mri), Path(pet)
+    output = check_output_path(output, allowed=IMAGE_EXTENSIONS, inputs=[mri, pet], overwrite=options.overwrite)
+    pair = _load_pair(mri, pet)
+    fuser = fuser if fuser is not None else load_fuser(options)
+    fused = pair.compose(fuser.fuse(pair.mri, pair.pet_y))
+    with output_transaction(overwrite=options.overwrite) as transaction:
+        transaction.write(output, lambda temp: write_image(temp, fused))
+    return output
+
+
+# ---- fusion of two folders ----------------------------------------------------------------------------------
+def pair_folders(mri_dir: Path, pet_dir: Path) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """Pairs of image files with the same name in both folders, and the files without a partner."""
+    mri_files = {path.name: path for path in list_image_files(mri_dir)}
+    pet_files = {path.name: path for path in list_image_files(pet_dir)}
+    names = sorted(mri_files.keys() & pet_files.keys())
+    unpaired = [path for files in (mri_files, pet_files) for name, path in files.items() if name not in names]
+    return [(mri_files[name], pet_files[name]) for name in names], unpaired
+
+
+def _chunks(pairs: list[tuple[Path, Path]], size: int) -> Iterator[list[tuple[Path, Path]]]:
+    for start in range(0, len(pairs), max(size, 1)):
+        yield pairs[start : start + size]
+
+
+def _fuse_batch(loaded: list[_Pair], fuser: Fuser) -> list[np.ndarray]:
+    """Fuse pairs, stacking those of equal size into one (N, H, W) call; results in input order."""
+    results: dict[int, np.ndarray] = {}
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for index, pair in enumerate(loaded):
+        by_shape.setdefault(pair.mri.shape, []).append(index)
+    for indices in by_shape.values():
+        mri = np.stack([loaded[i].mri for i in indices])
+        pet = np.stack([loaded[i].pet_y for i in indices])
+        for i, fused_y in zip(indices, fuser.fuse(mri, pet), strict=True):
+            results[i] = loaded[i].compose(fused_y)
+    return [results[i] for i in range(len(loaded))]
+
+
+def fuse_image_folders(
+    mri_dir: str | Path, pet_dir: str | Path, out_dir: str | Path, options: FuseOptions
+) -> list[Path]:
+    """Fuse every MRI/PET pair of same-named images into ``out_dir`` under that name; returns the outputs.
+
+    The fuser is loaded once and fed ``options.batch_size`` pairs at a time. Files without a partner are
+    named in a warning. All outputs appear together when every pair is done, or none on failure.
+    """
+    mri_dir, pet_dir = Path(mri_dir), Path(pet_dir)
+    out_dir = check_output_path(out_dir, inputs=[mri_dir, pet_dir], overwrite=options.overwrite, is_dir=True)
+    pairs, unpaired = pair_folders(mri_dir, pet_dir)
+    if not pairs:
+        raise InvalidInputError(
+            f"{mri_dir}: no image has a partner of the same name in {pet_dir}; name each MRI and PET pair alike."
+        )
+    if unpaired:
+        shown = ", ".join(str(path) for path in unpaired[:5]) + (
+            f" and {len(unpaired) - 5} more" if len(unpaired) > 5 else ""
+        )
+        warn(f"{len(unpaired)} images have no partner of the same name and were skipped: {shown}.")
+    fuser = load_fuser(options)
+    outputs = []
+    with output_transaction(overwrite=options.overwrite) as transaction, make_progress() as progress:
+        task = progress.add_task("Fusing images", total=len(pairs))
+        for chunk in _chunks(pairs, options.batch_size):
+            loaded = [_load_pair(mri, pet) for mri, pet in chunk]
+            for (mri, _pet), fused in zip(chunk, _fuse_batch(loaded, fuser), strict=True):
+                outputs.append(
+                    transaction.write(out_dir / mri.name, lambda temp, image=fused: write_image(temp, image))
+                )
+            progress.advance(task, len(chunk))
+    return outputs
+
+
+def fuse_2d(mri: str | Path, pet: str | Path, output: str | Path, options: FuseOptions) -> list[Path]:
+    """The CLI's 2-D entry: two image files, or two folders of images; returns the written paths."""
+    mri, pet = Path(mri), Path(pet)
+    if not (is_2d_input(mri) and is_2d_input(pet)):
+        volume, image = (mri, pet) if is_2d_input(pet) else (pet, mri)
+        raise UsageError(
+            f"{image} is a 2-D image (or folder of them) but {volume} is not; give two 2-D inputs or two volumes."
+        )
+    _warn_ignored_options(options)
+    if mri.is_dir() and pet.is_dir():
+        return fuse_image_folders(mri, pet, output, options)
+    if mri.is_dir() or pet.is_dir():
+        folder, single = (mri, pet) if mri.is_dir() else (pet, mri)
+        raise UsageError(f"{folder} is a folder but {single} is a file; give two image files or two folders.")
+    return [fuse_image_files(mri, pet, output, options)]
