@@ -262,13 +262,15 @@ def _mosaic_slices(layout: _Layout, focus: _Layout | None, window: tuple[float, 
         scores = _smoothed(focus).max(axis=(1, 2))
         if scores.max() > 0:
             hot = np.flatnonzero(scores > 0)
-            separation = max(1, (int(hot[-1]) - int(hot[0]) + 1) // (2 * count))
+            # hottest slices first, at least as far apart as an even sampling of the PET's extent would be
+            separation = max(1, (int(hot[-1]) - int(hot[0]) + 1) // count)
+            peaks = focus.data.max(axis=(1, 2))  # breaks ties between neighbours of one smoothed hotspot
+            ranked = [int(z) for z in np.lexsort((-peaks, -scores)) if scores[z] > 0]
             chosen: list[int] = []
-            for z in np.argsort(-scores, kind="stable"):
-                if scores[z] <= 0 or len(chosen) == count:
-                    break
-                if all(abs(int(z) - c) >= separation for c in chosen):
-                    chosen.append(int(z))
+            for z in ranked:
+                if len(chosen) < count and all(abs(z - c) >= separation for c in chosen):
+                    chosen.append(z)
+            chosen += [z for z in ranked if z not in chosen][: count - len(chosen)]
             return sorted(chosen)
     first, last = _content_box(layout, window)[0]
     positions = np.linspace(first, last, count + 2)[1:-1]
