@@ -287,12 +287,13 @@ def _fuse_batch(loaded: list[_Pair], fuser: Fuser) -> list[np.ndarray]:
 
 
 def fuse_image_folders(
-    mri_dir: str | Path, pet_dir: str | Path, out_dir: str | Path, options: FuseOptions
+    mri_dir: str | Path, pet_dir: str | Path, out_dir: str | Path, options: FuseOptions, fuser: Fuser | None = None
 ) -> list[Path]:
     """Fuse every MRI/PET pair of same-named images into ``out_dir`` under that name; returns the outputs.
 
-    The fuser is loaded once and fed ``options.batch_size`` pairs at a time. Files without a partner are
-    named in a warning. All outputs appear together when every pair is done, or none on failure.
+    The fuser (``fuser``, else the one ``options`` names) is loaded once and fed ``options.batch_size``
+    pairs at a time. Files without a partner are named in a warning. All outputs appear together when
+    every pair is done, or none on failure.
     """
     mri_dir, pet_dir = Path(mri_dir), Path(pet_dir)
     out_dir = check_output_path(out_dir, inputs=[mri_dir, pet_dir], overwrite=options.overwrite, is_dir=True)
@@ -306,7 +307,7 @@ def fuse_image_folders(
             f" and {len(unpaired) - 5} more" if len(unpaired) > 5 else ""
         )
         warn(f"{len(unpaired)} images have no partner of the same name and were skipped: {shown}.")
-    fuser = load_fuser(options)
+    fuser = fuser if fuser is not None else load_fuser(options)
     outputs = []
     with output_transaction(overwrite=options.overwrite) as transaction, make_progress() as progress:
         task = progress.add_task("Fusing images", total=len(pairs))

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from medfuse import colour, fusion2d
 from medfuse.cli import app
 from medfuse.errors import InvalidInputError, OutputError, UnreadableInputError, UsageError
-from medfuse.laplacian import laplacian_fuse
+from medfuse.laplacian import LaplacianFuser, laplacian_fuse
 from medfuse.options import FuseOptions
 
 LAPLACIAN = FuseOptions(method="laplacian")
@@ -231,6 +231,26 @@ def test_fuse_folders_in_small_batches_gives_the_same_images(tmp_path: Path, fol
     assert [p.name for p in big] == [p.name for p in small] == ["01.png", "02.png", "03.png"]
     for a, b in zip(big, small, strict=True):
         np.testing.assert_array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+class RecordingFuser(LaplacianFuser):
+    """The Laplacian fuser, noting the shape of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, ...]] = []
+
+    def fuse(self, mri: np.ndarray, pet: np.ndarray) -> np.ndarray:
+        self.calls.append(mri.shape)
+        return super().fuse(mri, pet)
+
+
+def test_fuse_folders_batches_pairs_of_equal_size(tmp_path: Path, folders: tuple[Path, Path]) -> None:
+    mri, pet = folders
+    fuser = RecordingFuser()
+    with pytest.warns(UserWarning):  # the unpaired files, the new output folder
+        fusion2d.fuse_image_folders(mri, pet, tmp_path / "out", FuseOptions(batch_size=2), fuser=fuser)
+    assert fuser.calls == [(2, 40, 48), (1, 32, 32)]
 
 
 def test_fuse_folders_is_all_or_nothing(tmp_path: Path, folders: tuple[Path, Path]) -> None:
