@@ -167,7 +167,12 @@ def fuse(
         allow_different_patients=allow_different_patients,
     )
     if fusion2d.is_2d_input(mri) or fusion2d.is_2d_input(pet):
-        fusion2d.fuse_2d(mri, pet, output, options)
+        from medfuse.console import info
+
+        written = fusion2d.fuse_2d(mri, pet, output, options)
+        info(
+            f"Fused image written to {written[0]}" if len(written) == 1 else f"{len(written)} fused images in {output}"
+        )
     else:
         from medfuse.pipeline import fuse_files
 

@@ -240,7 +240,8 @@ def _warn_ignored_options(options: FuseOptions) -> None:
     defaults = FuseOptions()
     ignored = [flag for name, flag in _VOLUME_ONLY_FLAGS.items() if getattr(options, name) != getattr(defaults, name)]
     if ignored:
-        warn(f"{', '.join(ignored)} apply to volumes only and were ignored for 2-D images.")
+        verbs = "applies to volumes only and was" if len(ignored) == 1 else "apply to volumes only and were"
+        warn(f"{', '.join(ignored)} {verbs} ignored for 2-D images.")
 
 
 def fuse_image_files(

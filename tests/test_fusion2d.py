@@ -185,6 +185,9 @@ def test_volume_only_options_are_named_in_a_warning(tmp_path: Path) -> None:
     options = FuseOptions(method="laplacian", register="none", preview=tmp_path / "p.png")
     with pytest.warns(UserWarning, match="--register, --preview apply to volumes only and were ignored"):
         fusion2d.fuse_2d(mri, pet, tmp_path / "f.png", options)
+    code, output = _fuse(str(mri), str(pet), "-o", str(tmp_path / "g.png"), "--colormap", "hot")
+    assert code == 0 and "--colormap applies to volumes only and was ignored" in output
+    assert f"Fused image written to {tmp_path / 'g.png'}" in output.replace("\n", "")
 
 
 def test_fuse_arrays_matches_the_file_route() -> None:
