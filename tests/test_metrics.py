@@ -128,7 +128,8 @@ def test_ssim_of_constant_images_by_hand() -> None:
     """Flat windows: SSIM = (2 a b + C1) / (a^2 + b^2 + C1) with C1 = (0.01 * 255)^2 = 6.5025."""
     ten, zero = np.full((8, 8), 10.0), np.zeros((8, 8))
     assert metrics.ssim_pair(ten, zero) == pytest.approx(6.5025 / (100 + 6.5025))
-    assert metrics.ssim(ten, ten, zero) == pytest.approx(1 + 6.5025 / 106.5025)
+    # The fusion metric uses CDDFuse's L = 2: C1 = (0.01 * 2)^2 = 0.0004.
+    assert metrics.ssim(ten, ten, zero) == pytest.approx(1 + 0.0004 / 100.0004)
 
 
 def test_ssim_on_one_window_matches_the_global_formula(rng: np.random.Generator) -> None:
@@ -150,7 +151,7 @@ def test_compute_metrics_properties(rng: np.random.Generator) -> None:
     a, b = _textured(rng), _textured(rng)
     values = metrics.compute_metrics(a, a, b)
     assert list(values) == list(metrics.METRIC_NAMES)
-    assert values["SSIM"] <= 2.0 and values["SSIM"] > 1.0  # SSIM(F, A) = 1 plus a partial SSIM(F, B)
+    assert values["SSIM"] == pytest.approx(1.0 + metrics.ssim_pair(a, b, 2.0))  # SSIM(F, A) = 1 as F = A
     swapped = metrics.compute_metrics(a, b, a)
     for name in metrics.METRIC_NAMES:  # every two-source metric is symmetric in the sources
         assert swapped[name] == pytest.approx(values[name])
