@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from medfuse.atomic import IMAGE_EXTENSIONS, check_output_path, output_transacti
 from medfuse.console import make_progress, warn
 from medfuse.errors import InvalidInputError, UnreadableInputError, UsageError
 from medfuse.options import FuseOptions
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 FileKind = Literal["image", "dicom"]
 
@@ -129,7 +132,7 @@ def read_image(path: str | Path) -> np.ndarray:
                     f"{path}: holds {image.n_frames} pages; save one 2-D slice per file (or fuse a volume)."
                 )
             array = _pixels(image)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnreadableInputError(f"{path}: cannot be decoded as an image ({reason}); check the file.") from exc
     if array.ndim not in (2, 3):
@@ -137,11 +140,8 @@ def read_image(path: str | Path) -> np.ndarray:
     return array
 
 
-def _pixels(image: object) -> np.ndarray:
+def _pixels(image: PILImage) -> np.ndarray:
     """Pixel values of an open PIL image as float32 [0, 1], grey (H, W) or RGB (H, W, 3)."""
-    from PIL import Image
-
-    assert isinstance(image, Image.Image)
     if image.mode in ("RGB", "L"):
         return np.asarray(image, dtype=np.float32) / 255.0
     if image.mode in ("1", "LA", "La") or (image.mode == "P" and _palette_is_grey(image)):
@@ -157,9 +157,9 @@ def _pixels(image: object) -> np.ndarray:
     return values / peak if peak > 0 else values
 
 
-def _palette_is_grey(image: object) -> bool:
-    palette = np.asarray(image.convert("RGB"))  # type: ignore[attr-defined]
-    return colour.is_grey(palette)
+def _palette_is_grey(image: PILImage) -> bool:
+    """Whether a palette image uses grey colours only (then it is read as grey)."""
+    return colour.is_grey(np.asarray(image.convert("RGB")))
 
 
 def write_image(path: Path, image: np.ndarray) -> None:
