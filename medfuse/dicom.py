@@ -22,7 +22,7 @@ import datetime as dt
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +37,15 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from pydicom.valuerep import DA, DT, TM, format_number_as_ds
 
 from medfuse import __version__
-from medfuse.atomic import OutputTransaction, output_transaction
+from medfuse.atomic import (
+    IMAGE_EXTENSIONS,
+    VOLUME_EXTENSIONS,
+    OutputTransaction,
+    check_output_path,
+    full_suffix,
+    output_transaction,
+    strip_suffix,
+)
 from medfuse.console import info as say
 from medfuse.console import track, warn
 from medfuse.errors import InvalidInputError, OutputError, UnreadableInputError, UsageError
@@ -58,6 +66,9 @@ _ABS_TOLERANCE_MM = 0.01
 _ORIENTATION_TOLERANCE = 1e-4
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+#: Sub-folders of ``-o DIR --format dicom``.
+FUSED_SERIES_FOLDER = "fused"
+OVERLAY_SERIES_FOLDER = "overlay"
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 _DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ".dc3"}
 _FIRST_GROUPS = {0x0002, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028}
@@ -1080,8 +1091,39 @@ def write_dicom_series(
     return out_dir
 
 
+def plan_dicom_outputs(
+    output_dir: str | Path, *, inputs: Sequence[str | Path], overlay: bool, overwrite: bool
+) -> dict[str, Path]:
+    """Check ``-o DIR --format dicom`` before any work; return the series folders by kind.
+
+    The fused series goes to ``DIR/fused`` and the overlay to ``DIR/overlay``; ``DIR`` may exist
+    (other files in it are left alone) or be created if its parent exists. Refused: a ``DIR`` named
+    like a file (``.nii.gz``, ``.png``...), a ``DIR`` inside an input folder (inputs stay untouched),
+    and existing series folders without ``overwrite``.
+    """
+    output_dir = Path(output_dir)
+    suffix = full_suffix(output_dir)
+    if suffix in (*VOLUME_EXTENSIONS, *IMAGE_EXTENSIONS, ".dcm", ".json"):
+        raise UsageError(
+            f"-o {output_dir}: --format dicom writes a folder of DICOM series, not a {suffix} file; "
+            f"give -o a folder such as {strip_suffix(output_dir)}."
+        )
+    for item in inputs:
+        source = Path(item)
+        if source.is_dir() and output_dir.resolve().is_relative_to(source.resolve()):
+            raise OutputError(
+                f"{output_dir}: is inside the input folder {source}, which medfuse never writes into; "
+                "choose another -o."
+            )
+    check = {"is_dir": True, "inputs": inputs, "overwrite": overwrite}
+    targets = {"fused": check_output_path(output_dir / FUSED_SERIES_FOLDER, **check)}
+    if overlay:
+        targets["overlay"] = check_output_path(output_dir / OVERLAY_SERIES_FOLDER, **check)
+    return targets
+
+
 def write_fused_dicom(
-    output_dir: str | Path,
+    targets: Mapping[str, Path],
     fused: sitk.Image,
     overlay: sitk.Image | None,
     *,
@@ -1089,17 +1131,19 @@ def write_fused_dicom(
     method: str,
     transaction: OutputTransaction,
 ) -> list[Path]:
-    """Write a fusion result as ``output_dir/fused`` (grey) and ``output_dir/overlay`` (RGB) DICOM series.
+    """Write a fusion result to the folders of :func:`plan_dicom_outputs`: the fused volume as a grey
+    series in ``targets["fused"]`` and, when both are given, the overlay as an RGB series in
+    ``targets["overlay"]``.
 
-    Both series share the MRI's patient, study and frame of reference (or fresh ones when the MRI was
-    not DICOM) and are committed with the rest of ``transaction``.
+    Both series share the MRI's patient, study and frame of reference (``reference`` is the MRI's
+    :attr:`DicomVolume.info`; fresh UIDs when the MRI was not DICOM) and are committed with the rest
+    of ``transaction``.
     """
-    output_dir = Path(output_dir)
     shared = export_reference(reference)
     written = [
         write_dicom_series(
             fused,
-            output_dir / "fused",
+            targets["fused"],
             reference=shared,
             description=f"medfuse fused MRI+PET ({method})",
             rgb=False,
@@ -1107,11 +1151,11 @@ def write_fused_dicom(
             transaction=transaction,
         )
     ]
-    if overlay is not None:
+    if overlay is not None and "overlay" in targets:
         written.append(
             write_dicom_series(
                 overlay,
-                output_dir / "overlay",
+                targets["overlay"],
                 reference=shared,
                 description="medfuse MRI+PET colour overlay",
                 rgb=True,

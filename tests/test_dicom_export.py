@@ -13,7 +13,7 @@ from dicom_factory import make_series, phantom
 from medfuse import dicom
 from medfuse.atomic import output_transaction
 from medfuse.console import MedfuseWarning
-from medfuse.errors import InvalidInputError, OutputError
+from medfuse.errors import InvalidInputError, OutputError, UsageError
 
 OBLIQUE = sitk.Euler3DTransform((0, 0, 0), -0.1, 0.25, 0.4).GetMatrix()
 
@@ -107,9 +107,10 @@ def test_fused_and_overlay_of_a_nifti_mri_share_fresh_study_and_frame(tmp_path: 
     grid = sitk.GetImageFromArray(phantom((4, 6, 5)).astype(np.float32))
     grid.SetSpacing((1.0, 1.5, 2.5))
     grid.SetOrigin((3.0, 4.0, 5.0))
+    targets = dicom.plan_dicom_outputs(tmp_path / "result", inputs=[], overlay=True, overwrite=False)
     with pytest.warns(MedfuseWarning, match="result: the output folder"), output_transaction() as tx:
         written = dicom.write_fused_dicom(
-            tmp_path / "result", fused_like(grid), overlay_like(grid), reference=None, method="net", transaction=tx
+            targets, fused_like(grid), overlay_like(grid), reference=None, method="net", transaction=tx
         )
         assert not (tmp_path / "result" / "fused").exists()  # nothing visible before commit
     assert written == [tmp_path / "result" / "fused", tmp_path / "result" / "overlay"]
@@ -197,3 +198,16 @@ def test_an_exported_overlay_is_not_taken_as_a_grey_input(tmp_path: Path, mri: d
     uid = str(pydicom.dcmread(next(out.iterdir())).SeriesInstanceUID)
     with pytest.raises(InvalidInputError, match=r"series .* holds colour pixels \(RGB\), not grey values"):
         dicom.read_dicom_series(out, role="PET", series_uid=uid)
+
+
+def test_dicom_output_folder_is_checked_before_any_work(tmp_path: Path, mri: dicom.DicomVolume) -> None:
+    with pytest.raises(UsageError, match=r"--format dicom writes a folder of DICOM series, not a \.nii\.gz file"):
+        dicom.plan_dicom_outputs(tmp_path / "fused.nii.gz", inputs=[], overlay=True, overwrite=False)
+    with pytest.raises(OutputError, match=r"mri/out: is inside the input folder .*mri, which medfuse never writes"):
+        dicom.plan_dicom_outputs(tmp_path / "mri" / "out", inputs=[tmp_path / "mri"], overlay=True, overwrite=False)
+    (tmp_path / "res" / "overlay").mkdir(parents=True)
+    (tmp_path / "res" / "overlay" / "IM00001.dcm").write_bytes(b"earlier result")
+    with pytest.raises(OutputError, match=r"res/overlay: the output already exists; pass --overwrite"):
+        dicom.plan_dicom_outputs(tmp_path / "res", inputs=[tmp_path / "mri"], overlay=True, overwrite=False)
+    targets = dicom.plan_dicom_outputs(tmp_path / "res", inputs=[tmp_path / "mri"], overlay=False, overwrite=False)
+    assert targets == {"fused": tmp_path / "res" / "fused"}
