@@ -1,0 +1,118 @@
+"""Batch throughput: cases per minute with ``--workers 1`` against ``--workers 2`` (target: >= 1.6x).
+
+Copies the example pair (examples/mri.nii.gz, examples/pet.nii.gz) into N case folders, runs
+:func:`medfuse.batch.run_batch` once per worker count into a fresh output folder (model loading,
+worker start-up and writing all five outputs per case included) and prints wall-clock times,
+cases per minute and the speed-up, with the machine it ran on.
+
+    python benchmarks/bench_batch.py                      # 8 cases, the network, workers 1 and 2
+    python benchmarks/bench_batch.py --cases 6 --method laplacian --workers 1 2 4
+
+With more than one worker and no ``--threads``, each worker gets an equal share of the CPUs (1
+thread each on 2 cores), so the runs do not oversubscribe the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def machine() -> str:
+    """CPU model, usable CPUs, memory and load: what the figures depend on."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        model = names[0] if names else model
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    memory = ""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        total_kb = int(meminfo.read_text().split()[1])
+        memory = f", {total_kb / 2**20:.0f} GiB RAM"
+    load = ", load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
+    return f"{model}, {cpus} usable CPUs{memory}{load}; Python {platform.python_version()}, {platform.system()}"
+
+
+def make_cases(folder: Path, count: int) -> Path:
+    """``count`` case folders, each holding a copy of the example MRI and PET."""
+    studies = folder / "studies"
+    for index in range(count):
+        case = studies / f"case{index:03d}"
+        case.mkdir(parents=True)
+        shutil.copy(EXAMPLES / "mri.nii.gz", case / "mri.nii.gz")
+        shutil.copy(EXAMPLES / "pet.nii.gz", case / "pet.nii.gz")
+    return studies
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished worker processes."""
+    return sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
+
+
+def run(studies: Path, output: Path, workers: int, method: str, threads: int | None) -> tuple[float, float, int]:
+    """Wall seconds and CPU seconds of one batch run, and the number of cases that succeeded."""
+    from medfuse.batch import run_batch
+    from medfuse.options import FuseOptions
+
+    output.mkdir()
+    cpu_started, started = cpu_seconds(), time.perf_counter()
+    result = run_batch(studies, output, FuseOptions(method=method, threads=threads), workers=workers)  # type: ignore[arg-type]
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+    failed = result.failed
+    if failed:
+        print(f"  {len(failed)} case(s) failed, e.g. {failed[0].case}: {failed[0].error}", file=sys.stderr)
+    return seconds, cpu, result.count("ok")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=8, help="number of case folders (default 8)")
+    parser.add_argument("--method", default="net", choices=("net", "laplacian"), help="fusion method (default net)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
+    parser.add_argument("--threads", type=int, default=None, help="threads per case (default: CPUs / workers)")
+    args = parser.parse_args()
+    if not (EXAMPLES / "mri.nii.gz").exists():
+        sys.exit(f"{EXAMPLES}: the example pair is missing; run examples/make_example.py first.")
+
+    from medfuse.console import set_quiet
+
+    set_quiet(True)
+    print(f"machine: {machine()}")
+    print(f"cases: {args.cases} copies of examples/ (MRI 131x155x126 at 1.5 mm, PET 120x120x55), method {args.method}")
+    with tempfile.TemporaryDirectory(prefix="medfuse-bench-") as temp:
+        studies = make_cases(Path(temp), args.cases)
+        rates: dict[int, float] = {}
+        for workers in args.workers:
+            seconds, cpu, ok = run(studies, Path(temp) / f"out-{workers}", workers, args.method, args.threads)
+            rates[workers] = ok / seconds * 60.0
+            print(
+                f"workers {workers}: {ok}/{args.cases} cases ok in {seconds:.1f} s -> {rates[workers]:.1f} cases/min "
+                f"(CPU {cpu:.1f} s, {cpu / seconds:.2f} cores busy on average)"
+            )
+    baseline = rates.get(1)
+    if baseline:
+        for workers, rate in rates.items():
+            if workers != 1:
+                verdict = "meets" if workers != 2 or rate / baseline >= 1.6 else "misses"
+                target = " (target >= 1.6x: " + verdict + ")" if workers == 2 else ""
+                print(f"speed-up with {workers} workers: {rate / baseline:.2f}x{target}")
+    print(f"load average after: {'{:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
