@@ -1,0 +1,558 @@
+"""Reading, validating, describing and writing volumes (NIfTI, NRRD, MetaImage; DICOM via dicom.py).
+
+Every volume leaves :func:`load_volume` as a 3-D scalar float32 :class:`SimpleITK.Image` in LPS
+physical space (SimpleITK converts NIfTI's RAS storage on reading), with finite values and a sane
+geometry, or the user gets one sentence saying what is wrong with which file. Headers are checked
+before any voxel is allocated: an image too large for this machine's memory is refused with its size
+named, and NIfTI files are checked for zero/negative voxel sizes and truncation that the NIfTI
+library would otherwise hide (it silently replaces a zero voxel size by 1 and pads missing data).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from medfuse.atomic import VOLUME_EXTENSIONS, full_suffix
+from medfuse.console import warn
+from medfuse.errors import InvalidInputError, OutputError, UnreadableInputError, UsageError
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+Role = Literal["MRI", "PET"]
+
+#: File formats read by :func:`load_volume` (a folder is read as a DICOM series).
+READ_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: Fewest voxels along any axis for an image to count as a volume.
+MIN_VOXELS_PER_AXIS = 4
+#: Bytes per voxel the pipeline needs on an image's grid beyond its own pixels (float32 copy, work arrays).
+WORKING_BYTES_PER_VOXEL = 16
+
+_FORMAT_NAMES = {
+    ".nii.gz": "NIfTI",
+    ".nii": "NIfTI",
+    ".nrrd": "NRRD",
+    ".nhdr": "NRRD",
+    ".mha": "MetaImage",
+    ".mhd": "MetaImage",
+}
+
+
+@dataclass
+class Volume:
+    """A loaded, validated volume and what is known about where it came from."""
+
+    image: sitk.Image
+    path: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+def read_volume(
+    path: str | Path,
+    *,
+    role: Role = "MRI",
+    frame: str | int | None = None,
+    series_uid: str | None = None,
+    suv: bool = False,
+) -> sitk.Image:
+    """Read a volume file or DICOM folder as a validated 3-D scalar float32 image."""
+    return load_volume(path, role=role, frame=frame, series_uid=series_uid, suv=suv).image
+
+
+def load_volume(
+    path: str | Path,
+    *,
+    role: Role = "MRI",
+    frame: str | int | None = None,
+    series_uid: str | None = None,
+    suv: bool = False,
+) -> Volume:
+    """Read and validate a volume, keeping its provenance (format, pixel type, DICOM series info).
+
+    ``frame`` picks one frame of a 4-D (dynamic) image, or ``"sum"`` adds them up. A folder is read
+    as a DICOM series by :func:`medfuse.dicom.read_dicom_series` (``series_uid`` and ``suv`` apply).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UnreadableInputError(f"{path}: the {role} input does not exist; check the path.")
+    if path.is_dir():
+        from medfuse import dicom
+
+        series = dicom.read_dicom_series(path, role=role, series_uid=series_uid, suv=suv)
+        info: dict[str, Any] = {"format": "DICOM", "dicom": dict(series.info)}
+        image = series.image
+    else:
+        if suv:
+            raise UsageError(
+                f"--suv: SUV conversion needs a DICOM PET folder with its dose and weight tags, "
+                f"but {path} is a {_format_name(path)} file; drop --suv or give the DICOM folder."
+            )
+        if series_uid is not None:
+            warn(f"{path}: the series UID {series_uid} was ignored because the input is a file, not a DICOM folder.")
+        image, info = _read_file(path, role)
+        if info["nan_read_as_zero"]:
+            warn(f"{path}: {info['nan_read_as_zero']:,} NaN or infinite voxels in the {role} were set to 0.")
+    info["pixel_type"] = info.get("pixel_type") or image.GetPixelIDTypeAsString()
+    image = validate_image(image, role=role, source=str(path), frame=frame)
+    return Volume(image=image, path=path, info=info)
+
+
+def _format_name(path: Path) -> str:
+    return _FORMAT_NAMES.get(full_suffix(path), full_suffix(path) or "extension-less")
+
+
+def _read_file(path: Path, role: Role) -> tuple[sitk.Image, dict[str, Any]]:
+    import SimpleITK as sitk
+
+    suffix = full_suffix(path)
+    if suffix not in READ_EXTENSIONS:
+        raise UnreadableInputError(
+            f"{path}: the {role} file has an unsupported format {suffix or '(no extension)'!r}; "
+            f"give a {', '.join(READ_EXTENSIONS)} file or a DICOM folder."
+        )
+    reader = _header_reader(path, role)
+    _check_memory(path, tuple(reader.GetSize()), reader.GetPixelID())
+    non_finite = _check_nifti(path, role) if suffix in (".nii", ".nii.gz") else 0
+    _check_header_geometry(path, reader)
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise UnreadableInputError(
+            f"{path}: the {role} file could not be decoded as {_format_name(path)} ({_itk_reason(exc)}); "
+            "the file is truncated or corrupt, so export it again."
+        ) from exc
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+    info = {"format": _format_name(path), "pixel_type": image.GetPixelIDTypeAsString(), "nan_read_as_zero": non_finite}
+    return image, info
+
+
+def _header_reader(path: Path, role: str) -> sitk.ImageFileReader:
+    """An ImageFileReader with the header read (no voxels yet)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise UnreadableInputError(
+            f"{path}: the {role} file is not a readable {_format_name(path)} image (empty, not an image, "
+            "or a damaged header); check that it is the right file."
+        ) from exc
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+    return reader
+
+
+def _itk_reason(exc: Exception) -> str:
+    """The last informative line of an ITK exception, shortened for a one-sentence message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(exc).__name__
+    reason = re.sub(r"^(sitk::ERROR:|Reason:|Description:)\s*", "", reason)
+    return reason.rstrip(".")[:160]
+
+
+def _bytes_per_voxel(pixel_id: int, components: int = 1) -> int:
+    import SimpleITK as sitk
+
+    name = sitk.GetPixelIDValueAsString(pixel_id)
+    bits = re.search(r"(\d+)-bit", name)
+    per_component = int(bits.group(1)) // 8 if bits else 8
+    return per_component * (2 if "complex" in name else 1) * max(components, 1)
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable, else physical memory)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def format_bytes(count: float) -> str:
+    """A human size: ``1.5 GB``."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1000.0
+    return f"{count:.1f} TB"
+
+
+def _check_memory(path: Path, size: tuple[int, ...], pixel_id: int, components: int = 1) -> None:
+    """Refuse an image whose voxels (plus the pipeline's working copies) exceed available memory."""
+    voxels = math.prod(size)
+    needed = voxels * (_bytes_per_voxel(pixel_id, components) + WORKING_BYTES_PER_VOXEL)
+    available = _available_memory()
+    if available is not None and needed > available:
+        shape = "×".join(str(n) for n in size)
+        raise InvalidInputError(
+            f"{path}: the image is {shape} voxels and needs about {format_bytes(needed)} of memory to process, "
+            f"more than the {format_bytes(available)} available; crop or downsample it first."
+        )
+
+
+def _check_header_geometry(path: Path, reader: sitk.ImageFileReader) -> None:
+    spacing = reader.GetSpacing()
+    if not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise InvalidInputError(
+            f"{path}: the voxel spacing {tuple(spacing)} has a zero, negative or undefined value; "
+            "fix the header (voxel sizes must be positive)."
+        )
+
+
+# NIfTI-1 / NIfTI-2 header fields: (struct format of dim, offset of dim, of datatype/bitpix, of pixdim,
+# of vox_offset).
+_NIFTI_LAYOUT = {
+    348: ("8h", 40, 72, "8f", 76, "f", 108),
+    540: ("8q", 16, 14, "8d", 104, "q", 168),
+}
+
+
+def _check_nifti(path: Path, role: str) -> int:
+    """Check what the NIfTI library hides; return the number of NaN/Inf voxels in the file.
+
+    The NIfTI reader silently replaces a zero voxel size by 1, pads missing (truncated) data and turns
+    NaN/Inf into 0; the first two are refused here and the last is counted so it can be reported.
+    """
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as stream:
+            header = stream.read(540)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UnreadableInputError(f"{path}: the {role} file is not a readable NIfTI file; export it again.") from exc
+    layout = None
+    for endian in ("<", ">"):
+        if len(header) >= 4 and struct.unpack(endian + "i", header[:4])[0] in _NIFTI_LAYOUT:
+            layout = (endian, _NIFTI_LAYOUT[struct.unpack(endian + "i", header[:4])[0]])
+            break
+    if layout is None:
+        raise UnreadableInputError(f"{path}: the {role} file has no valid NIfTI header; export it again.")
+    endian, (dim_fmt, dim_at, bitpix_at, pixdim_fmt, pixdim_at, offset_fmt, offset_at) = layout
+    dims = struct.unpack_from(endian + dim_fmt, header, dim_at)
+    datatype, bitpix = struct.unpack_from(endian + "hh", header, bitpix_at - 2)
+    pixdim = struct.unpack_from(endian + pixdim_fmt, header, pixdim_at)
+    vox_offset = int(struct.unpack_from(endian + offset_fmt, header, offset_at)[0])
+    ndim = int(dims[0])
+    if not 1 <= ndim <= 7:
+        raise UnreadableInputError(f"{path}: the {role} file's NIfTI header has an invalid dimension count {ndim}.")
+    voxel_sizes = pixdim[1 : min(ndim, 3) + 1]
+    if not all(math.isfinite(v) and v > 0 for v in voxel_sizes):
+        raise InvalidInputError(
+            f"{path}: the NIfTI voxel sizes (pixdim) {tuple(round(float(v), 6) for v in voxel_sizes)} include a zero, "
+            "negative or undefined value; fix the header (voxel sizes must be positive)."
+        )
+    expected = vox_offset + math.prod(int(d) for d in dims[1 : ndim + 1]) * max(int(bitpix), 8) // 8
+    floats = {16: np.dtype(endian + "f4"), 64: np.dtype(endian + "f8")}.get(int(datatype))
+    actual, non_finite = _scan_nifti_data(path, role, vox_offset, floats)
+    if actual < expected:
+        raise UnreadableInputError(
+            f"{path}: the {role} file is truncated ({format_bytes(actual)} of the {format_bytes(expected)} "
+            "its header announces); copy or export it again."
+        )
+    return non_finite
+
+
+def _scan_nifti_data(path: Path, role: str, vox_offset: int, floats: np.dtype | None) -> tuple[int, int]:
+    """Length of the file's (decompressed) bytes, proving a .gz stream whole, and its NaN/Inf count."""
+    chunk_bytes = 1 << 22  # a multiple of every element size
+    total = non_finite = 0
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as stream:
+            total = len(stream.read(vox_offset))
+            while chunk := stream.read(chunk_bytes):
+                total += len(chunk)
+                if floats is not None:
+                    values = np.frombuffer(chunk[: len(chunk) - len(chunk) % floats.itemsize], dtype=floats)
+                    non_finite += int(values.size - np.count_nonzero(np.isfinite(values)))
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UnreadableInputError(
+            f"{path}: the {role} file's data is truncated or corrupt; copy or export it again."
+        ) from exc
+    return total, non_finite
+
+
+# ---- validation ------------------------------------------------------------------------------------
+def validate_image(
+    image: sitk.Image,
+    *,
+    role: Role = "MRI",
+    source: str | None = None,
+    frame: str | int | None = None,
+) -> sitk.Image:
+    """Return ``image`` as a checked 3-D scalar float32 image with finite values.
+
+    A 4-D image needs ``frame`` (an index or ``"sum"``); NaN/Inf voxels become 0 with a warning;
+    2-D, vector/RGB, complex, too thin, badly oriented, empty or constant images are refused.
+    """
+    import SimpleITK as sitk
+
+    source = source or f"the {role} image"
+    pixel_name = image.GetPixelIDTypeAsString()
+    if image.GetNumberOfComponentsPerPixel() > 1 or "complex" in pixel_name:
+        raise InvalidInputError(
+            f"{source}: the {role} has {pixel_name} voxels; medfuse needs a scalar (grey-level) volume, "
+            "so convert it to a single channel first."
+        )
+    dimension = image.GetDimension()
+    if dimension == 4:
+        image = _pick_frame(image, role, source, frame)
+    elif frame is not None:
+        warn(f"{source}: --frame {frame} was ignored because the {role} is not 4-D.")
+    if dimension == 2:
+        raise InvalidInputError(
+            f"{source}: the {role} is a 2-D image ({_shape(image)}); fuse 3-D volumes with 3-D volumes "
+            "(or 2-D images with 2-D images)."
+        )
+    if image.GetDimension() != 3:
+        raise InvalidInputError(f"{source}: the {role} has {dimension} dimensions; give a 3-D volume.")
+    size = image.GetSize()
+    if min(size) == 1:
+        raise InvalidInputError(
+            f"{source}: the {role} is a single slice ({_shape(image)}), i.e. a 2-D image; "
+            "give a 3-D volume (or fuse 2-D images with 2-D images)."
+        )
+    if min(size) < MIN_VOXELS_PER_AXIS:
+        raise InvalidInputError(
+            f"{source}: the {role} is too thin to be a volume ({_shape(image)}); "
+            f"at least {MIN_VOXELS_PER_AXIS} voxels are needed along each axis."
+        )
+    _check_geometry(image, role, source)
+    image = sitk.Cast(image, sitk.sitkFloat32) if image.GetPixelID() != sitk.sitkFloat32 else image
+    array = sitk.GetArrayViewFromImage(image)
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - np.count_nonzero(finite))
+        cleaned = np.where(finite, array, np.float32(0.0))
+        fixed = sitk.GetImageFromArray(cleaned)
+        fixed.CopyInformation(image)
+        image = fixed
+        warn(f"{source}: {bad:,} NaN or infinite voxels in the {role} were set to 0.")
+        array = cleaned
+    low, high = float(array.min()), float(array.max())
+    if low == high:
+        raise InvalidInputError(
+            f"{source}: every voxel of the {role} equals {low:g} (an empty or constant image); "
+            "check that the right file was given."
+        )
+    return image
+
+
+def _shape(image: sitk.Image) -> str:
+    return "×".join(str(n) for n in image.GetSize()) + " voxels"
+
+
+def _check_geometry(image: sitk.Image, role: str, source: str) -> None:
+    spacing = np.array(image.GetSpacing())
+    origin = np.array(image.GetOrigin())
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
+        raise InvalidInputError(
+            f"{source}: the {role}'s voxel spacing {tuple(spacing.tolist())} has a zero, negative or undefined "
+            "value; fix the header (voxel sizes must be positive)."
+        )
+    if not np.all(np.isfinite(origin)):
+        raise InvalidInputError(f"{source}: the {role}'s origin {tuple(origin.tolist())} is undefined; fix the header.")
+    if not np.all(np.isfinite(direction)) or abs(np.linalg.det(direction)) < 1e-3:
+        raise InvalidInputError(
+            f"{source}: the {role}'s direction cosines are degenerate (the axes are not independent); "
+            "fix the orientation in the header."
+        )
+
+
+def _pick_frame(image: sitk.Image, role: str, source: str, frame: str | int | None) -> sitk.Image:
+    """One frame (or the sum of all frames) of a 4-D image, as a 3-D image with the 3-D geometry."""
+    import SimpleITK as sitk
+
+    frames = image.GetSize()[3]
+    size3 = [*image.GetSize()[:3], 0]
+    if frames == 1:
+        return sitk.Extract(image, size3, [0, 0, 0, 0])
+    if frame is None:
+        if role == "PET":
+            raise InvalidInputError(
+                f"{source}: the PET has {frames} frames (a 4-D dynamic image); choose one with --frame N "
+                f"(0–{frames - 1}) or add them up with --frame sum."
+            )
+        raise InvalidInputError(
+            f"{source}: the {role} is 4-D ({frames} volumes); medfuse needs a 3-D {role}, so extract one volume first."
+        )
+    if str(frame).strip().lower() == "sum":
+        first = sitk.Extract(image, size3, [0, 0, 0, 0])
+        total = np.zeros(sitk.GetArrayViewFromImage(first).shape, dtype=np.float64)
+        for index in range(frames):
+            total += sitk.GetArrayFromImage(sitk.Extract(image, size3, [0, 0, 0, index]))
+        summed = sitk.GetImageFromArray(total.astype(np.float32))
+        summed.CopyInformation(first)
+        return summed
+    try:
+        index = int(str(frame).strip())
+    except ValueError:
+        raise UsageError(f"--frame {frame}: expected a frame number (0–{frames - 1}) or 'sum'.") from None
+    if not 0 <= index < frames:
+        raise UsageError(f"--frame {frame}: {source} has frames 0–{frames - 1}; choose one of them or 'sum'.")
+    return sitk.Extract(image, size3, [0, 0, 0, index])
+
+
+# ---- writing ---------------------------------------------------------------------------------------
+def write_volume(image: sitk.Image, path: str | Path) -> None:
+    """Write ``image`` in the format of ``path``'s extension (.nii, .nii.gz, .nrrd, .mha), compressed."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    suffix = full_suffix(path)
+    if suffix not in VOLUME_EXTENSIONS:
+        raise OutputError(
+            f"{path}: cannot write volumes as {suffix or '(none)'!r}; use {', '.join(VOLUME_EXTENSIONS)}."
+        )
+    sitk.WriteImage(image, str(path), useCompression=suffix in (".nrrd", ".mha", ".nii.gz"))
+
+
+# ---- description -----------------------------------------------------------------------------------
+def orientation_code(direction: tuple[float, ...] | np.ndarray) -> str:
+    """Three letters naming where each axis points (LPS = identity direction; RAS = NIfTI's usual)."""
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)
+    letters = (("R", "L"), ("A", "P"), ("I", "S"))
+    code = ""
+    for axis in range(3):
+        column = matrix[:, axis]
+        dominant = int(np.argmax(np.abs(column)))
+        code += letters[dominant][int(column[dominant] > 0)]
+    return code
+
+
+def is_oblique(direction: tuple[float, ...] | np.ndarray, tolerance: float = 1e-4) -> bool:
+    """Whether some axis is tilted away from the patient axes."""
+    matrix = np.abs(np.asarray(direction, dtype=float).reshape(3, 3))
+    return bool(np.any((matrix > tolerance) & (matrix < 1.0 - tolerance)))
+
+
+def geometry(image: sitk.Image) -> dict[str, Any]:
+    """Size, spacing, origin, direction and orientation of an image, JSON-ready."""
+    dimension = image.GetDimension()
+    direction = image.GetDirection()
+    info: dict[str, Any] = {
+        "size": list(image.GetSize()),
+        "spacing_mm": [float(s) for s in image.GetSpacing()],
+        "origin_mm": [float(o) for o in image.GetOrigin()],
+        "direction": [float(d) for d in direction],
+    }
+    if dimension >= 3:
+        direction3 = np.asarray(direction, dtype=float).reshape(dimension, dimension)[:3, :3]
+        info["orientation"] = orientation_code(direction3)
+        info["oblique"] = is_oblique(direction3)
+        info["extent_mm"] = [float(n * s) for n, s in zip(image.GetSize()[:3], image.GetSpacing()[:3], strict=True)]
+    return info
+
+
+def describe(path: str | Path, *, series_uid: str | None = None) -> dict[str, Any]:
+    """What ``medfuse info`` shows: format, size, spacing, origin, orientation, pixel type, value range.
+
+    Unlike :func:`load_volume` nothing is refused for being 4-D, colour or constant: the point is to
+    see what a file holds. A DICOM folder lists its series and describes the one named by
+    ``series_uid`` (or its only series), with modality, description and units.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UnreadableInputError(f"{path}: the file does not exist; check the path.")
+    if path.is_dir():
+        return _describe_dicom(path, series_uid)
+    image, info = _read_file(path, "input")
+    described: dict[str, Any] = {"path": str(path), "format": info["format"]}
+    described["file_size"] = format_bytes(path.stat().st_size)
+    described.update(_image_summary(image))
+    described["non_finite_voxels"] += info["nan_read_as_zero"]
+    if image.GetDimension() == 4:
+        described["frames"] = image.GetSize()[3]
+    return described
+
+
+def _describe_dicom(folder: Path, series_uid: str | None) -> dict[str, Any]:
+    from medfuse import dicom
+
+    series = dicom.list_series(folder)
+    described: dict[str, Any] = {"path": str(folder), "format": "DICOM", "series": [s.label() for s in series]}
+    if series_uid is None and len(series) == 1:
+        series_uid = series[0].uid
+    chosen = next((s for s in series if s.uid == series_uid), None)
+    if chosen is None:
+        if series_uid is not None:
+            raise UsageError(f"--series {series_uid}: {folder} holds no such series; pick one of those listed.")
+        return described
+    role: Role = "PET" if chosen.modality in ("PT", "NM") else "MRI"
+    volume = dicom.read_dicom_series(folder, role=role, series_uid=chosen.uid)
+    keys = ("series_uid", "modality", "description", "patient_id", "units")
+    described["dicom"] = {key: volume.info.get(key) for key in keys if volume.info.get(key) not in (None, "")}
+    described.update(_image_summary(volume.image))
+    return described
+
+
+def _image_summary(image: sitk.Image) -> dict[str, Any]:
+    import SimpleITK as sitk
+
+    info: dict[str, Any] = {"dimension": image.GetDimension()}
+    info.update(geometry(image))
+    info["pixel_type"] = image.GetPixelIDTypeAsString()
+    info["components"] = image.GetNumberOfComponentsPerPixel()
+    array = sitk.GetArrayViewFromImage(image)
+    if np.iscomplexobj(array):
+        array = np.abs(array)
+    finite = np.isfinite(array)
+    values = array[finite] if not finite.all() else array
+    info["value_range"] = [float(values.min()), float(values.max())] if values.size else None
+    info["non_finite_voxels"] = int(array.size - np.count_nonzero(finite))
+    return info
+
+
+def format_description(info: dict[str, Any]) -> str:
+    """The ``medfuse info`` text: one ``key: value`` line per property."""
+
+    def show(value: Any) -> str:
+        if isinstance(value, list | tuple):
+            return " × ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        return str(value)
+
+    lines = [f"{'path':<14} {info['path']}", f"{'format':<14} {info['format']}"]
+    if "file_size" in info:
+        lines.append(f"{'file size':<14} {info['file_size']}")
+    lines.append(f"{'size':<14} {show(info['size'])}")
+    lines.append(f"{'spacing (mm)':<14} {show([round(s, 6) for s in info['spacing_mm']])}")
+    lines.append(f"{'origin (mm)':<14} {show([round(o, 4) for o in info['origin_mm']])}")
+    if "orientation" in info:
+        lines.append(f"{'orientation':<14} {info['orientation']}{' (oblique)' if info.get('oblique') else ''}")
+    if "frames" in info:
+        lines.append(f"{'frames':<14} {info['frames']}")
+    lines.append(f"{'pixel type':<14} {info['pixel_type']}")
+    lines.append(f"{'components':<14} {info['components']}")
+    if info.get("value_range") is not None:
+        low, high = info["value_range"]
+        lines.append(f"{'value range':<14} {low:g} to {high:g}")
+    if info.get("non_finite_voxels"):
+        lines.append(f"{'NaN/Inf voxels':<14} {info['non_finite_voxels']:,}")
+    for key, value in info.get("dicom", {}).items():
+        if isinstance(value, str | int | float) and value != "":
+            lines.append(f"{key.replace('_', ' '):<14} {value}")
+    return "\n".join(lines)

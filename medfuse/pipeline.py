@@ -1,0 +1,524 @@
+"""Volumetric fusion end to end: load → validate → register → resample → fuse → write.
+
+:func:`fuse_images` works on SimpleITK images in memory; :func:`fuse_files` reads files or DICOM
+folders, checks every output path before any work and writes all outputs in one atomic transaction.
+
+How the 3-D volumes meet the 2-D network (it was trained on AANLIB slices):
+
+* The PET is registered to the MRI and resampled onto the MRI's grid, so every output has exactly the
+  MRI's size, spacing, origin and direction.
+* Slices are taken along the MRI grid's third axis, cropped to the bounding box of the head (a mask
+  of the MRI), in batches of ``options.batch_size``; slices without head voxels are skipped.
+* MRI intensities go to [0, 1] from the background level (0.5th percentile of all voxels) to the
+  99.5th percentile of the head voxels.
+* The PET is windowed to [0, 1] and coloured with the ``aanlib`` map of the training PET, and the
+  network gets that colour image's luminance Y: the same kind of input it learned from. The window
+  is ``--pet-window LOW HIGH`` (image units) or, by default, starts at the PET's background level
+  (0.5th percentile of all voxels) and puts the 99.5th percentile of its head voxels at
+  :data:`TRAINING_PET_TOP` = 0.73 of the map: where the training PET puts it (inverting the aanlib
+  map on the 269 AANLIB PET-MRI slices, the 99.5th percentile of brain pixels lies at 0.73 of the
+  map, median over slices; so the hottest cortex is red, not saturated magenta).
+* The fused volume is the network's fused luminance, float32 in [0, 1], 0 outside the head.
+* The overlay is RGB uint8: the fused luminance with the chroma (Cb, Cr) of the windowed PET in the
+  ``--colormap`` map, i.e. MRI anatomy with PET hot spots in warm colours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medfuse import __version__
+from medfuse.atomic import VOLUME_EXTENSIONS, check_output_path, full_suffix, output_transaction, sibling
+from medfuse.console import info, make_progress, stage
+from medfuse.errors import InvalidInputError, ProcessingError, UsageError
+from medfuse.options import FuseOptions
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+    from medfuse.io import Volume
+    from medfuse.registration import RegistrationResult
+
+__all__ = ["FuseOptions", "FusionResult", "fuse_files", "fuse_images"]
+
+NETWORK_COLORMAP = "aanlib"
+MRI_PERCENTILES = (0.5, 99.5)
+PET_PERCENTILES = (0.5, 99.5)
+#: Position on the aanlib map of the 99.5th percentile of brain pixels in the training PET slices.
+TRAINING_PET_TOP = 0.73
+REGISTER_MODES = ("rigid", "affine", "none")
+_FORMAT_EXTENSIONS = {"nifti": (".nii.gz", ".nii"), "nrrd": (".nrrd",), "mha": (".mha",)}
+#: Values drawn for percentiles at most (a regular subsample keeps them fast and deterministic).
+_PERCENTILE_SAMPLES = 2_000_000
+
+
+@dataclass
+class FusionResult:
+    """Everything one fusion produced, all on the MRI's grid."""
+
+    fused: sitk.Image
+    overlay: sitk.Image | None
+    pet_on_mri: sitk.Image
+    transform: sitk.Transform
+    report: dict[str, Any]
+    registration: RegistrationResult | None = None
+    #: What :func:`medfuse.io.load_volume` knew about the MRI (DICOM series info for export), if read from disk.
+    mri_info: dict[str, Any] | None = None
+
+
+# ---- public API ------------------------------------------------------------------------------------
+def fuse_images(
+    mri: sitk.Image,
+    pet: sitk.Image,
+    options: FuseOptions | None = None,
+    fuser: Any = None,
+) -> FusionResult:
+    """Register, resample and fuse an MRI and a PET given as SimpleITK images; nothing is written.
+
+    ``fuser`` follows the fuser interface of docs/ARCHITECTURE.md; ``None`` loads the one
+    ``options.method`` names. The inputs are validated like files (3-D scalar, finite, not constant;
+    a 4-D PET needs ``options.frame``) and never modified.
+    """
+    from medfuse import io
+
+    options = options or FuseOptions()
+    _check_options(options)
+    timings: dict[str, float] = {}
+    with _timed(timings, "validate"):
+        mri = io.validate_image(mri, role="MRI", source="the MRI image")
+        pet = io.validate_image(pet, role="PET", source="the PET image", frame=options.frame)
+    inputs = {"mri": _input_record(mri, None, {}), "pet": _input_record(pet, None, {})}
+    return _fuse(mri, pet, options, fuser, inputs, timings)
+
+
+def fuse_files(
+    mri_path: str | Path,
+    pet_path: str | Path,
+    output: str | Path,
+    options: FuseOptions | None = None,
+    fuser: Any = None,
+) -> FusionResult:
+    """Fuse an MRI and a PET file (or DICOM folder) and write the outputs ``options`` asks for.
+
+    Every output path is checked before any work; all outputs (fused volume, overlay, preview,
+    report, transform) appear together or not at all. Returns what :func:`fuse_images` returns.
+    """
+    from medfuse import io
+
+    started = time.perf_counter()
+    options = options or FuseOptions()
+    mri_path, pet_path, output = Path(mri_path), Path(pet_path), Path(output)
+    _check_options(options)
+    targets = _plan_outputs(mri_path, pet_path, output, options)
+    timings: dict[str, float] = {}
+    with _timed(timings, "load_mri"), stage("Loading the MRI"):
+        mri = io.load_volume(mri_path, role="MRI", series_uid=options.mri_series)
+    with _timed(timings, "load_pet"), stage("Loading the PET"):
+        pet = io.load_volume(pet_path, role="PET", frame=options.frame, series_uid=options.pet_series, suv=options.suv)
+    _check_patients(mri, pet, options)
+    inputs = {
+        "mri": _input_record(mri.image, mri_path, mri.info),
+        "pet": _input_record(pet.image, pet_path, pet.info, frame=options.frame),
+    }
+    result = _fuse(mri.image, pet.image, options, fuser, inputs, timings)
+    result.mri_info = mri.info
+    _write_outputs(result, targets, options, timings, started)
+    _summarise(result, mri_path, pet_path, targets, time.perf_counter() - started)
+    return result
+
+
+# ---- checks before any work ------------------------------------------------------------------------
+def _check_options(options: FuseOptions) -> None:
+    """Refuse contradicting or unknown option values before anything is loaded."""
+    from medfuse.colour import colormap_lut
+
+    if options.register not in REGISTER_MODES:
+        raise UsageError(f"--register {options.register}: unknown mode; use rigid, affine or none.")
+    if options.pet_window is not None:
+        low, high = (float(v) for v in options.pet_window)
+        if not (np.isfinite(low) and np.isfinite(high) and low < high):
+            raise UsageError(f"--pet-window {low:g} {high:g}: LOW must be a number below HIGH (image units).")
+    if options.batch_size < 1:
+        raise UsageError(f"--batch-size {options.batch_size}: use a positive number of slices.")
+    colormap_lut(options.colormap)
+
+
+def _volume_extension(output: Path, options: FuseOptions) -> tuple[str, ...]:
+    """The extensions -o may have under ``--format``."""
+    if options.output_format == "auto":
+        return VOLUME_EXTENSIONS
+    if options.output_format not in _FORMAT_EXTENSIONS:
+        raise UsageError(f"--format {options.output_format}: unknown format; use auto, nifti, nrrd, mha or dicom.")
+    allowed = _FORMAT_EXTENSIONS[options.output_format]
+    if full_suffix(output) not in allowed:
+        raise UsageError(
+            f"--format {options.output_format} does not match {output}; name it with {' or '.join(allowed)} "
+            "or use --format auto."
+        )
+    return allowed
+
+
+def _plan_outputs(mri: Path, pet: Path, output: Path, options: FuseOptions) -> dict[str, Path]:
+    """Check every output path (and that no two coincide) and return them by kind."""
+    inputs = [mri, pet] + ([options.transform] if options.transform else [])
+    check = {"inputs": inputs, "overwrite": options.overwrite}
+    targets = {"fused": check_output_path(output, allowed=_volume_extension(output, options), **check)}
+    if options.overlay:
+        targets["overlay"] = check_output_path(sibling(output, "_overlay"), allowed=VOLUME_EXTENSIONS, **check)
+    if options.preview:
+        targets["preview"] = check_output_path(options.preview, allowed=(".png",), option="--preview", **check)
+    if options.report:
+        targets["report"] = check_output_path(options.report, allowed=(".json",), option="--report", **check)
+    if options.save_transform:
+        targets["transform"] = check_output_path(
+            options.save_transform, allowed=(".tfm", ".txt"), option="--save-transform", **check
+        )
+    seen: dict[Path, str] = {}
+    for kind, path in targets.items():
+        key = path.resolve()
+        if key in seen:
+            raise UsageError(f"{path}: the {seen[key]} and the {kind} outputs would be the same file; name them apart.")
+        seen[key] = kind
+    return targets
+
+
+def _check_patients(mri: Volume, pet: Volume, options: FuseOptions) -> None:
+    """Refuse DICOM inputs of different patients unless --allow-different-patients."""
+    if "dicom" in mri.info or "dicom" in pet.info:
+        from medfuse.dicom import check_same_patient
+
+        check_same_patient(mri.info.get("dicom"), pet.info.get("dicom"), options.allow_different_patients)
+
+
+# ---- the work --------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(time.perf_counter() - start, 4)
+
+
+@contextlib.contextmanager
+def _sitk_threads(threads: int | None) -> Iterator[None]:
+    """Run SimpleITK filters on ``threads`` threads (``--threads``), restoring the default afterwards."""
+    import SimpleITK as sitk
+
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    if threads:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
+def _load_fuser(options: FuseOptions) -> Any:
+    from medfuse.inference import get_fuser
+
+    return get_fuser(options.method, options.weights, options.device, options.threads, options.batch_size)
+
+
+def _fuse(
+    mri: sitk.Image,
+    pet: sitk.Image,
+    options: FuseOptions,
+    fuser: Any,
+    inputs: dict[str, Any],
+    timings: dict[str, float],
+) -> FusionResult:
+    from medfuse import registration
+
+    with _sitk_threads(options.threads):
+        if fuser is None:
+            with _timed(timings, "load_fuser"), stage("Loading the fusion model"):
+                fuser = _load_fuser(options)
+        with _timed(timings, "register"), stage("Registering the PET to the MRI"):
+            transform, registered, source = _transform(mri, pet, options)
+        with _timed(timings, "resample"), stage("Resampling the PET onto the MRI grid"):
+            pet_on_mri = registration.resample_to(pet, mri, transform)
+        with _timed(timings, "fuse"):
+            fused, overlay, details = _fuse_volume(mri, pet_on_mri, pet, options, fuser)
+    report = _report(inputs, mri, options, fuser, transform, registered, source, details, timings)
+    return FusionResult(fused, overlay, pet_on_mri, transform, report, registered)
+
+
+def _transform(
+    mri: sitk.Image, pet: sitk.Image, options: FuseOptions
+) -> tuple[sitk.Transform, RegistrationResult | None, str]:
+    """The MRI -> PET transform: read from --transform, identity under --register none, or registered."""
+    import SimpleITK as sitk
+
+    from medfuse import registration
+
+    if options.register in ("rigid", "affine") and options.transform is None:
+        result = registration.register(mri, pet, options.register)  # type: ignore[arg-type]
+        return result.transform, result, f"registered ({options.register})"
+    if options.transform is not None:
+        transform = registration.read_transform(options.transform)
+        where, advice = f"{options.transform}: with this transform", "check that the transform belongs to these images"
+    else:
+        transform = sitk.Euler3DTransform()
+        where, advice = "under --register none", "register them with --register rigid, or check the inputs"
+    overlap = registration.overlap_fraction(mri, pet, transform)
+    if overlap < registration.MIN_OVERLAP:
+        raise InvalidInputError(
+            f"{where} the PET and MRI heads barely overlap ({overlap:.0%} overlap of the smaller head); {advice}."
+        )
+    source = f"file {options.transform}" if options.transform is not None else "none (scanner coordinates)"
+    return transform, None, source
+
+
+def _subsample(values: np.ndarray) -> np.ndarray:
+    """A regular subsample of at most about :data:`_PERCENTILE_SAMPLES` values."""
+    step = max(1, int(np.ceil(values.size / _PERCENTILE_SAMPLES)))
+    return values.ravel()[::step]
+
+
+def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> tuple[float, float, str]:
+    """The PET display window (low, high) in image units, and how it was chosen."""
+    import SimpleITK as sitk
+
+    from medfuse.registration import head_mask
+
+    if window is not None:
+        return float(window[0]), float(window[1]), "--pet-window"
+    values = sitk.GetArrayViewFromImage(pet)
+    head = sitk.GetArrayFromImage(head_mask(pet, fraction=0.15)).astype(bool)
+    low = float(np.percentile(_subsample(values), PET_PERCENTILES[0]))
+    top = float(np.percentile(_subsample(values[head]), PET_PERCENTILES[1])) if head.any() else low
+    if top <= low:
+        low, top = float(values.min()), float(values.max())
+    high = low + (top - low) / TRAINING_PET_TOP
+    how = (
+        f"percentiles: {PET_PERCENTILES[0]}th of all voxels to the {PET_PERCENTILES[1]}th of head voxels "
+        f"placed at {TRAINING_PET_TOP} of the window"
+    )
+    return low, high, how
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """The (z, y, x) slices of the smallest box holding every True voxel."""
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return box[0], box[1], box[2]
+
+
+def _fuse_volume(
+    mri: sitk.Image, pet_on_mri: sitk.Image, pet: sitk.Image, options: FuseOptions, fuser: Any
+) -> tuple[sitk.Image, sitk.Image | None, dict[str, Any]]:
+    """Fuse slice by slice along the MRI grid's third axis inside the head's bounding box."""
+    import SimpleITK as sitk
+
+    from medfuse.colour import apply_colormap, rgb_to_ycbcr, ycbcr_to_rgb
+    from medfuse.registration import head_mask
+
+    mask = sitk.GetArrayFromImage(head_mask(mri, fraction=0.1, dilate_mm=3.0)).astype(bool)
+    mri_values = sitk.GetArrayViewFromImage(mri)
+    mri_low = float(np.percentile(_subsample(mri_values), MRI_PERCENTILES[0]))
+    mri_high = float(np.percentile(_subsample(mri_values[mask]), MRI_PERCENTILES[1]))
+    if mri_high <= mri_low:
+        mri_low, mri_high = float(mri_values.min()), float(mri_values.max())
+    pet_low, pet_high, window_source = pet_window(pet, options.pet_window)
+    pet_values = sitk.GetArrayViewFromImage(pet_on_mri)
+
+    box = _bounding_box(mask)
+    slices = [k for k in range(box[0].start, box[0].stop) if mask[k, box[1], box[2]].any()]
+    fused = np.zeros(mri_values.shape, dtype=np.float32)
+    want_overlay = options.overlay or options.preview is not None
+    overlay = np.zeros((*mri_values.shape, 3), dtype=np.uint8) if want_overlay else None
+    with make_progress(transient=True) as progress:
+        task = progress.add_task(f"Fusing slices on {fuser.device} ({fuser.method})", total=len(slices))
+        for start in range(0, len(slices), options.batch_size):
+            batch = slices[start : start + options.batch_size]
+            inside = mask[batch][:, box[1], box[2]]
+            mri_in = np.clip((mri_values[batch][:, box[1], box[2]] - mri_low) / (mri_high - mri_low), 0.0, 1.0)
+            pet_x = np.clip((pet_values[batch][:, box[1], box[2]] - pet_low) / (pet_high - pet_low), 0.0, 1.0)
+            pet_y = np.clip(rgb_to_ycbcr(apply_colormap(pet_x, NETWORK_COLORMAP))[0], 0.0, 1.0)
+            out = _checked(fuser.fuse(mri_in.astype(np.float32), pet_y.astype(np.float32)), mri_in.shape, fuser)
+            out = np.where(inside, out, np.float32(0.0))
+            fused[batch, box[1], box[2]] = out
+            if overlay is not None:
+                _, cb, cr = rgb_to_ycbcr(apply_colormap(pet_x, options.colormap))
+                colour = np.round(ycbcr_to_rgb(out, cb, cr) * 255.0).astype(np.uint8)
+                overlay[batch, box[1], box[2]] = np.where(inside[..., None], colour, np.uint8(0))
+            progress.update(task, advance=len(batch))
+    fused_image = sitk.GetImageFromArray(fused)
+    fused_image.CopyInformation(mri)
+    overlay_image = None
+    if overlay is not None:
+        overlay_image = sitk.GetImageFromArray(overlay, isVector=True)
+        overlay_image.CopyInformation(mri)
+    details = {
+        "slices_fused": len(slices),
+        "slices_total": int(mri_values.shape[0]),
+        "crop_zyx": [[s.start, s.stop] for s in box],
+        "mri_window": [mri_low, mri_high],
+        "pet_window": {"low": pet_low, "high": pet_high, "source": window_source},
+    }
+    return fused_image, overlay_image, details
+
+
+def _checked(out: Any, shape: tuple[int, ...], fuser: Any) -> np.ndarray:
+    """The fuser's output as float32 in [0, 1], or a ProcessingError if it broke the fuser contract."""
+    out = np.asarray(out, dtype=np.float32)
+    if out.shape != shape or not np.all(np.isfinite(out)):
+        raise ProcessingError(
+            f"the {fuser.method} fusion returned {'non-finite values' if out.shape == shape else out.shape} "
+            f"for slices of shape {shape}; rerun with --method laplacian or report the problem."
+        )
+    return np.clip(out, 0.0, 1.0)
+
+
+# ---- report ----------------------------------------------------------------------------------------
+def _input_record(
+    image: sitk.Image, path: Path | None, source_info: dict[str, Any], frame: str | None = None
+) -> dict[str, Any]:
+    import SimpleITK as sitk
+
+    from medfuse.io import geometry
+
+    values = sitk.GetArrayViewFromImage(image)
+    record: dict[str, Any] = {"path": str(path) if path is not None else None}
+    record.update({key: value for key, value in source_info.items() if key in ("format", "pixel_type")})
+    record.update(geometry(image))
+    record["value_range"] = [float(values.min()), float(values.max())]
+    if frame is not None:
+        record["frame"] = frame
+    if "dicom" in source_info:
+        dicom_info = source_info["dicom"]
+        keys = ("series_uid", "modality", "description", "patient_id", "units", "reason", "suv")
+        record["dicom"] = {key: dicom_info.get(key) for key in keys if dicom_info.get(key) is not None}
+    return record
+
+
+def _versions() -> dict[str, str]:
+    import SimpleITK as sitk
+
+    versions = {
+        "medfuse": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "SimpleITK": sitk.Version.VersionString(),
+        "platform": platform.platform(),
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        versions["torch"] = torch.__version__
+    return versions
+
+
+def _report(
+    inputs: dict[str, Any],
+    mri: sitk.Image,
+    options: FuseOptions,
+    fuser: Any,
+    transform: sitk.Transform,
+    registered: RegistrationResult | None,
+    source: str,
+    details: dict[str, Any],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    from medfuse.io import geometry
+    from medfuse.registration import describe_transform
+
+    registration_record: dict[str, Any] = {"source": source, "transform": describe_transform(transform)}
+    if registered is not None:
+        registration_record.update(
+            mode=registered.mode,
+            metric="Mattes mutual information (negative; lower is better)",
+            metric_value=registered.metric,
+            initialisation=registered.initialisation,
+            iterations_last_level=registered.iterations,
+            stop_condition=registered.stop_condition,
+            head_overlap=round(registered.overlap, 4),
+        )
+    return {
+        "medfuse_version": __version__,
+        "inputs": inputs,
+        "output_grid": geometry(mri),
+        "registration": registration_record,
+        "pet_window": {**details["pet_window"], "units": _pet_units(inputs)},
+        "mri_window": details["mri_window"],
+        "fusion": {
+            "method": fuser.method,
+            "device": fuser.device,
+            "weights_sha256": fuser.weights_sha256,
+            "batch_size": options.batch_size,
+            "slice_axis": "third axis of the MRI grid",
+            "slices_fused": details["slices_fused"],
+            "slices_total": details["slices_total"],
+            "crop_zyx": details["crop_zyx"],
+            "network_pet_colormap": NETWORK_COLORMAP,
+            "overlay_colormap": options.colormap,
+        },
+        "timings_s": timings,
+        "versions": _versions(),
+    }
+
+
+def _pet_units(inputs: dict[str, Any]) -> str | None:
+    dicom_info = inputs["pet"].get("dicom", {})
+    return dicom_info.get("units")
+
+
+# ---- writing ---------------------------------------------------------------------------------------
+def _write_outputs(
+    result: FusionResult, targets: dict[str, Path], options: FuseOptions, timings: dict[str, float], started: float
+) -> None:
+    """Write every requested output in one transaction (all appear, or none)."""
+    from medfuse import io
+    from medfuse.registration import write_transform
+
+    picture = None
+    if "preview" in targets:
+        from medfuse.preview import render_preview, write_png
+
+        with _timed(timings, "preview"), stage("Rendering the preview"):
+            shown = result.overlay if result.overlay is not None else result.fused
+            picture = render_preview(shown, mode="mosaic", focus=result.pet_on_mri)
+    result.report["outputs"] = {kind: str(path) for kind, path in targets.items()}
+    write_started = time.perf_counter()
+    with stage("Writing the outputs"), output_transaction(overwrite=options.overwrite) as transaction:
+        transaction.write(targets["fused"], lambda path: io.write_volume(result.fused, path))
+        if "overlay" in targets and result.overlay is not None:
+            overlay = result.overlay
+            transaction.write(targets["overlay"], lambda path: io.write_volume(overlay, path))
+        if picture is not None:
+            transaction.write(targets["preview"], lambda path: write_png(picture, path))
+        if "transform" in targets:
+            transaction.write(targets["transform"], lambda path: write_transform(result.transform, path))
+        timings["write"] = round(time.perf_counter() - write_started, 4)
+        timings["total"] = round(time.perf_counter() - started, 4)
+        if "report" in targets:
+            text = json.dumps(result.report, indent=2, default=str) + "\n"
+            transaction.write(targets["report"], lambda path: path.write_text(text, encoding="utf-8"))
+
+
+def _summarise(result: FusionResult, mri: Path, pet: Path, targets: dict[str, Path], seconds: float) -> None:
+    """The one summary line at the end of a run."""
+    fusion = result.report["fusion"]
+    registration = result.report["registration"]
+    how = registration["source"]
+    if "metric_value" in registration:
+        how += f", Mattes MI {registration['metric_value']:.3f}"
+    extras = [kind for kind in ("overlay", "preview", "report", "transform") if kind in targets]
+    info(
+        f"Fused {mri} + {pet} -> {targets['fused']}{' (+ ' + ', '.join(extras) + ')' if extras else ''} "
+        f"in {seconds:.1f} s: {fusion['slices_fused']} slices by {fusion['method']} on {fusion['device']}, "
+        f"PET {how}."
+    )
