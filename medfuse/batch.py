@@ -7,6 +7,17 @@ the batch goes on; ``OUTPUT/summary.csv`` lists every case (written atomically, 
 
 Cases run in this process (``workers=1``), in ``workers`` spawned processes, or as tasks on an
 existing Dask cluster (``scheduler``); every process loads the fusion model once and reuses it.
+
+Running on a site's own Dask cluster (``pip install "medfuse[distributed]"`` on every machine)::
+
+    dask scheduler --port 8786                               # on one host
+    dask worker tcp://HOST:8786 --nworkers 4 --nthreads 1    # on each compute host
+    medfuse batch /shared/studies -o /shared/fused --scheduler tcp://HOST:8786
+
+The workers read the inputs and write the outputs themselves, so INPUT_DIR and OUTPUT_DIR must be on
+a file system every worker sees under the same path (paths are sent as absolute paths), and every
+worker needs the same medfuse (and weights). A worker process runs one case at a time; parallelism
+comes from ``--nworkers``; ``--threads`` sets the torch/ITK threads of each case.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,9 +153,8 @@ def read_pairs(pairs: Path) -> list[Case]:
         if not values["mri"] or not values["pet"]:
             raise InvalidInputError(f"{where}: case {values['case']!r} needs both an mri and a pet path.")
         seen.add(values["case"])
-        mri, pet = (Path(values[key]).expanduser() for key in ("mri", "pet"))
-        cases.append(Case(values["case"], mri=mri if mri.is_absolute() else pairs.parent / mri,
-                          pet=pet if pet.is_absolute() else pairs.parent / pet))  # fmt: skip
+        mri, pet = (pairs.parent / Path(values[key]).expanduser() for key in ("mri", "pet"))
+        cases.append(Case(values["case"], mri=mri, pet=pet))
     if not cases:
         raise InvalidInputError(f"{pairs}: the pairs file lists no cases; add one row per case (case, mri, pet).")
     return cases
@@ -155,21 +165,30 @@ def _common_folder(paths: Iterable[Path]) -> Path:
     return common.parent if common.is_file() else common
 
 
+def _is_volume_file(path: Path) -> bool:
+    return not path.name.startswith(".") and full_suffix(path.name.lower()) in _VOLUME_FILES
+
+
 def _named(folder: Path, globs: Sequence[str]) -> list[Path]:
-    """Volume files and folders under ``folder`` whose name matches a glob (case-insensitive)."""
+    """Inputs found by name under ``folder`` (case-insensitive globs).
+
+    A volume file counts when its name, or the name of a folder it is in, matches; a matching folder
+    with no volume file inside counts itself (a DICOM folder whose headers did not say MR or PT).
+    """
     patterns = [g.lower() for g in globs]
+
+    def matches(name: str) -> bool:
+        return any(fnmatch.fnmatch(name.lower(), p) for p in patterns)
+
     found: list[Path] = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            lower = name.lower()
-            volume_file = not name.startswith(".") and full_suffix(lower) in _VOLUME_FILES
-            if volume_file and any(fnmatch.fnmatch(lower, p) for p in patterns):
-                found.append(Path(root) / name)
-        for name in list(dirs):
-            if any(fnmatch.fnmatch(name.lower(), p) for p in patterns):
-                found.append(Path(root) / name)
-                dirs.remove(name)  # the folder is the input; do not look inside it
+        here = Path(root)
+        in_match = any(matches(part) for part in here.relative_to(folder).parts)
+        found += [here / f for f in sorted(files) if _is_volume_file(here / f) and (in_match or matches(f))]
+        for name in dirs:
+            if matches(name) and not in_match and not any(_is_volume_file(p) for p in (here / name).rglob("*")):
+                found.append(here / name)
     return sorted(found)
 
 
@@ -278,35 +297,70 @@ def run_case(task: CaseTask, fuser: Any) -> CaseResult:
 
 # ---- worker processes and Dask workers: one fuser per process, built on first use -------------------
 _FUSERS: dict[tuple[Any, ...], Any] = {}
-_FUSERS_LOCK = threading.Lock()
+# One case at a time per process: warning capture and the quiet switch are process-wide, and a case
+# holds whole volumes in memory. A Dask worker with several threads therefore runs its cases in turn;
+# parallelism comes from worker processes (dask worker --nworkers N --nthreads 1).
+_CASE_LOCK = threading.Lock()
 
 
 def _cached_fuser(options: FuseOptions) -> Any:
     key = (options.method, str(options.weights), options.device, options.threads, options.batch_size)
-    with _FUSERS_LOCK:
-        if key not in _FUSERS:
-            _FUSERS[key] = _load_fuser(options)
-        return _FUSERS[key]
+    if key not in _FUSERS:
+        _FUSERS[key] = _load_fuser(options)
+    return _FUSERS[key]
+
+
+# Ctrl-C in a worker process interrupts the case it is running (whose outputs roll back) and makes
+# it skip the cases still queued for it; while idle it only remembers the request.
+_STOP = threading.Event()
+_RUNNING = threading.Event()
+NOT_RUN = "not run: the batch was interrupted."
+
+
+def _interrupt_worker(signum: int, frame: object) -> None:
+    _STOP.set()
+    if _RUNNING.is_set():
+        raise KeyboardInterrupt
 
 
 def run_case_on_worker(task: CaseTask) -> CaseResult:
     """Entry point of a worker process or Dask task: the worker's cached fuser, then :func:`run_case`."""
-    started = time.perf_counter()
-    try:
-        fuser = _cached_fuser(task.options)
-    except MedfuseError as exc:
-        return CaseResult(task.case.name, "failed", exc.message, round(time.perf_counter() - started, 2))
-    return run_case(task, fuser)
+    if _STOP.is_set():
+        return CaseResult(task.case.name, "skipped", NOT_RUN)
+    with _CASE_LOCK:
+        started = time.time()
+        try:
+            _RUNNING.set()
+            fuser = _cached_fuser(task.options)
+            return run_case(task, fuser)
+        except MedfuseError as exc:  # the fuser could not be built (weights, device)
+            return CaseResult(task.case.name, "failed", exc.message, round(time.time() - started, 2))
+        except KeyboardInterrupt:
+            _STOP.set()
+            return _interrupted(task, started)
+        finally:
+            _RUNNING.clear()
+
+
+def _interrupted(task: CaseTask, started: float) -> CaseResult:
+    """An interrupted case: done when all its outputs had been committed by then, else rolled back."""
+    outputs = case_outputs(task.output_dir, task.case.name, task.options)
+    if all(path.exists() and path.stat().st_mtime >= started for path in outputs):
+        return CaseResult(task.case.name, "ok", "", round(time.time() - started, 2), [str(p) for p in outputs])
+    return CaseResult(task.case.name, "skipped", "interrupted while running; nothing was written for it.")
 
 
 def _init_worker(threads: int) -> None:
-    """Spawned worker setup: ``threads`` CPU threads for torch and ITK, no progress output."""
+    """Spawned worker setup: ``threads`` CPU threads for torch and ITK, no progress output, Ctrl-C handling."""
+    import signal
+
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[variable] = str(threads)
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     set_quiet(True)
+    signal.signal(signal.SIGINT, _interrupt_worker)
 
 
 def _available_cpus() -> int:
@@ -317,6 +371,10 @@ def _available_cpus() -> int:
 
 
 # ---- running the batch ----------------------------------------------------------------------------
+def _absolute(case: Case) -> Case:
+    return Case(case.name, *(p.absolute() if p is not None else None for p in (case.folder, case.mri, case.pet)))
+
+
 def _check_output(output_dir: Path, input_dir: Path | None) -> Path:
     """Refuse an output folder that is a file, an input, or inside the input folder (nothing is created)."""
     output_dir = check_output_path(output_dir, is_dir=True, overwrite=True, inputs=[input_dir] if input_dir else ())
@@ -359,28 +417,33 @@ def _run_here(tasks: list[CaseTask], fuser: Any) -> Iterator[CaseResult]:
         yield run_case(task, fuser)
 
 
-def _run_processes(tasks: list[CaseTask], options: FuseOptions, workers: int) -> Iterator[CaseResult]:
+def _run_processes(
+    tasks: list[CaseTask], options: FuseOptions, workers: int, late: Callable[[CaseResult], None]
+) -> Iterator[CaseResult]:
+    """Results as the spawned workers finish; after an interruption, ``late`` gets those that still ended."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
 
     threads = options.threads or 1
     context = multiprocessing.get_context("spawn")
-    executor = ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
-    )
+    executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,))
+    futures = {executor.submit(run_case_on_worker, task): task for task in tasks}
+    reported: set[Future] = set()
     try:
-        futures = {executor.submit(run_case_on_worker, task): task for task in tasks}
         for future in as_completed(futures):
-            yield _result_of(future, futures[future], BrokenProcessPool)
+            reported.add(future)
+            yield _result_of(future, futures[future])
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+        for future, task in futures.items():
+            if future not in reported and future.done() and not future.cancelled():
+                late(_result_of(future, task))
 
 
-def _result_of(future: Future, task: CaseTask, crash: type[BaseException]) -> CaseResult:
+def _result_of(future: Future, task: CaseTask) -> CaseResult:
     try:
         return future.result()
-    except crash as exc:
+    except Exception as exc:  # the worker process died (e.g. out of memory) or could not return the result
         return CaseResult(
             task.case.name,
             "failed",
@@ -464,6 +527,9 @@ def run_batch(
         raise UsageError("--workers applies to local runs; with --scheduler the Dask cluster sets the parallelism.")
     input_path = Path(input_dir) if input_dir is not None else None
     cases = find_cases(input_path) if input_path is not None else read_pairs(Path(pairs))  # type: ignore[arg-type]
+    if scheduler is not None:  # Dask workers run elsewhere: give them absolute paths
+        cases = [_absolute(case) for case in cases]
+        output_dir = Path(output_dir).absolute()
     if not cases:
         raise InvalidInputError(
             f"{input_path}: holds no case folders; put each study (one MRI and one PET) in its own subfolder, "
@@ -485,7 +551,7 @@ def run_batch(
             runs = iter(())
         elif workers > 1:
             _load_fuser(options)  # checks weights and device once, before the workers start
-            runs = _run_processes(pending, options, min(workers, len(pending)))
+            runs = _run_processes(pending, options, min(workers, len(pending)), late=_keeper(results))
         else:
             runs = _run_here(pending, _load_fuser(options))
         _create_folder(output_path)
@@ -494,6 +560,15 @@ def run_batch(
         if client is not None:
             client.close()
     return BatchResult(ordered, output_path / SUMMARY_NAME)
+
+
+def _keeper(results: dict[str, CaseResult]) -> Callable[[CaseResult], None]:
+    """A callback storing a result that arrives after the batch was interrupted."""
+
+    def keep(result: CaseResult) -> None:
+        results[result.case] = result
+
+    return keep
 
 
 def _collect(
@@ -511,10 +586,7 @@ def _collect(
                     progress.console.print(f"{result.case}: failed: {result.error}", markup=False, highlight=False)
                 progress.advance(bar)
     finally:
-        ordered = [
-            results.get(t.case.name) or CaseResult(t.case.name, "skipped", "not run: the batch was interrupted.")
-            for t in tasks
-        ]
+        ordered = [results.get(t.case.name) or CaseResult(t.case.name, "skipped", NOT_RUN) for t in tasks]
         write_summary(ordered, summary)
     return ordered
 

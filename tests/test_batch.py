@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
+import shutil
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
+from PIL import Image
 from typer.testing import CliRunner
 
 import medfuse
@@ -96,7 +102,11 @@ def test_inputs_found_by_name_in_folders_and_subfolders(tmp_path: Path) -> None:
     assert locate_inputs(Case("flat", folder=flat)) == (flat / "T1w.nii", flat / "PET_AC.nrrd")
     nested = make_case(tmp_path, "nested", mri="anat/t1_mprage.mha", pet="pet/raw/series.nii.gz")
     (nested / "notes.txt").write_text("pet scan notes")
-    assert locate_inputs(Case("nested", folder=nested)) == (nested / "anat" / "t1_mprage.mha", nested / "pet")
+    expected = (nested / "anat" / "t1_mprage.mha", nested / "pet" / "raw" / "series.nii.gz")
+    assert locate_inputs(Case("nested", folder=nested)) == expected
+    (nested / "Pet_DICOM").mkdir()  # a matching folder without volume files counts as a (DICOM) input
+    with pytest.raises(InvalidInputError, match=r"several PET candidates match pet\* \(Pet_DICOM, pet/raw/series"):
+        locate_inputs(Case("nested", folder=nested))
     custom = make_case(tmp_path, "custom", mri="anatomy.nii.gz", pet="fdg.nii.gz")
     found = locate_inputs(Case("custom", folder=custom), mri_globs=["anat*"], pet_globs=["fdg*", "pet*"])
     assert found == (custom / "anatomy.nii.gz", custom / "fdg.nii.gz")
@@ -233,6 +243,33 @@ def test_interrupt_keeps_finished_cases_and_writes_the_summary(tmp_path: Path, f
     assert sorted(p.name for p in out.iterdir()) == ["a", "summary.csv"]
 
 
+def test_ctrl_c_in_a_worker_process(tmp_path: Path, fake: FakePipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker-side Ctrl-C: the running case rolls back (or counts as done if committed), queued ones are skipped."""
+    import threading
+
+    monkeypatch.setattr(batch, "_STOP", threading.Event())
+    studies, out = tmp_path / "studies", tmp_path / "out"
+    tasks = {}
+    for name, behaviour in (("a", "interrupt"), ("b", "ok")):
+        make_case(studies, name, behaviour)
+        tasks[name] = batch.CaseTask(Case(name, folder=studies / name), out, FuseOptions())
+    batch._interrupt_worker(2, None)  # while idle: only remembered
+    assert batch._STOP.is_set()
+    assert batch.run_case_on_worker(tasks["b"]).error == "not run: the batch was interrupted."
+    batch._STOP.clear()
+    interrupted = batch.run_case_on_worker(tasks["a"])
+    assert (interrupted.status, interrupted.error) == (
+        "skipped",
+        "interrupted while running; nothing was written for it.",
+    )
+    assert batch._STOP.is_set() and not out.exists()
+    batch._STOP.clear()
+    batch.run_case_on_worker(tasks["b"])  # interrupted right after its outputs were committed: it is done
+    done = batch._interrupted(tasks["b"], started=0.0)
+    assert done.status == "ok" and len(done.outputs) == 5
+    assert batch._interrupted(tasks["b"], started=time.time() + 60).status == "skipped"
+
+
 def test_batch_refuses_bad_folders_and_options(tmp_path: Path, fake: FakePipeline) -> None:
     studies = tmp_path / "studies"
     make_case(studies, "one")
@@ -287,7 +324,114 @@ def test_cli_batch_exit_codes_and_table(tmp_path: Path, fake: FakePipeline) -> N
     assert result.exit_code == 0, result.output
     assert (out / "good2" / "fused.nii.gz").exists()
 
+    renamed = tmp_path / "renamed"
+    make_case(renamed, "x", mri="anat/anatomy.nii.gz", pet="FDG.nii.gz")
+    globs = ["--mri-glob", "anat*", "--pet-glob", "fdg*", "--pet-glob", "pet*"]
+    result = runner.invoke(app, ["batch", str(renamed), "-o", str(tmp_path / "out-renamed"), *globs])
+    assert result.exit_code == 0, result.output
+    assert fake.calls[-1]["mri"] == renamed / "x" / "anat" / "anatomy.nii.gz"
+
     result = runner.invoke(app, ["batch", str(studies), "--pairs", str(pairs), "-o", str(out)])
     assert result.exit_code == 2 and "not both or neither" in result.output
     result = runner.invoke(app, ["batch", str(tmp_path / "nowhere"), "-o", str(out)])
     assert result.exit_code == 3 and "the input folder does not exist" in result.output
+
+
+# ---- with the real pipeline (Laplacian fusion, tiny synthetic heads) ----------------------------------
+def write_heads(folder: Path) -> tuple[Path, Path]:
+    """A small MRI and a misaligned, coarser PET of the synthetic head, written as NIfTI."""
+    from synthetic import Grid, phantom_mri, phantom_pet, rigid
+
+    mri, pet = folder / "mri.nii.gz", folder / "pet.nii.gz"
+    sitk.WriteImage(phantom_mri(Grid((36, 44, 36), (5.0, 5.0, 5.0))), str(mri))
+    moved = rigid((0.0, 0.0, 4.0), (4.0, -3.0, 2.0))
+    sitk.WriteImage(phantom_pet(Grid((28, 32, 28), (7.0, 7.0, 7.0)), transform=moved), str(pet))
+    return mri, pet
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_heads(tmp_path_factory.mktemp("heads"))
+
+
+def copy_case(root: Path, name: str, mri: Path, pet: Path, mri_name: str = "mri.nii.gz") -> None:
+    (root / name / "pet").mkdir(parents=True)
+    shutil.copy(mri, root / name / mri_name)
+    shutil.copy(pet, root / name / "pet" / "pet.nii.gz")
+
+
+def test_real_pipeline_end_to_end(tmp_path: Path, heads: tuple[Path, Path]) -> None:
+    mri, pet = heads
+    studies, out = tmp_path / "studies", tmp_path / "out"
+    copy_case(studies, "good", mri, pet, mri_name="T1w.nii.gz")
+    copy_case(studies, "flat-pet", mri, pet)
+    sitk.WriteImage(sitk.Image([6, 6, 6], sitk.sitkFloat32) + 3.0, str(studies / "flat-pet" / "pet" / "pet.nii.gz"))
+    before = tree(studies)
+    out.mkdir()
+    result = run_batch(studies, out, FuseOptions(method="laplacian"))
+    assert [(c.case, c.status) for c in result.cases] == [("flat-pet", "failed"), ("good", "ok")]
+    assert "constant" in result.cases[0].error and str(studies / "flat-pet") in result.cases[0].error
+    assert sorted(p.name for p in out.iterdir()) == ["good", "summary.csv"]
+    assert sorted(p.name for p in (out / "good").iterdir()) == CASE_FILES
+    reference, fused = sitk.ReadImage(str(mri)), sitk.ReadImage(str(out / "good" / "fused.nii.gz"))
+    assert fused.GetSize() == reference.GetSize()
+    for a, b in ((fused.GetSpacing(), reference.GetSpacing()), (fused.GetOrigin(), reference.GetOrigin())):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(fused.GetDirection(), reference.GetDirection(), atol=1e-6)
+    report = json.loads((out / "good" / "report.json").read_text())
+    assert report["outputs"]["preview"] == str(out / "good" / "preview.png")
+    with Image.open(out / "good" / "preview.png") as preview:
+        assert preview.mode == "RGB" and min(preview.size) > 100
+    assert tree(studies) == before  # inputs untouched
+
+
+def test_worker_processes_give_the_same_results(tmp_path: Path, heads: tuple[Path, Path]) -> None:
+    mri, pet = heads
+    studies = tmp_path / "studies"
+    for name in ("one", "two"):
+        copy_case(studies, name, mri, pet)
+    (tmp_path / "serial").mkdir()
+    (tmp_path / "parallel").mkdir()
+    serial = run_batch(studies, tmp_path / "serial", FuseOptions(method="laplacian"))
+    parallel = run_batch(studies, tmp_path / "parallel", FuseOptions(method="laplacian"), workers=2)
+    assert [c.status for c in serial.cases] == [c.status for c in parallel.cases] == ["ok", "ok"]
+    for name in ("one", "two"):
+        expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "serial" / name / "fused.nii.gz")))
+        got = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "parallel" / name / "fused.nii.gz")))
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_clinical_style_dicom_cases(tmp_path: Path) -> None:
+    """Mixed-series DICOM folders: the good one fused on the MRI grid, the bad ones failed and named."""
+    from dicom_factory import make_localizer, make_series, pet_suv_tags, write_corrupt_file
+    from dicom_factory import phantom as dicom_phantom
+
+    studies, out = tmp_path / "studies", tmp_path / "out"
+    shape = (8, 20, 24)
+    grid = {"spacing": (2.0, 2.0, 3.0), "origin": (-24.0, -20.0, -12.0)}
+    # a PACS export: T1 + localizer + PET with per-slice slopes, all in one folder, names meaningless
+    t1 = make_series(studies / "good", dicom_phantom(shape), modality="MR", prefix="A", **grid)
+    make_localizer(studies / "good")
+    pet_series = dicom_phantom(shape, kind="pet")
+    make_series(studies / "good", pet_series, modality="PT", rescale="slice", extra=pet_suv_tags(), prefix="B", **grid)
+    # the PET of another patient
+    make_series(studies / "mixup" / "mr", dicom_phantom(shape), modality="MR", patient_id="PAT-A", **grid)
+    pet_b = {"patient_id": "PAT-B", "rescale": "slice", "extra": pet_suv_tags()}
+    make_series(studies / "mixup" / "pt", pet_series, modality="PT", **pet_b, **grid)
+    # a corrupt file among the slices
+    make_series(studies / "corrupt", dicom_phantom(shape), modality="MR", prefix="A", **grid)
+    make_series(studies / "corrupt", pet_series, modality="PT", rescale="slice", prefix="B", **grid)
+    write_corrupt_file(studies / "corrupt" / "IM9999.dcm")
+    out.mkdir()
+    result = run_batch(studies, out, FuseOptions(method="laplacian", register="none", suv=True))
+    status = {c.case: (c.status, c.error) for c in result.cases}
+    assert status["good"] == ("ok", ""), status["good"]
+    assert status["mixup"][0] == "failed" and "PAT-A" in status["mixup"][1] and "PAT-B" in status["mixup"][1]
+    assert status["corrupt"][0] == "failed" and "IM9999.dcm" in status["corrupt"][1]
+    assert sorted(p.name for p in out.iterdir()) == ["good", "summary.csv"]
+    fused, expected = sitk.ReadImage(str(out / "good" / "fused.nii.gz")), t1.image()
+    assert fused.GetSize() == expected.GetSize()
+    np.testing.assert_allclose(fused.GetOrigin(), expected.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(fused.GetSpacing(), expected.GetSpacing(), atol=1e-6)
+    report = json.loads((out / "good" / "report.json").read_text())
+    assert "SUV" in json.dumps(report["inputs"]["pet"])

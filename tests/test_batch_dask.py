@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_batch import FakePipeline, make_case, read_summary
+from test_batch import CASE_FILES, FakePipeline, copy_case, make_case, read_summary, write_heads
 
 import medfuse
 from medfuse import batch
@@ -46,14 +46,19 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakePipeline:
     return pipeline
 
 
-def test_cases_run_as_dask_tasks(tmp_path: Path, scheduler: str, fake: FakePipeline) -> None:
+def test_cases_run_as_dask_tasks(
+    tmp_path: Path, scheduler: str, fake: FakePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert scheduler.startswith("tcp://127.0.0.1:")
-    studies, out = tmp_path / "studies", tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    studies, out = Path("studies"), Path("out")
     for index in range(4):
         make_case(studies, f"case{index}")
     make_case(studies, "case9-bad", "invalid")
     out.mkdir()
     result = run_batch(studies, out, FuseOptions(method="laplacian"), scheduler=scheduler)
+    # the workers may run elsewhere: they get absolute paths
+    assert all(call["mri"].is_absolute() and call["output"].is_absolute() for call in fake.calls)
     rows = read_summary(out / "summary.csv")
     assert [(r["case"], r["status"]) for r in rows] == [(f"case{i}", "ok") for i in range(4)] + [
         ("case9-bad", "failed")
@@ -79,6 +84,16 @@ def test_worker_fuser_failure_fails_the_cases_cleanly(tmp_path: Path, scheduler:
     finally:
         batch._load_fuser = saved
     assert result.cases[0].status == "failed" and "SHA-256 mismatch" in result.cases[0].error
+
+
+def test_real_pipeline_on_the_cluster(tmp_path: Path, scheduler: str) -> None:
+    mri, pet = write_heads(tmp_path)
+    studies, out = tmp_path / "studies", tmp_path / "out"
+    copy_case(studies, "head", mri, pet)
+    out.mkdir()
+    result = run_batch(studies, out, FuseOptions(method="laplacian"), scheduler=scheduler)
+    assert result.cases[0].status == "ok", result.cases[0].error
+    assert sorted(p.name for p in (out / "head").iterdir()) == CASE_FILES
 
 
 def test_unreachable_scheduler_and_missing_dask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
