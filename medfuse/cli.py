@@ -329,6 +329,23 @@ def evaluate(
     Console().print(metrics_table({fused.name or str(fused): evaluation.means}, title=title))
 
 
+# ---- info: owned by io.py ------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def info(
+    path: Annotated[Path, typer.Argument(help="A NIfTI/NRRD/MHA volume or a DICOM folder.")],
+    series: Annotated[str | None, typer.Option("--series", help="SeriesInstanceUID to describe in a folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
+) -> None:
+    """Show a volume's size, spacing, origin, orientation, pixel type and value range (and DICOM series)."""
+    import json
+
+    from medfuse.io import describe, format_description
+
+    described = describe(path, series_uid=series)
+    typer.echo(json.dumps(described, indent=2) if as_json else format_description(described))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

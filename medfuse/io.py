@@ -528,31 +528,27 @@ def _image_summary(image: sitk.Image) -> dict[str, Any]:
 
 
 def format_description(info: dict[str, Any]) -> str:
-    """The ``medfuse info`` text: one ``key: value`` line per property."""
+    """The ``medfuse info`` text: one aligned ``name  value`` line per property."""
 
-    def show(value: Any) -> str:
-        if isinstance(value, list | tuple):
-            return " × ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-        return str(value)
+    def show(values: list[float], digits: int, separator: str = " × ") -> str:
+        return separator.join(f"{round(v, digits):g}" if isinstance(v, float) else str(v) for v in values)
 
-    lines = [f"{'path':<14} {info['path']}", f"{'format':<14} {info['format']}"]
-    if "file_size" in info:
-        lines.append(f"{'file size':<14} {info['file_size']}")
-    lines.append(f"{'size':<14} {show(info['size'])}")
-    lines.append(f"{'spacing (mm)':<14} {show([round(s, 6) for s in info['spacing_mm']])}")
-    lines.append(f"{'origin (mm)':<14} {show([round(o, 4) for o in info['origin_mm']])}")
-    if "orientation" in info:
-        lines.append(f"{'orientation':<14} {info['orientation']}{' (oblique)' if info.get('oblique') else ''}")
-    if "frames" in info:
-        lines.append(f"{'frames':<14} {info['frames']}")
-    lines.append(f"{'pixel type':<14} {info['pixel_type']}")
-    lines.append(f"{'components':<14} {info['components']}")
-    if info.get("value_range") is not None:
-        low, high = info["value_range"]
-        lines.append(f"{'value range':<14} {low:g} to {high:g}")
-    if info.get("non_finite_voxels"):
-        lines.append(f"{'NaN/Inf voxels':<14} {info['non_finite_voxels']:,}")
-    for key, value in info.get("dicom", {}).items():
-        if isinstance(value, str | int | float) and value != "":
-            lines.append(f"{key.replace('_', ' '):<14} {value}")
-    return "\n".join(lines)
+    rows: list[tuple[str, Any]] = [("path", info["path"]), ("format", info["format"])]
+    rows += [("file size", info["file_size"])] if "file_size" in info else []
+    rows += [("series", label) for label in info.get("series", [])]
+    if "size" in info:
+        orientation = info.get("orientation", "")
+        rows += [
+            ("size", show(info["size"], 0)),
+            ("spacing (mm)", show(info["spacing_mm"], 6)),
+            ("origin (mm)", show(info["origin_mm"], 4, ", ")),
+            ("orientation", orientation + (" (oblique)" if info.get("oblique") else "")),
+        ]
+        rows += [("frames", info["frames"])] if "frames" in info else []
+        rows += [("pixel type", info["pixel_type"]), ("components", info["components"])]
+        if info.get("value_range") is not None:
+            rows.append(("value range", f"{info['value_range'][0]:g} to {info['value_range'][1]:g}"))
+        if info.get("non_finite_voxels"):
+            rows.append(("NaN/Inf voxels", f"{info['non_finite_voxels']:,}"))
+    rows += [(key.replace("_", " "), value) for key, value in info.get("dicom", {}).items()]
+    return "\n".join(f"{name:<14} {value}" for name, value in rows)
