@@ -193,7 +193,9 @@ def preview(
         tuple[float, float, float] | None,
         typer.Option("--at", help="Point X Y Z in mm, LPS patient coordinates (slice/triplanar)."),
     ] = None,
-    pet: Annotated[Path | None, typer.Option("--pet", help="PET drawn in colour over a grey volume.")] = None,
+    pet: Annotated[
+        Path | None, typer.Option("--pet", help="PET drawn in colour over a grey volume (as placed, not registered).")
+    ] = None,
     colorbar: Annotated[bool, typer.Option("--colorbar", help="Add a colour bar with values and units.")] = False,
     units: Annotated[str | None, typer.Option("--units", help="Colour-bar units (default: from DICOM).")] = None,
     colormap: Annotated[str, typer.Option("--colormap", help="Colour map of the PET overlay.")] = "hot",

@@ -11,6 +11,8 @@ A preview is a quick look that must not lie about anatomy, so:
 - **Aspect**: every panel is resampled to square millimetres, so anisotropic voxels look right.
 - **Windowing**: grey images use robust percentiles (1 - 99.5 % of the non-zero voxels); a PET overlay
   is shown from 40 % to 100 % of its robust maximum (99.5th percentile), transparent below.
+- **PET overlay**: the PET is drawn where its header places it (resampled onto the volume's grid, no
+  registration), so give a registered PET (or preview the fused output) for a true overlay.
 - **Colour (RGB) volumes**, such as the fusion overlay, are shown as they are.
 - ``--slice N`` counts along the image axis shown as axial, in the file's own index order (the
   numbers printed on the mosaic tiles); ``--at X Y Z`` is a physical point in millimetres in ITK/DICOM
@@ -486,7 +488,9 @@ def _colorbar(height: int, window: tuple[float, float], colormap: str, units: st
     size = max(9, min(14, height // 16))
     margin = size + 6
     bar_height = max(8, height - 2 * margin)
-    labels = [f"{value:.3g}" for value in (window[1], (window[0] + window[1]) / 2, window[0])]
+    negligible = 1e-3 * abs(window[1] - window[0])  # print 0, not 1e-08, for a window starting at noise level
+    values = (window[1], (window[0] + window[1]) / 2, window[0])
+    labels = [f"{0.0 if abs(value) < negligible else value:.3g}" for value in values]
     text_width = max(len(text) for text in [*labels, units or ""]) * size * 0.62
     width = int(16 + 6 + text_width + 8)
     image = Image.new("RGB", (width, max(height, bar_height + 2 * margin)))
