@@ -1,0 +1,118 @@
+"""The two-branch multi-scale attention fusion network (the seed paper's design, kept tiny for CPUs).
+
+An MRI branch and a PET branch (separate weights) each encode their slice at several scales. At every
+scale an :class:`AttentionFusion` block concatenates the two feature maps and learns a per-pixel
+softmax weight for each modality, so PET can dominate where metabolism is high and MRI where anatomy
+is detailed. A decoder merges the fused maps from the coarsest scale up, and a last convolution gives
+the fused luminance. Channels are few at full resolution and grow at lower resolutions, which keeps a
+256x256 slice within a few tens of milliseconds on a laptop CPU.
+
+Input and output are ``(N, 1, H, W)`` float32 tensors; H and W must be multiples of :attr:`FusionNet.stride`
+(:mod:`medfuse.inference` pads and crops). The output is not clamped here: training sees the raw
+values, inference clamps to [0, 1].
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+DEFAULT_CHANNELS = (8, 16, 32, 64)
+
+
+def _conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    """3x3 convolution + LeakyReLU, the network's basic unit."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1),
+        nn.LeakyReLU(0.1, inplace=True),
+    )
+
+
+class Branch(nn.Module):
+    """One modality's encoder: a feature map per scale, each half the size of the one before."""
+
+    def __init__(self, channels: tuple[int, ...]) -> None:
+        super().__init__()
+        stages = [nn.Sequential(_conv(1, channels[0]), _conv(channels[0], channels[0]))]
+        for previous, current in itertools.pairwise(channels):
+            stages.append(nn.Sequential(_conv(previous, current, stride=2), _conv(current, current)))
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        x = image
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class AttentionFusion(nn.Module):
+    """Fuse two same-scale feature maps by concatenation plus learned per-pixel modality weights.
+
+    ``weights = softmax(conv(concat(mri, pet)))`` gives two maps summing to one at every pixel; the
+    output is the weighted sum of the two feature maps plus a 1x1 projection of their weighted
+    concatenation (so the block can also mix channels across modalities).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.attention = nn.Conv2d(2 * channels, 2, 3, padding=1)
+        self.merge = nn.Conv2d(2 * channels, channels, 1)
+
+    def modality_weights(self, mri: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+        """Per-pixel weights ``(N, 2, H, W)``: channel 0 for the MRI, channel 1 for the PET."""
+        return torch.softmax(self.attention(torch.cat((mri, pet), dim=1)), dim=1)
+
+    def forward(self, mri: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+        weights = self.modality_weights(mri, pet)
+        weighted_mri = mri * weights[:, 0:1]
+        weighted_pet = pet * weights[:, 1:2]
+        merged = self.merge(torch.cat((weighted_mri, weighted_pet), dim=1))
+        return F.leaky_relu(weighted_mri + weighted_pet + merged, 0.1)
+
+
+class FusionNet(nn.Module):
+    """MRI + PET luminance in, fused luminance out; see the module docstring for the layout."""
+
+    def __init__(self, channels: tuple[int, ...] = DEFAULT_CHANNELS) -> None:
+        super().__init__()
+        if len(channels) < 3:
+            raise ValueError("FusionNet needs at least three scales")
+        self.channels = tuple(int(c) for c in channels)
+        self.mri_branch = Branch(self.channels)
+        self.pet_branch = Branch(self.channels)
+        self.fusions = nn.ModuleList(AttentionFusion(c) for c in self.channels)
+        # Decoder: a 1x1 projection brings the coarser map to the finer width before upsampling,
+        # then a 3x3 convolution refines the sum with that scale's fused features.
+        self.lateral = nn.ModuleList(nn.Conv2d(coarse, fine, 1) for fine, coarse in itertools.pairwise(self.channels))
+        self.refine = nn.ModuleList(_conv(c, c) for c in self.channels[:-1])
+        self.head = nn.Conv2d(self.channels[0], 1, 3, padding=1)
+
+    @property
+    def stride(self) -> int:
+        """H and W must be multiples of this (the total downsampling factor)."""
+        return 2 ** (len(self.channels) - 1)
+
+    def fused_features(self, mri: torch.Tensor, pet: torch.Tensor) -> list[torch.Tensor]:
+        """The attention-fused feature map at every scale, finest first."""
+        return [
+            fusion(m, p) for fusion, m, p in zip(self.fusions, self.mri_branch(mri), self.pet_branch(pet), strict=True)
+        ]
+
+    def forward(self, mri: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+        fused = self.fused_features(mri, pet)
+        x = fused[-1]
+        for level in range(len(fused) - 2, -1, -1):
+            coarse = self.lateral[level](x)
+            x = F.interpolate(coarse, size=fused[level].shape[-2:], mode="bilinear", align_corners=False)
+            x = self.refine[level](x + fused[level])
+        return self.head(x)
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
