@@ -536,11 +536,13 @@ def run_batch(
             "or list the cases with --pairs."
         )
     output_path = _check_output(Path(output_dir), input_path)
-    if scheduler is None and workers > 1 and options.threads is None:
-        options = dataclasses.replace(options, threads=max(1, _available_cpus() // workers))
     tasks = [CaseTask(case, output_path, options, tuple(mri_globs), tuple(pet_globs)) for case in cases]
     results = {task.case.name: early for task in tasks if (early := _precheck(task, skip_existing))}
     pending = [task for task in tasks if task.case.name not in results]
+    parallel = min(workers, len(pending))
+    if scheduler is None and parallel > 1 and options.threads is None:  # share the CPUs, do not oversubscribe
+        options = dataclasses.replace(options, threads=max(1, _available_cpus() // parallel))
+        pending = [dataclasses.replace(task, options=options) for task in pending]
 
     # Set up before anything is written: a wrong scheduler, weights file or device stops here.
     client = _connect(scheduler) if scheduler is not None and pending else None
@@ -549,9 +551,9 @@ def run_batch(
             runs = _run_dask(pending, client)
         elif not pending:
             runs = iter(())
-        elif workers > 1:
+        elif parallel > 1:
             _load_fuser(options)  # checks weights and device once, before the workers start
-            runs = _run_processes(pending, options, min(workers, len(pending)), late=_keeper(results))
+            runs = _run_processes(pending, options, parallel, late=_keeper(results))
         else:
             runs = _run_here(pending, _load_fuser(options))
         _create_folder(output_path)
