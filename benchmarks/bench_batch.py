@@ -64,14 +64,15 @@ def cpu_seconds() -> float:
     )
 
 
-def run(studies: Path, output: Path, workers: int, method: str, threads: int | None) -> tuple[float, float, int]:
+def run(studies: Path, output: Path, workers: int, args: argparse.Namespace) -> tuple[float, float, int]:
     """Wall seconds and CPU seconds of one batch run, and the number of cases that succeeded."""
     from medfuse.batch import run_batch
     from medfuse.options import FuseOptions
 
+    options = FuseOptions(method=args.method, weights=args.weights, threads=args.threads)
     output.mkdir()
     cpu_started, started = cpu_seconds(), time.perf_counter()
-    result = run_batch(studies, output, FuseOptions(method=method, threads=threads), workers=workers)  # type: ignore[arg-type]
+    result = run_batch(studies, output, options, workers=workers)
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
     failed = result.failed
     if failed:
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--method", default="net", choices=("net", "laplacian"), help="fusion method (default net)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
     parser.add_argument("--threads", type=int, default=None, help="threads per case (default: CPUs / workers)")
+    parser.add_argument("--weights", type=Path, default=None, help="network weights (default: the bundled ones)")
     args = parser.parse_args()
     if not (EXAMPLES / "mri.nii.gz").exists():
         sys.exit(f"{EXAMPLES}: the example pair is missing; run examples/make_example.py first.")
@@ -98,7 +100,7 @@ def main() -> None:
         studies = make_cases(Path(temp), args.cases)
         rates: dict[int, float] = {}
         for workers in args.workers:
-            seconds, cpu, ok = run(studies, Path(temp) / f"out-{workers}", workers, args.method, args.threads)
+            seconds, cpu, ok = run(studies, Path(temp) / f"out-{workers}", workers, args)
             rates[workers] = ok / seconds * 60.0
             print(
                 f"workers {workers}: {ok}/{args.cases} cases ok in {seconds:.1f} s -> {rates[workers]:.1f} cases/min "
