@@ -64,6 +64,16 @@ class RegistrationResult:
 
 
 # ---- head masks and overlap ------------------------------------------------------------------------
+def _smooth(image: sitk.Image, sigmas_mm: list[float]) -> sitk.Image:
+    """Gaussian smoothing axis by axis (recursive filter); axes with sigma 0 or under 4 voxels are left alone."""
+    import SimpleITK as sitk
+
+    for axis, sigma in enumerate(sigmas_mm):
+        if sigma > 0 and image.GetSize()[axis] >= 4:
+            image = sitk.RecursiveGaussian(image, sigma, False, sitk.RecursiveGaussianImageFilter.ZeroOrder, axis)
+    return image
+
+
 def _on_grid(image: sitk.Image, spacing: float, antialias: bool = True) -> sitk.Image:
     """``image`` resampled to an isotropic ``spacing`` grid with its own orientation and outer corner.
 
@@ -78,8 +88,7 @@ def _on_grid(image: sitk.Image, spacing: float, antialias: bool = True) -> sitk.
     if np.all(old_spacing >= spacing * 0.999):
         return image
     if antialias and spacing >= 1.5 * float(old_spacing.min()):
-        sigmas = [math.sqrt(max(spacing**2 - s**2, 0.0)) / 2.355 for s in old_spacing]
-        image = sitk.SmoothingRecursiveGaussian(image, sigmas)
+        image = _smooth(image, [math.sqrt(max(spacing**2 - s**2, 0.0)) / 2.355 for s in old_spacing])
     size = [max(math.ceil(n * s / spacing), 1) for n, s in zip(image.GetSize(), old_spacing, strict=True)]
     direction = np.array(image.GetDirection()).reshape(3, 3)
     corner = np.array(image.GetOrigin()) - direction @ (old_spacing / 2.0)

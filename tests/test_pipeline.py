@@ -220,7 +220,7 @@ def test_four_d_pet_and_nan_voxels(mri: sitk.Image, pet: sitk.Image, tmp_path: P
     dynamic.SetOrigin((*pet.GetOrigin(), 0.0))
     sitk.WriteImage(mri, str(tmp_path / "mri.nii.gz"))
     sitk.WriteImage(dynamic, str(tmp_path / "dynamic.nii.gz"))
-    with pytest.raises(InvalidInputError, match="has 3 frames"):
+    with pytest.raises(InvalidInputError, match="has 3 frames"), pytest.warns(MedfuseWarning, match="NaN"):
         pipeline.fuse_files(
             tmp_path / "mri.nii.gz", tmp_path / "dynamic.nii.gz", tmp_path / "f.nii.gz", fuser=FakeFuser()
         )

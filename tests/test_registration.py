@@ -169,3 +169,25 @@ def test_bad_transform_files_are_refused(tmp_path: Path) -> None:
     sitk.WriteTransform(sitk.Euler2DTransform(), str(tmp_path / "flat.tfm"))
     with pytest.raises(InvalidInputError, match="is 2-D; a 3-D transform is needed"):
         registration.read_transform(tmp_path / "flat.tfm")
+
+
+def test_example_pair_registers_to_its_known_misalignment() -> None:
+    """The committed example (examples/, made by make_example.py) against its stored truth."""
+    import json
+
+    from medfuse import io
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    mri = io.read_volume(examples / "mri.nii.gz")
+    pet = io.read_volume(examples / "pet.nii.gz", role="PET")
+    record = json.loads((examples / "truth.json").read_text())
+    truth = sitk.Euler3DTransform()
+    truth.SetFixedParameters(record["transform"]["itk_fixed_parameters"])
+    truth.SetParameters(record["transform"]["itk_parameters"])
+    result = registration.register(mri, pet)
+    head = np.argwhere(sitk.GetArrayFromImage(registration.head_mask(mri)) > 0)[::40, ::-1]
+    points = np.array([mri.TransformIndexToPhysicalPoint(tuple(int(i) for i in index)) for index in head])
+    assert mean_tre(truth, result.transform, points) < 0.5
+    for lesion in record["lesions"]:
+        found = result.transform.TransformPoint(tuple(lesion["mri_lps_mm"]))
+        assert np.linalg.norm(np.subtract(found, lesion["pet_lps_mm"])) < 0.5
