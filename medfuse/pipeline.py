@@ -264,7 +264,7 @@ def _transform(
 
     if options.register in ("rigid", "affine") and options.transform is None:
         result = registration.register(mri, pet, options.register)  # type: ignore[arg-type]
-        return result.transform, result, f"registered ({options.register})"
+        return result.transform, result, options.register
     if options.transform is not None:
         transform = registration.read_transform(options.transform)
         where, advice = f"{options.transform}: with this transform", "check that the transform belongs to these images"
@@ -515,10 +515,10 @@ def _summarise(result: FusionResult, mri: Path, pet: Path, targets: dict[str, Pa
     registration = result.report["registration"]
     how = registration["source"]
     if "metric_value" in registration:
-        how += f", Mattes MI {registration['metric_value']:.3f}"
+        how += f" (Mattes MI {registration['metric_value']:.3f})"
     extras = [kind for kind in ("overlay", "preview", "report", "transform") if kind in targets]
     info(
         f"Fused {mri} + {pet} -> {targets['fused']}{' (+ ' + ', '.join(extras) + ')' if extras else ''} "
-        f"in {seconds:.1f} s: {fusion['slices_fused']} slices by {fusion['method']} on {fusion['device']}, "
-        f"PET {how}."
+        f"in {seconds:.1f} s: {fusion['slices_fused']} slices by {fusion['method']} on {fusion['device']}; "
+        f"registration: {how}."
     )

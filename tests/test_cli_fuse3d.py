@@ -46,7 +46,7 @@ def test_fuse_writes_volumes_preview_report_and_transform(pair: tuple[Path, Path
     report = json.loads((out / "report.json").read_text())
     assert report["fusion"]["method"] == "laplacian" and report["fusion"]["device"] == "cpu"
     summary = [line for line in result.output.splitlines() if line.startswith("Fused ")]
-    assert len(summary) == 1 and "laplacian on cpu" in summary[0] and "registered (rigid)" in summary[0]
+    assert len(summary) == 1 and "laplacian on cpu" in summary[0] and "registration: rigid (Mattes MI" in summary[0]
 
 
 def test_transform_is_reused_and_register_none_needs_overlap(pair: tuple[Path, Path], tmp_path: Path) -> None:
