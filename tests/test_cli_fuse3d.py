@@ -109,3 +109,19 @@ def test_info_prints_geometry_and_json(pair: tuple[Path, Path]) -> None:
     assert described["size"] == [56, 68, 60] and described["orientation"] == "RAS"
     missing = runner.invoke(app, ["info", str(mri.parent / "missing.nii.gz")])
     assert missing.exit_code == 3 and "does not exist" in missing.output
+
+
+def test_info_lists_and_describes_dicom_series(tmp_path: Path) -> None:
+    from dicom_factory import make_series
+
+    mri = phantom_mri(Grid((20, 22, 18), (4.0, 4.0, 4.0)), dtype=np.int16)
+    built = make_series(tmp_path / "one", mri, modality="MR", description="T1 head")
+    single = runner.invoke(app, ["info", str(tmp_path / "one")])
+    assert single.exit_code == 0, single.output
+    assert "format         DICOM" in single.output and "size           20 × 22 × 18" in single.output
+    assert "modality       MR" in single.output and "description    T1 head" in single.output
+    make_series(tmp_path / "one" / "more", mri, modality="MR", description="T2 head", series_number=2)
+    listed = runner.invoke(app, ["info", str(tmp_path / "one")])
+    assert listed.exit_code == 0 and listed.output.count("series ") == 2 and "size" not in listed.output
+    chosen = runner.invoke(app, ["info", str(tmp_path / "one"), "--series", built.uid])
+    assert chosen.exit_code == 0 and "description    T1 head" in chosen.output

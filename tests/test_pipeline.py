@@ -292,3 +292,22 @@ def test_default_fuser_comes_from_the_method(mri: sitk.Image, pet: sitk.Image) -
     assert result.report["fusion"]["method"] == "laplacian"
     fused = sitk.GetArrayFromImage(result.fused)
     assert np.isfinite(fused).all() and fused.max() > 0.2
+
+
+def test_dicom_folders_keep_their_series_info_and_patients_are_checked(
+    mri: sitk.Image, pet: sitk.Image, tmp_path: Path
+) -> None:
+    from dicom_factory import make_series
+
+    make_series(tmp_path / "mri", mri, modality="MR", patient_id="PAT-A", description="T1")
+    make_series(tmp_path / "pet", pet, modality="PT", patient_id="PAT-B", rescale="slice", description="FDG")
+    with pytest.raises(InvalidInputError, match="PatientID 'PAT-B' but the MRI to 'PAT-A'"):
+        pipeline.fuse_files(tmp_path / "mri", tmp_path / "pet", tmp_path / "f.nii.gz", fuser=FakeFuser())
+    assert not (tmp_path / "f.nii.gz").exists()
+    options = FuseOptions(allow_different_patients=True, register="none")
+    with pytest.warns(MedfuseWarning, match="allow-different-patients"):
+        result = pipeline.fuse_files(tmp_path / "mri", tmp_path / "pet", tmp_path / "f.nii.gz", options, FakeFuser())
+    assert_on_grid(result.fused, mri)
+    assert result.mri_info["dicom"]["patient_id"] == "PAT-A"
+    assert result.report["inputs"]["pet"]["dicom"]["modality"] == "PT"
+    assert result.report["inputs"]["mri"]["format"] == "DICOM"
