@@ -172,9 +172,14 @@ def _plan_outputs(mri: Path, pet: Path, output: Path, options: FuseOptions) -> d
     """Check every output path (and that no two coincide) and return them by kind."""
     inputs = [mri, pet] + ([options.transform] if options.transform else [])
     check = {"inputs": inputs, "overwrite": options.overwrite}
-    targets = {"fused": check_output_path(output, allowed=_volume_extension(output, options), **check)}
-    if options.overlay:
-        targets["overlay"] = check_output_path(sibling(output, "_overlay"), allowed=VOLUME_EXTENSIONS, **check)
+    if options.output_format == "dicom":  # -o DIR: DIR/fused and DIR/overlay series
+        from medfuse.dicom import plan_dicom_outputs
+
+        targets = plan_dicom_outputs(output, inputs=inputs, overlay=options.overlay, overwrite=options.overwrite)
+    else:
+        targets = {"fused": check_output_path(output, allowed=_volume_extension(output, options), **check)}
+        if options.overlay:
+            targets["overlay"] = check_output_path(sibling(output, "_overlay"), allowed=VOLUME_EXTENSIONS, **check)
     if options.preview:
         targets["preview"] = check_output_path(options.preview, allowed=(".png",), option="--preview", **check)
     if options.report:
@@ -494,10 +499,23 @@ def _write_outputs(
     result.report["outputs"] = {kind: str(path) for kind, path in targets.items()}
     write_started = time.perf_counter()
     with stage("Writing the outputs"), output_transaction(overwrite=options.overwrite) as transaction:
-        transaction.write(targets["fused"], lambda path: io.write_volume(result.fused, path))
-        if "overlay" in targets and result.overlay is not None:
-            overlay = result.overlay
-            transaction.write(targets["overlay"], lambda path: io.write_volume(overlay, path))
+        if options.output_format == "dicom":
+            from medfuse.dicom import write_fused_dicom
+
+            reference = (result.mri_info or {}).get("dicom")
+            write_fused_dicom(
+                targets,
+                result.fused,
+                result.overlay,
+                reference=reference,
+                method=options.method,
+                transaction=transaction,
+            )
+        else:
+            transaction.write(targets["fused"], lambda path: io.write_volume(result.fused, path))
+            if "overlay" in targets and result.overlay is not None:
+                overlay = result.overlay
+                transaction.write(targets["overlay"], lambda path: io.write_volume(overlay, path))
         if picture is not None:
             transaction.write(targets["preview"], lambda path: write_png(picture, path))
         if "transform" in targets:

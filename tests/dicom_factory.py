@@ -11,7 +11,8 @@ Every builder writes real DICOM files that a scanner export could contain and re
   (enhanced multi-frame with per-frame functional groups);
 - :func:`make_localizer` (tri-planar scout), :func:`pet_suv_tags` (QIBA SUV tags),
   :func:`write_corrupt_file`, :func:`write_undecodable_file`, :func:`mixed_study` (MR, PET,
-  localizer, derived and a second PET of another patient in one folder).
+  localizer, derived and a second PET of another patient in one folder) and
+  :func:`clinical_folders` (the same on the synthetic head of ``tests/synthetic.py``, fusable).
 
 Values are quantised exactly as the files store them, so ``BuiltSeries.values`` is what the reader
 must return to float32 precision (lossy JPEG baseline excepted).
@@ -565,3 +566,30 @@ def mixed_study(root: Path, *, shape: tuple[int, int, int] = (6, 10, 12)) -> dic
         extra=pet_suv_tags(),
     )
     return {"t1": t1, "t2": t2, "derived": derived, "localizer": localizer, "pet": pet, "other_pet": other}
+
+
+def clinical_folders(root: Path) -> dict[str, Path]:
+    """Clinical-style inputs on the synthetic head of ``tests/synthetic.py`` (patient PAT-001 unless said):
+
+    - ``study``: T1 MR (int16), a derived MPR of it, a tri-planar localizer and an FDG PET with
+      per-slice slopes and SUV tags, one sub-folder per series, sharing study and frame of reference;
+    - ``other``: the PET of patient PAT-999; ``broken``: the PET plus a corrupt file (IM0007.dcm);
+    - ``twins``: two MR series of equal size (an ambiguous choice).
+    """
+    from synthetic import Grid, phantom_mri, phantom_pet
+
+    mri_image = phantom_mri(Grid((40, 44, 36), (4.0, 4.0, 4.0)), dtype=np.int16)
+    pet_image = phantom_pet(Grid((30, 34, 28), (6.0, 6.0, 6.0)))
+    study = {"study_uid": generate_uid(), "frame_of_reference_uid": generate_uid()}
+    mri = {"rescale": "none", "signed": True, **study}
+    make_series(root / "study" / "t1", mri_image, description="T1 MPRAGE", **mri)
+    make_series(root / "study" / "mpr", mri_image, description="T1 MPR", image_type=("DERIVED", "SECONDARY"), **mri)
+    make_localizer(root / "study" / "loc", study_uid=study["study_uid"])
+    make_series(root / "study" / "pet", pet_image, modality="PT", description="PET AC", rescale="slice",
+                extra=pet_suv_tags(), **study)  # fmt: skip
+    make_series(root / "other", pet_image, modality="PT", patient_id="PAT-999", rescale="slice")
+    make_series(root / "broken", pet_image, modality="PT", rescale="slice")
+    write_corrupt_file(root / "broken" / "IM0007.dcm")
+    make_series(root / "twins" / "a", mri_image, description="T1 run 1", **mri)
+    make_series(root / "twins" / "b", mri_image, description="T1 run 2", **mri)
+    return {name: root / name for name in ("study", "other", "broken", "twins")}

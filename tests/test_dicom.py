@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from dicom_factory import (
     JPEGLosslessSV1,
     JPEGLSLossless,
     RLELossless,
+    clinical_folders,
     make_enhanced_series,
     make_localizer,
     make_nm_series,
@@ -26,8 +28,10 @@ from dicom_factory import (
     write_undecodable_file,
 )
 from pydicom.valuerep import format_number_as_ds
+from typer.testing import CliRunner, Result
 
 from medfuse import dicom
+from medfuse.cli import app
 from medfuse.console import MedfuseWarning
 from medfuse.errors import InvalidInputError, UnreadableInputError, UsageError
 
@@ -323,3 +327,64 @@ def test_truncated_pixel_data_is_named(tmp_path: Path) -> None:
     message = str(caught.value)
     assert message.startswith(f"{built.paths[1]}: its pixel data is truncated or corrupt (")
     assert message.endswith("; export the series again.")
+
+
+# ---- the fuse command on clinical-style DICOM folders ----------------------------------------------
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def clinical(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return clinical_folders(tmp_path_factory.mktemp("clinical"))
+
+
+def fuse(*args: str | Path) -> Result:
+    return runner.invoke(app, ["fuse", *(str(a) for a in args), "--method", "laplacian", "--register", "none"])
+
+
+def test_cli_fuses_mri_and_suv_pet_found_in_one_study_folder(clinical: dict[str, Path], tmp_path: Path) -> None:
+    study = clinical["study"]
+    out = tmp_path / "out"
+    result = fuse(study, study, "-o", out / "fused.nii.gz", "--suv", "--report", out / "report.json")
+    assert result.exit_code == 0, result.output
+    assert "MRI: series" in result.output and "'T1 MPRAGE'" in result.output
+    assert "PET: series" in result.output and "the only PT series forming a 3-D volume" in result.output
+    mri = dicom.read_dicom_series(study, role="MRI").image
+    fused = sitk.ReadImage(str(out / "fused.nii.gz"))
+    assert_same_grid(fused, mri.GetSpacing(), mri.GetOrigin(), mri.GetDirection())
+    assert fused.GetSize() == mri.GetSize()
+    report = json.loads((out / "report.json").read_text())
+    assert "SUVbw" in json.dumps(report["inputs"]["pet"])
+
+
+def test_cli_refuses_a_pet_of_another_patient(clinical: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = fuse(clinical["study"], clinical["other"], "-o", out / "fused.nii.gz")
+    assert result.exit_code == 4
+    assert "the PET belongs to PatientID 'PAT-999' but the MRI to 'PAT-001'" in result.output
+    assert "--allow-different-patients" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+    allowed = fuse(clinical["study"], clinical["other"], "-o", out / "fused.nii.gz", "--allow-different-patients")
+    assert allowed.exit_code == 0, allowed.output
+    assert "warning:" in allowed.output and "fusing anyway" in allowed.output
+
+
+def test_cli_names_a_corrupt_file_and_writes_nothing(clinical: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = fuse(clinical["study"], clinical["broken"], "-o", out / "fused.nii.gz")
+    assert result.exit_code == 3
+    assert "IM0007.dcm: is a corrupt DICOM file" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_cli_lists_the_series_when_the_mri_is_ambiguous(clinical: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out" / "fused.nii.gz"
+    result = fuse(clinical["twins"], clinical["study"], "-o", out)
+    assert result.exit_code == 4
+    assert "holds 2 MR series that could be the MRI and none stands out" in result.output
+    assert "'T1 run 1', 36 slices" in result.output and "'T1 run 2', 36 slices" in result.output
+    assert "pick one with --mri-series UID" in result.output and not out.parent.exists()
+    second = next(s for s in dicom.list_series(clinical["twins"]) if s.description == "T1 run 2")
+    chosen = fuse(clinical["twins"], clinical["study"], "--mri-series", second.uid, "-o", out)
+    assert chosen.exit_code == 0, chosen.output
+    assert f"MRI: series {second.uid}" in chosen.output and "given by --mri-series" in chosen.output

@@ -8,10 +8,12 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from dicom_factory import make_series, phantom
+from dicom_factory import clinical_folders, make_series, phantom
+from typer.testing import CliRunner
 
 from medfuse import dicom
 from medfuse.atomic import output_transaction
+from medfuse.cli import app
 from medfuse.console import MedfuseWarning
 from medfuse.errors import InvalidInputError, OutputError, UsageError
 
@@ -211,3 +213,37 @@ def test_dicom_output_folder_is_checked_before_any_work(tmp_path: Path, mri: dic
         dicom.plan_dicom_outputs(tmp_path / "res", inputs=[tmp_path / "mri"], overlay=True, overwrite=False)
     targets = dicom.plan_dicom_outputs(tmp_path / "res", inputs=[tmp_path / "mri"], overlay=False, overwrite=False)
     assert targets == {"fused": tmp_path / "res" / "fused"}
+
+
+# ---- medfuse fuse ... --format dicom -----------------------------------------------------------------
+def test_cli_writes_fused_and_overlay_series_on_the_mri_grid(tmp_path: Path) -> None:
+    folders = clinical_folders(tmp_path / "in")
+    study = folders["study"]
+    out = tmp_path / "result"
+    result = CliRunner().invoke(app, ["fuse", str(study), str(study), "-o", str(out), "--format", "dicom",
+                                      "--method", "laplacian", "--register", "none"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["fused", "overlay"]
+    mri = dicom.read_dicom_series(study, role="MRI")
+    fused, overlay = read_back(out / "fused"), read_back(out / "overlay")
+    assert_on_grid(fused, mri.image)
+    assert_on_grid(overlay, mri.image)
+    assert overlay.GetNumberOfComponentsPerPixel() == 3
+    values = sitk.GetArrayFromImage(fused)
+    assert values.min() >= -1e-6 and values.max() <= 1.0 + 1e-4 and values.std() > 0.01
+    first = pydicom.dcmread(sorted((out / "fused").iterdir())[0])
+    source = pydicom.dcmread(mri.info["reference_file"])
+    assert (first.PatientID, first.StudyInstanceUID) == (source.PatientID, source.StudyInstanceUID)
+    assert first.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert first.SeriesDescription == "medfuse fused MRI+PET (laplacian)"
+
+    again = CliRunner().invoke(app, ["fuse", str(study), str(study), "-o", str(out), "--format", "dicom",
+                                     "--method", "laplacian", "--register", "none"])  # fmt: skip
+    assert again.exit_code == 5 and "the output already exists; pass --overwrite" in again.output
+
+
+def test_cli_refuses_a_file_name_for_dicom_output(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["fuse", str(tmp_path), str(tmp_path), "-o", str(tmp_path / "x.nii.gz"),
+                                      "--format", "dicom"])  # fmt: skip
+    assert result.exit_code == 2
+    assert "--format dicom writes a folder of DICOM series, not a .nii.gz file" in result.output
