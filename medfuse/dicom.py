@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from medfuse.atomic import (
 from medfuse.console import info as say
 from medfuse.console import track, warn
 from medfuse.errors import InvalidInputError, OutputError, UnreadableInputError, UsageError
+from medfuse.io import _check_memory
 
 Role = Literal["MRI", "PET"]
 
@@ -653,25 +653,11 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
 
 
-def _memory_check(folder: Path, shape: tuple[int, int, int]) -> None:
-    """Refuse a volume that cannot fit in memory before allocating it."""
-    needed = 4 * shape[0] * shape[1] * shape[2]
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return
-    if needed > available:
-        raise InvalidInputError(
-            f"{folder}: the series needs {needed / 2**30:.1f} GiB as float32 but only {available / 2**30:.1f} GiB "
-            "of memory is free; close other programs or use a machine with more memory."
-        )
-
-
 def _real_world(stack: _Stack, folder: Path, factors: np.ndarray) -> np.ndarray:
     """Decode every slice and apply its own RescaleSlope/Intercept (and SUV factor): float32 (z, y, x)."""
     first = stack.slices[0]
     shape = (len(stack.slices), first.rows, first.columns)
-    _memory_check(folder, shape)
+    _check_memory(folder, shape[::-1], sitk.sitkFloat32)  # refused before anything is allocated
     volume = np.empty(shape, np.float32)
     by_file: dict[Path, list[int]] = {}
     for index, record in enumerate(stack.slices):
