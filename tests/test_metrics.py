@@ -202,6 +202,16 @@ def test_evaluate_folders_averages_pairs_and_names_the_unpaired(scored_folders: 
     assert evaluation.means["EN"] == pytest.approx(mean_en)
 
 
+def test_evaluate_folders_pairs_by_name_whatever_the_extension(scored_folders: tuple[Path, Path, Path]) -> None:
+    fused, mri, pet = scored_folders
+    (fused / "b.png").rename(fused / "b.tif")
+    with pytest.warns(UserWarning):
+        assert sorted(metrics.evaluate_folders(fused, mri, pet).per_image) == ["a.png", "b.tif"]
+    _save(fused, "a.jpg", np.zeros((24, 24)))
+    with pytest.raises(InvalidInputError, match=r"a\.jpg and a\.png share a name; keep one image per name"):
+        metrics.evaluate_folders(fused, mri, pet)
+
+
 def test_evaluate_folders_refusals(tmp_path: Path, scored_folders: tuple[Path, Path, Path]) -> None:
     fused, mri, pet = scored_folders
     with pytest.raises(UnreadableInputError, match="the --fused folder does not exist"):
