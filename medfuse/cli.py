@@ -131,11 +131,24 @@ def fuse(
     preview: Annotated[Path | None, typer.Option("--preview", help="Write a PNG mosaic of axial slices.")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write a JSON run report.")] = None,
     output_format: Annotated[
-        str, typer.Option("--format", help="auto (from the extension), nifti, nrrd, mha or dicom.")
+        str,
+        typer.Option(
+            "--format",
+            help="auto (from the extension), nifti, nrrd, mha or dicom (then -o is a folder: DIR/fused and "
+            "DIR/overlay DICOM series on the MRI grid).",
+        ),
     ] = "auto",
-    suv: Annotated[bool, typer.Option("--suv", help="Convert DICOM PET to SUV (body weight).")] = False,
-    mri_series: Annotated[str | None, typer.Option("--mri-series", help="SeriesInstanceUID of the MRI.")] = None,
-    pet_series: Annotated[str | None, typer.Option("--pet-series", help="SeriesInstanceUID of the PET.")] = None,
+    suv: Annotated[
+        bool, typer.Option("--suv", help="Convert a DICOM PET to SUVbw (QIBA); --pet-window then takes SUV.")
+    ] = False,
+    mri_series: Annotated[
+        str | None,
+        typer.Option("--mri-series", help="SeriesInstanceUID of the MRI in a DICOM folder (default: by modality)."),
+    ] = None,
+    pet_series: Annotated[
+        str | None,
+        typer.Option("--pet-series", help="SeriesInstanceUID of the PET in a DICOM folder (default: by modality)."),
+    ] = None,
     allow_different_patients: Annotated[
         bool, typer.Option("--allow-different-patients", help="Fuse even if PatientID differs.")
     ] = False,
