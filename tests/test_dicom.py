@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import warnings
@@ -338,6 +339,11 @@ def clinical(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return clinical_folders(tmp_path_factory.mktemp("clinical"))
 
 
+def folder_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")
+            if p.is_file()}  # fmt: skip
+
+
 def fuse(*args: str | Path) -> Result:
     return runner.invoke(app, ["fuse", *(str(a) for a in args), "--method", "laplacian", "--register", "none"])
 
@@ -345,8 +351,10 @@ def fuse(*args: str | Path) -> Result:
 def test_cli_fuses_mri_and_suv_pet_found_in_one_study_folder(clinical: dict[str, Path], tmp_path: Path) -> None:
     study = clinical["study"]
     out = tmp_path / "out"
+    before = folder_digest(study)
     result = fuse(study, study, "-o", out / "fused.nii.gz", "--suv", "--report", out / "report.json")
     assert result.exit_code == 0, result.output
+    assert folder_digest(study) == before, "the input folder must stay untouched"
     assert "MRI: series" in result.output and "'T1 MPRAGE'" in result.output
     assert "PET: series" in result.output and "the only PT series forming a 3-D volume" in result.output
     mri = dicom.read_dicom_series(study, role="MRI").image
