@@ -38,6 +38,7 @@ class FakePipeline:
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.loads: list[FuseOptions] = []  # fuser loads, counted by the fixtures
 
     def fuse_files(self, mri: Path, pet: Path, output: Path, options: FuseOptions, fuser: Any = None) -> None:
         self.calls.append(
@@ -60,22 +61,25 @@ class FakePipeline:
                     raise OutputError(f"{target}: could not be written (No space left on device).")
 
 
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakePipeline:
-    """The fake pipeline and a counting fuser loader, installed for the batch module."""
+def install_fake(monkeypatch: pytest.MonkeyPatch) -> FakePipeline:
+    """Install the fake pipeline and a fuser loader that counts how often a process builds its fuser."""
     pipeline = FakePipeline()
     module = types.SimpleNamespace(fuse_files=pipeline.fuse_files)
     monkeypatch.setitem(sys.modules, "medfuse.pipeline", module)
     monkeypatch.setattr(medfuse, "pipeline", module, raising=False)
-    pipeline.loads = []  # type: ignore[attr-defined]
 
     def load(options: FuseOptions) -> object:
-        pipeline.loads.append(options)  # type: ignore[attr-defined]
+        pipeline.loads.append(options)
         return object()
 
     monkeypatch.setattr(batch, "_load_fuser", load)
     monkeypatch.setattr(batch, "_FUSERS", {})
     return pipeline
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakePipeline:
+    return install_fake(monkeypatch)
 
 
 def make_case(root: Path, name: str, behaviour: str = "ok", mri: str = "mri.nii.gz", pet: str = "pet.nii.gz") -> Path:
@@ -188,7 +192,8 @@ def test_failures_are_isolated_and_summarised(tmp_path: Path, fake: FakePipeline
     assert rows["c-crash"]["error"].startswith("unexpected internal error (ZeroDivisionError: division by zero)")
     assert "No space left on device" in rows["d-full"]["error"]
     assert "no MRI found" in rows["e-empty"]["error"]
-    assert rows["a-ok"]["outputs"].split(";") == [str(out / "a-ok" / name) for name in batch_output_order()]
+    written = ["fused.nii.gz", "fused_overlay.nii.gz", "preview.png", "pet_to_mri.tfm", "report.json"]
+    assert rows["a-ok"]["outputs"].split(";") == [str(out / "a-ok" / name) for name in written]
     assert float(rows["a-ok"]["seconds"]) >= 0 and rows["a-ok"]["error"] == ""
     assert sorted(p.name for p in out.iterdir()) == ["a-ok", "summary.csv"]  # nothing partial of failed cases
     assert sorted(p.name for p in (out / "a-ok").iterdir()) == CASE_FILES
@@ -201,10 +206,6 @@ def test_failures_are_isolated_and_summarised(tmp_path: Path, fake: FakePipeline
     assert [c.status for c in result.cases] == ["ok", "failed", "failed", "failed", "failed"] and len(
         result.failed
     ) == 4
-
-
-def batch_output_order() -> list[str]:
-    return ["fused.nii.gz", "fused_overlay.nii.gz", "preview.png", "pet_to_mri.tfm", "report.json"]
 
 
 def test_resume_skip_existing_and_overwrite(tmp_path: Path, fake: FakePipeline) -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sys
-import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_batch import CASE_FILES, FakePipeline, copy_case, make_case, read_summary, write_heads
+from test_batch import CASE_FILES, FakePipeline, copy_case, install_fake, make_case, read_summary, write_heads
 
 import medfuse
 from medfuse import batch
@@ -30,20 +29,7 @@ def scheduler() -> Iterator[str]:
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakePipeline:
-    """The fake pipeline, and a fuser loader that counts how often a worker builds its fuser."""
-    pipeline = FakePipeline()
-    module = types.SimpleNamespace(fuse_files=pipeline.fuse_files)
-    monkeypatch.setitem(sys.modules, "medfuse.pipeline", module)
-    monkeypatch.setattr(medfuse, "pipeline", module, raising=False)
-    pipeline.loads = []  # type: ignore[attr-defined]
-
-    def load(options: FuseOptions) -> object:
-        pipeline.loads.append(options)  # type: ignore[attr-defined]
-        return object()
-
-    monkeypatch.setattr(batch, "_load_fuser", load)
-    monkeypatch.setattr(batch, "_FUSERS", {})
-    return pipeline
+    return install_fake(monkeypatch)
 
 
 def test_cases_run_as_dask_tasks(
@@ -72,18 +58,18 @@ def test_cases_run_as_dask_tasks(
     assert [c.status for c in resumed.cases] == ["skipped"] * 4 + ["failed"]
 
 
-def test_worker_fuser_failure_fails_the_cases_cleanly(tmp_path: Path, scheduler: str, fake: FakePipeline) -> None:
+def test_worker_fuser_failure_fails_the_cases_cleanly(
+    tmp_path: Path, scheduler: str, fake: FakePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(options: FuseOptions) -> object:
         raise medfuse.errors.WeightsError("weights.safetensors: SHA-256 mismatch; download the weights again.")
 
-    batch._load_fuser, saved = broken, batch._load_fuser
-    try:
-        make_case(tmp_path / "studies", "one")
-        (tmp_path / "out").mkdir()
-        result = run_batch(tmp_path / "studies", tmp_path / "out", FuseOptions(), scheduler=scheduler)
-    finally:
-        batch._load_fuser = saved
+    monkeypatch.setattr(batch, "_load_fuser", broken)
+    make_case(tmp_path / "studies", "one")
+    (tmp_path / "out").mkdir()
+    result = run_batch(tmp_path / "studies", tmp_path / "out", FuseOptions(), scheduler=scheduler)
     assert result.cases[0].status == "failed" and "SHA-256 mismatch" in result.cases[0].error
+    assert fake.calls == []
 
 
 def test_real_pipeline_on_the_cluster(tmp_path: Path, scheduler: str) -> None:
