@@ -122,7 +122,7 @@ def _read_file(path: Path, role: Role) -> tuple[sitk.Image, dict[str, Any]]:
             f"give a {', '.join(READ_EXTENSIONS)} file or a DICOM folder."
         )
     reader = _header_reader(path, role)
-    _check_memory(path, tuple(reader.GetSize()), reader.GetPixelID())
+    _check_memory(path, tuple(reader.GetSize()), reader.GetPixelID(), reader.GetNumberOfComponents())
     non_finite = _check_nifti(path, role) if suffix in (".nii", ".nii.gz") else 0
     _check_header_geometry(path, reader)
     warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
