@@ -11,6 +11,7 @@ points, i.e. the PET voxel at point ``p`` shows the tissue at ``T^-1(p)``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -131,6 +132,15 @@ def phantom_mri(grid: Grid, noise: float = 0.01, seed: int = 0, dtype: type = np
     return grid.image(array.astype(dtype))
 
 
+@functools.lru_cache(maxsize=4)
+def _blurred_uptake(fwhm_mm: float, work_spacing: float) -> sitk.Image:
+    """FDG uptake of the head on an axis-aligned grid, blurred to ``fwhm_mm`` (cached: it is the slow part)."""
+    work_size = tuple(int(np.ceil(extent / work_spacing)) for extent in (190.0, 230.0, 210.0))
+    work = Grid(work_size, (work_spacing,) * 3)
+    uptake = work.image(_lookup(head_labels(work.points()), FDG_UPTAKE))
+    return sitk.SmoothingRecursiveGaussian(uptake, fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))))
+
+
 def phantom_pet(
     grid: Grid,
     transform: sitk.Transform | None = None,
@@ -144,10 +154,7 @@ def phantom_pet(
     The uptake is drawn on an axis-aligned ``work_spacing`` grid in the head frame, blurred to
     ``fwhm_mm`` and sampled at ``transform^-1`` of every PET voxel centre.
     """
-    work_size = tuple(int(np.ceil(extent / work_spacing)) for extent in (190.0, 230.0, 210.0))
-    work = Grid(work_size, (work_spacing,) * 3)
-    uptake = work.image(_lookup(head_labels(work.points()), FDG_UPTAKE))
-    uptake = sitk.SmoothingRecursiveGaussian(uptake, fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))))
+    uptake = _blurred_uptake(fwhm_mm, work_spacing)
     moved_to_head = sitk.Transform(3, sitk.sitkIdentity) if transform is None else transform.GetInverse()
     reference = grid.image(np.zeros(grid.size[::-1], dtype=np.float32))
     pet = sitk.Resample(uptake, reference, moved_to_head, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
