@@ -322,6 +322,56 @@ def batch(
         raise ProcessingError(f"{len(result.failed)} of {len(result.cases)} cases failed; see {result.summary}.")
 
 
+# ---- train: owned by training.py -----------------------------------------------------------------------
+@app.command()
+@handle_errors
+def train(
+    data: Annotated[Path, typer.Option("--data", help="The Harvard data set (with PET-MRI/ and SPECT-MRI/).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Weights file to write (.safetensors).")],
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs (validation after each).")] = 20,
+    steps_per_epoch: Annotated[int, typer.Option("--steps-per-epoch", min=1, help="Optimiser steps per epoch.")] = 100,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Crops per optimiser step.")] = 8,
+    crop: Annotated[int, typer.Option("--crop", min=16, help="Training crop size in pixels (multiple of 8).")] = 128,
+    learning_rate: Annotated[float, typer.Option("--lr", min=0.0, help="Adam learning rate (cosine decay).")] = 2e-3,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (weights init, crops, flips).")] = 0,
+    val_series: Annotated[str, typer.Option("--val-series", help="PET-MRI series held out for validation.")] = "41",
+    spect: Annotated[bool, typer.Option("--spect/--no-spect", help="Also train on the SPECT-MRI pairs.")] = True,
+    intensity_weight: Annotated[float, typer.Option("--intensity-weight", help="Weight of the intensity loss.")] = 1.0,
+    gradient_weight: Annotated[float, typer.Option("--gradient-weight", help="Weight of the gradient loss.")] = 1.0,
+    ssim_weight: Annotated[float, typer.Option("--ssim-weight", help="Weight of the SSIM loss.")] = 1.0,
+    ssim_range: Annotated[
+        float, typer.Option("--ssim-range", min=1e-6, help="Data range L of the SSIM loss's constants.")
+    ] = 0.0078,
+    threads: ThreadsOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train the fusion network on the Harvard MRI/PET slices and write its weights (+ .sha256)."""
+    from medfuse.console import info
+    from medfuse.training import TrainConfig
+    from medfuse.training import train as run_training
+
+    config = TrainConfig(
+        data=data,
+        output=output,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        crop=crop,
+        learning_rate=learning_rate,
+        seed=seed,
+        val_series=val_series,
+        use_spect=spect,
+        intensity_weight=intensity_weight,
+        gradient_weight=gradient_weight,
+        ssim_weight=ssim_weight,
+        ssim_range=ssim_range,
+        threads=threads,
+        overwrite=overwrite,
+    )
+    result = run_training(config)
+    info(f"{result.parameters} parameters, {result.wall_seconds / 60:.1f} min; weights in {result.output}")
+
+
 # ---- evaluate: owned by metrics.py ---------------------------------------------------------------------
 @app.command()
 @handle_errors

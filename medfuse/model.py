@@ -4,8 +4,9 @@ An MRI branch and a PET branch (separate weights) each encode their slice at sev
 scale an :class:`AttentionFusion` block concatenates the two feature maps and learns a per-pixel
 softmax weight for each modality, so PET can dominate where metabolism is high and MRI where anatomy
 is detailed. A decoder merges the fused maps from the coarsest scale up, and a last convolution gives
-the fused luminance. Channels are few at full resolution and grow at lower resolutions, which keeps a
-256x256 slice within a few tens of milliseconds on a laptop CPU.
+the fused luminance, gated to exactly 0 where both inputs are black (a haze or halo there would only
+add noise to the background). Channels are few at full resolution and grow at lower resolutions,
+which keeps a 256x256 slice within a few tens of milliseconds on a laptop CPU.
 
 Input and output are ``(N, 1, H, W)`` float32 tensors; H and W must be multiples of :attr:`FusionNet.stride`
 (:mod:`medfuse.inference` pads and crops). The output is not clamped here: training sees the raw
@@ -21,6 +22,8 @@ from torch import nn
 from torch.nn import functional as F
 
 DEFAULT_CHANNELS = (8, 16, 32, 64)
+# Inputs below half an 8-bit grey level count as black: where both are black the output is exactly 0.
+BLACK_LEVEL = 0.5 / 255.0
 
 
 def _conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
@@ -110,7 +113,12 @@ class FusionNet(nn.Module):
             coarse = self.lateral[level](x)
             x = F.interpolate(coarse, size=fused[level].shape[-2:], mode="bilinear", align_corners=False)
             x = self.refine[level](x + fused[level])
-        return self.head(x)
+        return self.head(x) * self.support(mri, pet)
+
+    @staticmethod
+    def support(mri: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+        """1 where either source shows something, 0 where both are black (no haze, no halo there)."""
+        return (torch.maximum(mri, pet) > BLACK_LEVEL).to(mri.dtype)
 
 
 def parameter_count(model: nn.Module) -> int:

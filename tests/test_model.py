@@ -74,3 +74,15 @@ def test_gradients_reach_both_branches(small_net: FusionNet) -> None:
 def test_default_network_is_small() -> None:
     # the speed target (<= 25 ms per 256x256 slice on 2 CPU threads) needs a tiny network
     assert parameter_count(FusionNet()) < 300_000
+
+
+def test_output_is_exactly_black_where_both_inputs_are_black(small_net: FusionNet) -> None:
+    mri = torch.zeros(1, 1, 32, 32)
+    pet = torch.zeros(1, 1, 32, 32)
+    mri[..., 8:24, 8:24] = torch.rand(16, 16) * 0.5 + 0.5
+    pet[..., 12:20, 4:12] = 0.9
+    with torch.inference_mode():
+        fused = small_net(mri, pet)
+    background = (mri == 0) & (pet == 0)
+    assert torch.all(fused[background] == 0)
+    assert torch.all(FusionNet.support(mri, pet)[~background] == 1)

@@ -1,0 +1,242 @@
+"""Running the fusion network: device choice, weights integrity and batched slice fusion.
+
+Weights are safetensors files (no pickled code is executed when loading). The bundled file's SHA-256
+is pinned here and checked before every load; a user file given with ``--weights`` is checked against
+a ``<file>.sha256`` sidecar when one exists. Every problem with a weights file becomes a
+:class:`~medfuse.errors.WeightsError` naming it.
+
+On the CPU every slice is computed by one thread from start to end, and ``threads`` slices run side
+by side. Convolution libraries split some reductions differently for different thread counts (the
+1x1 convolutions of oneDNN do), which changes the last bits of the result; computing each slice
+single-threaded makes the output bit-identical whatever ``--threads``, ``batch_size`` or the way a
+volume is cut into batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medfuse.errors import InvalidInputError, UsageError, WeightsError
+
+if TYPE_CHECKING:
+    import torch
+
+    from medfuse.model import FusionNet
+
+BUNDLED_WEIGHTS_NAME = "fusionnet_v1.safetensors"
+BUNDLED_WEIGHTS_SHA256 = "be15ead118d5615a7ee07500f1a511f4ca97d91ac12f35e843af33c2c28364c5"
+METHODS = ("net", "laplacian")
+
+
+def bundled_weights_path() -> Path:
+    """The weights shipped with medfuse: inside the installed package, else the repository's ``weights/``."""
+    import medfuse
+
+    package_dir = Path(medfuse.__file__).resolve().parent
+    for folder in (package_dir / "_weights", package_dir.parent / "weights"):
+        if (folder / BUNDLED_WEIGHTS_NAME).is_file():
+            return folder / BUNDLED_WEIGHTS_NAME
+    return package_dir / "_weights" / BUNDLED_WEIGHTS_NAME
+
+
+def resolve_device(spec: str) -> torch.device:
+    """Turn ``--device`` (auto, cpu, cuda, cuda:N) into a torch device that exists on this machine."""
+    import torch
+
+    text = spec.strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if match is None:
+        raise UsageError(f"--device {spec}: unknown device; use auto, cpu, cuda or cuda:N.")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto.")
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise UsageError(
+            f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}, cpu or auto."
+        )
+    return torch.device("cuda", index)
+
+
+def _expected_sha256(path: Path, bundled: bool) -> str | None:
+    if bundled:
+        return BUNDLED_WEIGHTS_SHA256
+    sidecar = path.with_name(path.name + ".sha256")
+    if not sidecar.is_file():
+        return None
+    try:
+        words = sidecar.read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"{sidecar}: the checksum file cannot be read; fix or delete it.") from exc
+    if not words or not re.fullmatch(r"[0-9a-fA-F]{64}", words[0]):
+        raise WeightsError(f"{sidecar}: the checksum file holds no SHA-256 digest; fix or delete it.")
+    return words[0].lower()
+
+
+def _channels_from_state(state: dict[str, Any], path: Path) -> tuple[int, ...]:
+    """The per-scale widths, read from the shapes of the MRI branch's first convolutions."""
+    channels = []
+    while f"mri_branch.stages.{len(channels)}.0.0.weight" in state:
+        channels.append(int(state[f"mri_branch.stages.{len(channels)}.0.0.weight"].shape[0]))
+    if len(channels) < 3:
+        raise WeightsError(f"{path}: not a medfuse FusionNet weights file (its tensors do not match the network).")
+    return tuple(channels)
+
+
+def load_model(weights: str | Path | None = None) -> tuple[FusionNet, str]:
+    """Build a FusionNet from a safetensors file (default: the bundled one) after checking its SHA-256.
+
+    Returns the model in eval mode on the CPU and the file's SHA-256.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    from medfuse.model import FusionNet
+
+    bundled = weights is None
+    path = bundled_weights_path() if bundled else Path(weights)
+    if bundled and not path.is_file():
+        raise WeightsError(f"{path}: the bundled weights are missing; reinstall medfuse or pass --weights FILE.")
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found; check the --weights path.")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise WeightsError(f"{path}: the weights file cannot be read ({exc.strerror}).") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    expected = _expected_sha256(path, bundled)
+    if expected is not None and digest != expected:
+        raise WeightsError(
+            f"{path}: SHA-256 mismatch (expected {expected[:12]}…, got {digest[:12]}…); the file is corrupt or "
+            f"not the one intended, so replace it."
+        )
+    try:
+        state = load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file (corrupt or truncated); replace it.") from exc
+    model = FusionNet(_channels_from_state(state, path))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(
+            f"{path}: not a medfuse FusionNet weights file (its tensors do not match the network)."
+        ) from exc
+    if not all(bool(t.isfinite().all()) for t in state.values()):
+        raise WeightsError(f"{path}: the weights contain NaN or infinite values; replace the file.")
+    return model.eval(), digest
+
+
+class NetFuser:
+    """The trained network behind the fuser interface (see docs/ARCHITECTURE.md); build once, reuse."""
+
+    method = "net"
+
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        device: str = "auto",
+        threads: int | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        import torch
+
+        if batch_size < 1:
+            raise UsageError(f"--batch-size {batch_size}: use a positive number of slices.")
+        if threads is not None:
+            if threads < 1:
+                raise UsageError(f"--threads {threads}: use a positive number of threads.")
+            torch.set_num_threads(threads)
+        self._torch_device = resolve_device(device)
+        model, self.weights_sha256 = load_model(weights)
+        self.batch_size = batch_size
+        self.threads = threads or torch.get_num_threads()
+        if self._torch_device.type == "cuda":
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+            self._model = model.to(self._torch_device)
+        else:
+            self._model = model.to(memory_format=torch.channels_last)
+        self.stride = model.stride
+
+    @property
+    def device(self) -> str:
+        """The torch device the network runs on, as text ("cpu", "cuda:0")."""
+        return str(self._torch_device)
+
+    def fuse(self, mri: np.ndarray, pet: np.ndarray) -> np.ndarray:
+        """Fuse MRI grey and PET luminance, (H, W) or (N, H, W) float32 in [0, 1]; same shape out, in [0, 1]."""
+        mri_array, pet_array = np.asarray(mri, dtype=np.float32), np.asarray(pet, dtype=np.float32)
+        if mri_array.shape != pet_array.shape or mri_array.ndim not in (2, 3) or 0 in mri_array.shape:
+            raise InvalidInputError(
+                f"the MRI {mri_array.shape} and PET {pet_array.shape} slices must have the same non-empty "
+                f"(H, W) or (N, H, W) shape; resample one onto the other first."
+            )
+        single = mri_array.ndim == 2
+        mri_stack = np.clip(np.nan_to_num(mri_array[None] if single else mri_array), 0.0, 1.0)
+        pet_stack = np.clip(np.nan_to_num(pet_array[None] if single else pet_array), 0.0, 1.0)
+        fused = np.empty_like(mri_stack)
+        for start in range(0, len(mri_stack), self.batch_size):
+            stop = start + self.batch_size
+            fused[start:stop] = self._fuse_batch(mri_stack[start:stop], pet_stack[start:stop])
+        return fused[0] if single else fused
+
+    def _padded(self, stack: np.ndarray) -> torch.Tensor:
+        """(N, H, W) -> (N, 1, H', W') with H', W' the next multiples of the stride (edge values repeated)."""
+        import torch
+
+        height, width = stack.shape[1:]
+        pad_h, pad_w = -height % self.stride, -width % self.stride
+        padded = np.pad(stack, ((0, 0), (0, pad_h), (0, pad_w)), mode="edge")
+        return torch.from_numpy(np.ascontiguousarray(padded[:, None]))
+
+    def _fuse_batch(self, mri: np.ndarray, pet: np.ndarray) -> np.ndarray:
+        import torch
+
+        height, width = mri.shape[1:]
+        mri_t, pet_t = self._padded(mri), self._padded(pet)
+        if self._torch_device.type == "cuda":
+            with torch.inference_mode():
+                out = self._model(mri_t.to(self._torch_device), pet_t.to(self._torch_device))
+                return out.clamp_(0.0, 1.0)[:, 0, :height, :width].float().cpu().numpy()
+
+        def one_slice(index: int) -> np.ndarray:
+            torch.set_num_threads(1)  # also per thread under OpenMP: this slice runs on this thread only
+            with torch.inference_mode():
+                a = mri_t[index : index + 1].contiguous(memory_format=torch.channels_last)
+                b = pet_t[index : index + 1].contiguous(memory_format=torch.channels_last)
+                return self._model(a, b).clamp_(0.0, 1.0)[0, 0, :height, :width].numpy()
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)  # the setting is process-wide: restored below
+        try:
+            with ThreadPoolExecutor(max_workers=min(self.threads, len(mri))) as pool:
+                return np.stack(list(pool.map(one_slice, range(len(mri)))))
+        finally:
+            torch.set_num_threads(previous)
+
+
+def get_fuser(
+    method: str = "net",
+    weights: str | Path | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    batch_size: int = 16,
+) -> Any:
+    """The fuser for ``--method``: the network (:class:`NetFuser`) or the Laplacian baseline."""
+    if method == "net":
+        return NetFuser(weights=weights, device=device, threads=threads, batch_size=batch_size)
+    if method == "laplacian":
+        from medfuse.laplacian import LaplacianFuser
+
+        return LaplacianFuser()
+    raise UsageError(f"--method {method}: unknown method; use net or laplacian.")
