@@ -4,6 +4,7 @@ Run from the repository root::
 
     python benchmarks/bench_pipeline.py                     # network fusion, 3 repeats
     python benchmarks/bench_pipeline.py --method laplacian  # classical fusion instead
+    python benchmarks/bench_pipeline.py --weights FILE      # the network with other weights
 
 It prints, for ``examples/mri.nii.gz`` + ``examples/pet.nii.gz``:
 
@@ -73,7 +74,7 @@ def machine() -> dict[str, object]:
 
 
 # ---- one run in a fresh process --------------------------------------------------------------------
-def child(mri: str, pet: str, output: str, method: str, device: str) -> None:
+def child(mri: str, pet: str, output: str, method: str, device: str, weights: str) -> None:
     """Fuse once (all outputs) and print stage times and this process's peak memory as JSON."""
     from medfuse.options import FuseOptions
     from medfuse.pipeline import fuse_files
@@ -81,6 +82,7 @@ def child(mri: str, pet: str, output: str, method: str, device: str) -> None:
     out = Path(output)
     options = FuseOptions(
         method=method,  # type: ignore[arg-type]
+        weights=Path(weights) if weights else None,
         device=device,
         preview=out.with_name("preview.png"),
         report=out.with_name("report.json"),
@@ -96,18 +98,20 @@ def child(mri: str, pet: str, output: str, method: str, device: str) -> None:
     )
 
 
-def run_child(mri: Path, pet: Path, output: Path, method: str, device: str) -> dict[str, object]:
-    command = [sys.executable, __file__, "--child", str(mri), str(pet), str(output), method, device]
+def run_child(mri: Path, pet: Path, output: Path, args: argparse.Namespace) -> dict[str, object]:
+    weights = str(args.weights or "")
+    command = [sys.executable, __file__, "--child", str(mri), str(pet), str(output), args.method, args.device, weights]
     done = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "200"})
     if done.returncode != 0:
         raise SystemExit(f"fusion failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def cli_wall(mri: Path, pet: Path, output: Path, method: str, device: str) -> float:
+def cli_wall(mri: Path, pet: Path, output: Path, args: argparse.Namespace) -> float:
     """Seconds for the whole ``medfuse fuse`` command, as a user runs it."""
     command = [sys.executable, "-m", "medfuse", "--quiet", "fuse", str(mri), str(pet), "-o", str(output),
-               "--method", method, "--device", device, "--overwrite"]  # fmt: skip
+               "--method", args.method, "--device", args.device, "--overwrite"]  # fmt: skip
+    command += ["--weights", str(args.weights)] if args.weights else []
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True)
     return time.perf_counter() - start
@@ -194,6 +198,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark the volumetric pipeline on the example.")
     parser.add_argument("--method", default="net", choices=("net", "laplacian"))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--weights", type=Path, help="network weights (default: the bundled ones)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-256", action="store_true", help="skip the 256³ memory run")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -204,24 +209,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="medfuse-bench-") as temp:
         folder = Path(temp)
         runs = [
-            run_child(
-                EXAMPLES / "mri.nii.gz", EXAMPLES / "pet.nii.gz", folder / "fused.nii.gz", args.method, args.device
-            )
+            run_child(EXAMPLES / "mri.nii.gz", EXAMPLES / "pet.nii.gz", folder / "fused.nii.gz", args)
             for _ in range(args.repeats)
         ]
         stages = {stage: statistics.median(run["timings"].get(stage, 0.0) for run in runs) for stage in STAGES}
         peak = max(run["peak_bytes"] for run in runs)
-        walls = [cli_wall(EXAMPLES / "mri.nii.gz", EXAMPLES / "pet.nii.gz", folder / "cli.nii.gz", args.method,
-                          args.device) for _ in range(args.repeats)]  # fmt: skip
+        walls = [
+            cli_wall(EXAMPLES / "mri.nii.gz", EXAMPLES / "pet.nii.gz", folder / "cli.nii.gz", args)
+            for _ in range(args.repeats)
+        ]
         figures["example"] = {
             "device": runs[0]["device"],
             "stage_median_s": stages,
             "peak_memory_mb": round(peak / 1e6),
             "cli_wall_median_s": statistics.median(walls),
         }
-        print(
-            f"\nexample (examples/mri.nii.gz 131×155×126 at 1.5 mm + pet.nii.gz), {args.method} on {runs[0]['device']},"
-        )
+        print(f"\nexample (examples/mri.nii.gz + pet.nii.gz), {args.method} on {runs[0]['device']},")
         print(f"median of {args.repeats} fresh processes:")
         for stage, seconds in stages.items():
             print(f"  {stage:<11} {seconds:7.3f} s")
@@ -241,7 +244,7 @@ def main() -> None:
 
         if not args.skip_256:
             big = make_256(folder)
-            run = run_child(big, EXAMPLES / "pet.nii.gz", folder / "fused_256.nii.gz", args.method, args.device)
+            run = run_child(big, EXAMPLES / "pet.nii.gz", folder / "fused_256.nii.gz", args)
             figures["mri_256"] = {"timings": run["timings"], "peak_memory_mb": round(run["peak_bytes"] / 1e6)}
             print(f"\n256×256×256 MRI (1 mm): total {run['timings']['total']:.2f} s "
                   f"(fuse {run['timings']['fuse']:.2f} s), peak memory {run['peak_bytes'] / 1e6:.0f} MB")  # fmt: skip
@@ -250,7 +253,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "--child":
+    if len(sys.argv) == 8 and sys.argv[1] == "--child":
         child(*sys.argv[2:])
     else:
         main()

@@ -5,20 +5,23 @@ PET physical points, so the PET value shown at MRI point ``x`` is ``pet(T(x))``.
 
 How registration works, and why:
 
-* **Working grid.** The MRI is smoothed and resampled to an isotropic grid of
-  :data:`WORK_SPACING_MM` before registering: PET voxels are 2–4 mm with ~6 mm resolution, so finer
-  MRI detail adds cost, not accuracy, and the cost no longer grows with the MRI's resolution.
+* **Pyramid.** The MRI and PET are resampled (with anti-aliasing) to isotropic grids of 8, 4 and
+  2 mm (:data:`LEVEL_SPACINGS_MM`; a PET coarser than a level stays as it is). PET voxels are 2–4 mm
+  with ~6 mm resolution, so finer MRI detail adds cost, not accuracy, and the cost no longer grows
+  with the MRI's resolution.
 * **Initialisation.** Three starting points are scored by the metric on the coarsest level: the
   scanners' own coordinates (right when both came from one session), the head centroids (right when
   the coordinate systems differ) and the image centres; the best one starts the optimisation.
 * **Optimisation.** Mattes mutual information (:data:`HISTOGRAM_BINS` bins) on a fixed number of
-  randomly drawn MRI head voxels per level (fixed seed), three resolution levels (8, 4, 2 mm),
-  regular-step gradient descent with parameter scales from physical shifts. ``affine`` refines the
-  rigid result with an affine stage.
-* **Determinism.** ITK adds the metric's per-thread partial sums in an order that depends on the
-  thread count, so results would change with ``--threads``. The metric therefore runs as one work
-  unit; the working grids are small, so this costs little, and the filters that prepare them are
-  per-voxel and deterministic at any thread count.
+  randomly drawn MRI head voxels per level (:data:`SAMPLES_PER_LEVEL`, fixed seed), regular-step
+  gradient descent whose parameter scales come from the head's own lever arms (a unit step of any
+  parameter moves the head by about the same distance), each level starting with a smaller step.
+  ``affine`` refines the rigid result with an affine stage on the two finer levels.
+* **Determinism.** With more than one work unit ITK adds the metric derivative's partial sums in an
+  order that varies between runs (the transform then differs in its last bits from run to run and
+  with ``--threads``). The optimisation therefore runs as one work unit; its grids are small, so this
+  costs little, and the filters that prepare them compute each voxel on its own, so they are
+  deterministic at any thread count.
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ Mode = Literal["rigid", "affine"]
 WORK_SPACING_MM = 2.0
 LEVEL_SPACINGS_MM = (8.0, 4.0, WORK_SPACING_MM)
 #: Optimiser step (scaled to mm of voxel shift) at which each level stops: coarse levels only get close.
-MIN_STEPS_MM = (0.01, 0.002, 0.0001)
+MIN_STEPS_MM = (0.02, 0.005, 0.001)
+#: First optimiser step per level (mm of voxel shift): each level starts close to the previous answer.
+FIRST_STEPS_MM = (2.0, 1.0, 0.5)
 #: MRI head voxels sampled per level (coarse to fine); fixed counts keep the cost independent of grids.
-SAMPLES_PER_LEVEL = (3_000, 10_000, 20_000)
+SAMPLES_PER_LEVEL = (2_000, 6_000, 15_000)
 HISTOGRAM_BINS = 48
 SAMPLING_SEED = 20240613
 #: Below this fraction of shared head volume, PET and MRI count as "barely overlapping".
@@ -180,7 +185,7 @@ def _image_centre(image: sitk.Image) -> np.ndarray:
     return np.array(image.TransformContinuousIndexToPhysicalPoint(tuple(float(i) for i in centre_index)))
 
 
-def _method(sampling: float, min_step: float) -> sitk.ImageRegistrationMethod:
+def _method(sampling: float, first_step: float, min_step: float) -> sitk.ImageRegistrationMethod:
     """A one-level, single-work-unit Mattes-MI registration method with our optimiser settings."""
     import SimpleITK as sitk
 
@@ -192,10 +197,10 @@ def _method(sampling: float, min_step: float) -> sitk.ImageRegistrationMethod:
     method.SetMetricUseFixedImageGradientFilter(False)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0,
+        learningRate=first_step,
         minStep=min_step,
         numberOfIterations=300,
-        relaxationFactor=0.7,
+        relaxationFactor=0.6,
         gradientMagnitudeTolerance=1e-8,
     )
     method.SetNumberOfThreads(1)
@@ -211,6 +216,7 @@ class _Level:
     moving: sitk.Image
     mask: sitk.Image
     sampling: float
+    first_step: float
     min_step: float
 
 
@@ -222,19 +228,22 @@ def _pyramid(fixed_mri: sitk.Image, moving_pet: sitk.Image) -> list[_Level]:
     """
     import SimpleITK as sitk
 
-    fixed = _on_grid(fixed_mri, LEVEL_SPACINGS_MM[-1])
-    moving = _on_grid(moving_pet, LEVEL_SPACINGS_MM[-1])
-    mask = head_mask(fixed, fraction=0.1, dilate_mm=2 * LEVEL_SPACINGS_MM[-1])
-    levels: list[_Level] = []
+    images: dict[int, tuple[sitk.Image, sitk.Image]] = {}
+    fixed, moving = fixed_mri, moving_pet
     for index in reversed(range(len(LEVEL_SPACINGS_MM))):
-        spacing = LEVEL_SPACINGS_MM[index]
-        fixed, moving = _on_grid(fixed, spacing), _on_grid(moving, spacing)
-        if levels and min(fixed.GetSize()) < 8:
+        fixed, moving = _on_grid(fixed, LEVEL_SPACINGS_MM[index]), _on_grid(moving, LEVEL_SPACINGS_MM[index])
+        if images and min(fixed.GetSize()) < 8:
             break  # too thin for coarser levels
-        mask = sitk.Resample(mask, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-        head_voxels = max(int(np.count_nonzero(sitk.GetArrayViewFromImage(mask))), 1)
+        images[index] = (fixed, moving)
+    # the head mask of the 4 mm level (cheap, and precise enough once dilated) serves every level
+    mask = head_mask(images.get(1, images[len(LEVEL_SPACINGS_MM) - 1])[0], fraction=0.1, dilate_mm=4.0)
+    levels = []
+    for index in sorted(images):
+        fixed, moving = images[index]
+        level_mask = sitk.Resample(mask, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        head_voxels = max(int(np.count_nonzero(sitk.GetArrayViewFromImage(level_mask))), 1)
         sampling = min(1.0, SAMPLES_PER_LEVEL[index] / head_voxels)
-        levels.insert(0, _Level(fixed, moving, mask, sampling, MIN_STEPS_MM[index]))
+        levels.append(_Level(fixed, moving, level_mask, sampling, FIRST_STEPS_MM[index], MIN_STEPS_MM[index]))
     return levels
 
 
@@ -248,7 +257,7 @@ def _parameter_scales(mask: sitk.Image, transform: sitk.Transform) -> list[float
     """
     import SimpleITK as sitk
 
-    indices = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[::7, ::-1].astype(float)
+    indices = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, ::-1].astype(float)
     matrix = np.array(mask.GetDirection()).reshape(3, 3) * np.array(mask.GetSpacing())
     points = indices @ matrix.T + np.array(mask.GetOrigin())
     arms = points - np.array(transform.GetFixedParameters()[:3])
@@ -258,9 +267,11 @@ def _parameter_scales(mask: sitk.Image, transform: sitk.Transform) -> list[float
     return [float(second[column]) for _row in range(3) for column in range(3)] + [1.0, 1.0, 1.0]
 
 
-def _optimise(level: _Level, start: sitk.Transform) -> tuple[sitk.Transform, sitk.ImageRegistrationMethod]:
-    method = _method(level.sampling, level.min_step)
-    method.SetOptimizerScales(_parameter_scales(level.mask, start))
+def _optimise(
+    level: _Level, start: sitk.Transform, scales: list[float]
+) -> tuple[sitk.Transform, sitk.ImageRegistrationMethod]:
+    method = _method(level.sampling, level.first_step, level.min_step)
+    method.SetOptimizerScales(scales)
     method.SetMetricFixedMask(level.mask)
     method.SetInitialTransform(start, inPlace=False)
     return _single(method.Execute(level.fixed, level.moving)), method
@@ -289,22 +300,23 @@ def register(fixed_mri: sitk.Image, moving_pet: sitk.Image, mode: Mode = "rigid"
     moving_pet = sitk.Cast(moving_pet, sitk.sitkFloat32)
     levels = _pyramid(sitk.Cast(fixed_mri, sitk.sitkFloat32), moving_pet)
     transform, initialisation = _initial_transform(levels[0], moving_pet)
+    head = levels[-2] if len(levels) > 1 else levels[-1]  # the 4 mm level, where masks are cheap
     try:
+        scales = _parameter_scales(head.mask, transform)
         for level in levels:
-            transform, method = _optimise(level, transform)
+            transform, method = _optimise(level, transform, scales)
         if mode == "affine":
             rigid = sitk.Euler3DTransform(transform)
-            affine = sitk.AffineTransform(rigid.GetMatrix(), rigid.GetTranslation(), rigid.GetCenter())
-            transform = affine
+            transform = sitk.AffineTransform(rigid.GetMatrix(), rigid.GetTranslation(), rigid.GetCenter())
+            scales = _parameter_scales(head.mask, transform)
             for level in levels[-2:]:
-                transform, method = _optimise(level, transform)
+                transform, method = _optimise(level, transform, scales)
     except RuntimeError as exc:
         raise ProcessingError(
             f"registration of the PET to the MRI failed ({str(exc).strip().splitlines()[-1][:160]}); "
             "check that both images show the same head, or pass --register none or --transform."
         ) from exc
-    overlap_level = levels[-2] if len(levels) > 1 else levels[-1]
-    overlap = _overlap(overlap_level.fixed, overlap_level.moving, transform)
+    overlap = _overlap(head.fixed, head.moving, transform)
     if overlap < MIN_OVERLAP:
         warn(
             f"after registration the PET and MRI heads barely overlap ({overlap:.0%} of the smaller head); "
@@ -336,7 +348,7 @@ def _initial_transform(coarse: _Level, moving_pet: sitk.Image) -> tuple[sitk.Eul
         start = sitk.Euler3DTransform()
         start.SetCenter(tuple(float(c) for c in centre))
         start.SetTranslation(tuple(float(t) for t in translation))
-        evaluator = _method(1.0, coarse.min_step)
+        evaluator = _method(1.0, coarse.first_step, coarse.min_step)
         evaluator.SetMetricFixedMask(coarse.mask)
         evaluator.SetInitialTransform(start, inPlace=False)
         try:
