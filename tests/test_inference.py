@@ -281,3 +281,17 @@ def test_bundled_network_keeps_black_background_black() -> None:
     assert np.all(fused[mri + pet == 0] == 0)
     assert fused[28:36, 28:36].mean() > 0.5  # the hot spot survives
     assert fused[18:22, 18:46].mean() > 0.3  # and so does the anatomy around it
+
+
+def test_bundled_network_on_held_out_slices(harvard_dir: Path) -> None:
+    """On three slices of the validation series the network keeps edges (Qabf) and a black background."""
+    from medfuse.metrics import luminance_255, qabf
+    from medfuse.training import load_pairs, split_by_series
+
+    _, val = split_by_series(load_pairs(harvard_dir, "PET"), "41")
+    mri, pet = val.mri[30:33], val.functional[30:33]
+    fused = get_fuser("net", device="cpu", threads=2).fuse(mri, pet)
+    assert np.all(fused[np.maximum(mri, pet) < 0.5 / 255] == 0)
+    triples = zip(fused, mri, pet, strict=True)
+    scores = [qabf(luminance_255(f), luminance_255(a), luminance_255(b)) for f, a, b in triples]
+    assert np.mean(scores) > 0.7

@@ -174,3 +174,11 @@ def test_train_command_bad_data_folder(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "none"), "-o", str(tmp_path / "w.safetensors")])
     assert result.exit_code == 3
     assert "folder not found; --data must point at the Harvard data set" in result.output
+
+
+def test_real_data_split_holds_out_series_41(harvard_dir: Path) -> None:
+    train_pairs, val_pairs = split_by_series(load_pairs(harvard_dir, "PET"), "41")
+    assert set(train_pairs.series) == {"25", "30"} and set(val_pairs.series) == {"41"}
+    assert len(train_pairs.names) + len(val_pairs.names) == 269
+    assert not set(train_pairs.names) & set(val_pairs.names)
+    assert val_pairs.functional.min() >= 0.0 and val_pairs.functional.max() <= 1.0
