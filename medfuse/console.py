@@ -76,7 +76,7 @@ def make_progress(transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=transient,
-        disable=_state["quiet"],
+        disable=_state["quiet"] or not console.is_terminal,
     )
 
 
