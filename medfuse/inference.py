@@ -167,6 +167,7 @@ class NetFuser:
         else:
             self._model = model.to(memory_format=torch.channels_last)
         self.stride = model.stride
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def device(self) -> str:
@@ -216,11 +217,13 @@ class NetFuser:
                 b = pet_t[index : index + 1].contiguous(memory_format=torch.channels_last)
                 return self._model(a, b).clamp_(0.0, 1.0)[0, 0, :height, :width].numpy()
 
+        if self._pool is None:
+            # Kept for the fuser's lifetime: fresh threads would redo the kernels' per-thread setup.
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="medfuse-net")
         previous = torch.get_num_threads()
         torch.set_num_threads(1)  # the setting is process-wide: restored below
         try:
-            with ThreadPoolExecutor(max_workers=min(self.threads, len(mri))) as pool:
-                return np.stack(list(pool.map(one_slice, range(len(mri)))))
+            return np.stack(list(self._pool.map(one_slice, range(len(mri)))))
         finally:
             torch.set_num_threads(previous)
 
