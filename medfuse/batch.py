@@ -5,8 +5,8 @@ Each case is fused by :func:`medfuse.pipeline.fuse_files` into ``OUTPUT/<case>/`
 output transaction, so a case's outputs appear whole or not at all. A failing case is recorded and
 the batch goes on; ``OUTPUT/summary.csv`` lists every case (written atomically, also after Ctrl-C).
 
-Cases run in this process (``workers=1``), in ``workers`` spawned processes, or as tasks on an
-existing Dask cluster (``scheduler``); every process loads the fusion model once and reuses it.
+Cases run in this process (``workers=1``), in this process and ``workers - 1`` spawned ones, or as
+tasks on an existing Dask cluster (``scheduler``); every process loads the fusion model once.
 
 Running on a site's own Dask cluster (``pip install "medfuse[distributed]"`` on every machine)::
 
@@ -418,26 +418,42 @@ def _run_here(tasks: list[CaseTask], fuser: Any) -> Iterator[CaseResult]:
 
 
 def _run_processes(
-    tasks: list[CaseTask], options: FuseOptions, workers: int, late: Callable[[CaseResult], None]
+    tasks: list[CaseTask], fuser: Any, options: FuseOptions, workers: int, late: Callable[[CaseResult], None]
 ) -> Iterator[CaseResult]:
-    """Results as the spawned workers finish; after an interruption, ``late`` gets those that still ended."""
+    """Cases on ``workers`` processes: this one (with its loaded ``fuser``) and ``workers - 1`` spawned ones.
+
+    The spawned workers take cases from the front of the list; this process takes them from the back
+    (cancelling them in the pool before they start), so no core waits and no extra model is loaded.
+    Results come as cases end; after an interruption, ``late`` gets those that still ended.
+    """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = options.threads or 1
     context = multiprocessing.get_context("spawn")
-    executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,))
+    executor = ProcessPoolExecutor(
+        workers - 1, mp_context=context, initializer=_init_worker, initargs=(options.threads or 1,)
+    )
     futures = {executor.submit(run_case_on_worker, task): task for task in tasks}
     reported: set[Future] = set()
+
+    def finished() -> Iterator[CaseResult]:
+        for future, task in futures.items():
+            if future.done() and not future.cancelled() and future not in reported:
+                reported.add(future)
+                yield _result_of(future, task)
+
     try:
-        for future in as_completed(futures):
+        for future in reversed(list(futures)):
+            if future.cancel():  # not started by a spawned worker yet: run it here
+                yield run_case(futures[future], fuser)
+                yield from finished()
+        for future in as_completed([f for f in futures if not f.cancelled() and f not in reported]):
             reported.add(future)
             yield _result_of(future, futures[future])
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-        for future, task in futures.items():
-            if future not in reported and future.done() and not future.cancelled():
-                late(_result_of(future, task))
+        for result in finished():
+            late(result)
 
 
 def _result_of(future: Future, task: CaseTask) -> CaseResult:
@@ -515,8 +531,8 @@ def run_batch(
 ) -> BatchResult:
     """Fuse every case of ``input_dir`` (or of the ``pairs`` CSV) into ``output_dir``; never stops at a failed case.
 
-    ``workers`` > 1 runs cases in that many spawned processes (each with ``options.threads`` or, by
-    default, an equal share of the CPUs); ``scheduler`` (``tcp://host:port``) sends them to a Dask
+    ``workers`` > 1 runs cases in that many processes, this one included (each with ``options.threads``
+    or, by default, an equal share of the CPUs); ``scheduler`` (``tcp://host:port``) sends them to a Dask
     cluster instead. Returns the results; ``summary.csv`` is written even when interrupted.
     """
     if (input_dir is None) == (pairs is None):
@@ -552,8 +568,7 @@ def run_batch(
         elif not pending:
             runs = iter(())
         elif parallel > 1:
-            _load_fuser(options)  # checks weights and device once, before the workers start
-            runs = _run_processes(pending, options, parallel, late=_keeper(results))
+            runs = _run_processes(pending, _load_fuser(options), options, parallel, late=_keeper(results))
         else:
             runs = _run_here(pending, _load_fuser(options))
         _create_folder(output_path)
