@@ -342,6 +342,9 @@ def train(
     ssim_range: Annotated[
         float, typer.Option("--ssim-range", min=1e-6, help="Data range L of the SSIM loss's constants.")
     ] = 0.0078,
+    scd_weight: Annotated[
+        float, typer.Option("--scd-weight", help="Weight of the complementarity (SCD) loss.")
+    ] = 0.25,
     threads: ThreadsOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -365,6 +368,7 @@ def train(
         gradient_weight=gradient_weight,
         ssim_weight=ssim_weight,
         ssim_range=ssim_range,
+        scd_weight=scd_weight,
         threads=threads,
         overwrite=overwrite,
     )

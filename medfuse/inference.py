@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from medfuse.model import FusionNet
 
 BUNDLED_WEIGHTS_NAME = "fusionnet_v1.safetensors"
-BUNDLED_WEIGHTS_SHA256 = "be15ead118d5615a7ee07500f1a511f4ca97d91ac12f35e843af33c2c28364c5"
+BUNDLED_WEIGHTS_SHA256 = "4ac27b71f0470f1135e3a299c9ac1ff2fd31e9a91f502293981fc67ca0ff81c2"
 METHODS = ("net", "laplacian")
 
 

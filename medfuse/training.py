@@ -7,7 +7,10 @@ There is no ground-truth fused image, so the loss asks the output to keep what e
 * **gradient**: L1 distance between the output's Sobel gradient magnitude and the larger of the two
   sources' gradient magnitudes, so the sharper edge of either source is kept (MRI anatomy mostly);
 * **structure**: one minus the mean SSIM of the output with each source, which keeps local contrast
-  and structure close to both at once.
+  and structure close to both at once;
+* **complementarity**: one minus half the sum of corr(F - PET, MRI) and corr(F - MRI, PET) (the SCD
+  idea): what the output adds to one source should be the other source's content, so neither is
+  merely overwritten where the other is brighter.
 
 The split is by series (neighbouring slices of a series are near copies): by default PET-MRI series 41
 is held out for validation and everything else (the other PET series and, optionally, the SPECT-MRI
@@ -55,6 +58,7 @@ class TrainConfig:
     gradient_weight: float = 1.0
     ssim_weight: float = 1.0
     ssim_range: float = 0.0078
+    scd_weight: float = 0.25
     channels: tuple[int, ...] = DEFAULT_CHANNELS
     val_stride: int = 3
     threads: int | None = None
@@ -161,6 +165,14 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch
     return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
 
 
+def _correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each image pair of two (N, 1, H, W) tensors, shape (N,)."""
+    x = x - x.mean(dim=(-2, -1), keepdim=True)
+    y = y - y.mean(dim=(-2, -1), keepdim=True)
+    numerator = (x * y).sum(dim=(1, 2, 3))
+    return numerator / torch.sqrt((x * x).sum(dim=(1, 2, 3)) * (y * y).sum(dim=(1, 2, 3)) + 1e-12)
+
+
 def fusion_loss(
     fused: torch.Tensor, mri: torch.Tensor, pet: torch.Tensor, config: TrainConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -169,8 +181,19 @@ def fusion_loss(
     gradient = F.l1_loss(sobel_magnitude(fused), torch.maximum(sobel_magnitude(mri), sobel_magnitude(pet)))
     similarity = ssim_map(fused, mri, config.ssim_range).mean() + ssim_map(fused, pet, config.ssim_range).mean()
     structure = 1.0 - 0.5 * similarity
-    total = config.intensity_weight * intensity + config.gradient_weight * gradient + config.ssim_weight * structure
-    parts = {"intensity": intensity.item(), "gradient": gradient.item(), "ssim": structure.item()}
+    complementarity = 1.0 - 0.5 * (_correlation(fused - pet, mri) + _correlation(fused - mri, pet)).mean()
+    total = (
+        config.intensity_weight * intensity
+        + config.gradient_weight * gradient
+        + config.ssim_weight * structure
+        + config.scd_weight * complementarity
+    )
+    parts = {
+        "intensity": intensity.item(),
+        "gradient": gradient.item(),
+        "ssim": structure.item(),
+        "scd": complementarity.item(),
+    }
     return total, parts
 
 

@@ -110,7 +110,7 @@ def test_loss_terms_vanish_for_the_ideal_output() -> None:
 
 
 def test_intensity_term_pulls_towards_the_brighter_source() -> None:
-    config = TrainConfig(data=Path(), output=Path(), gradient_weight=0.0, ssim_weight=0.0)
+    config = TrainConfig(data=Path(), output=Path(), gradient_weight=0.0, ssim_weight=0.0, scd_weight=0.0)
     mri = torch.full((1, 1, 8, 8), 0.2)
     pet = torch.full((1, 1, 8, 8), 0.8)
     loss_at_max, _ = fusion_loss(pet.clone(), mri, pet, config)
@@ -182,3 +182,14 @@ def test_real_data_split_holds_out_series_41(harvard_dir: Path) -> None:
     assert len(train_pairs.names) + len(val_pairs.names) == 269
     assert not set(train_pairs.names) & set(val_pairs.names)
     assert val_pairs.functional.min() >= 0.0 and val_pairs.functional.max() <= 1.0
+
+
+def test_complementarity_term_prefers_carrying_both_sources() -> None:
+    config = TrainConfig(data=Path(), output=Path())
+    torch.manual_seed(2)
+    mri, pet = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    _, additive = fusion_loss(mri + pet, mri, pet, config)
+    _, mri_only = fusion_loss(mri.clone(), mri, pet, config)
+    # F = A + B: F - B is A and F - A is B, both correlations are 1
+    assert additive["scd"] == pytest.approx(0.0, abs=1e-6)
+    assert mri_only["scd"] > 0.4
