@@ -145,11 +145,31 @@ class OutputTransaction:
         return final
 
     def commit(self) -> None:
-        """Move every completed temporary into place."""
-        for temp, final in self._pending:
-            if final.is_dir() and temp.is_dir():
-                shutil.rmtree(final)
-            os.replace(temp, final)
+        """Move every completed temporary into place.
+
+        Should a move fail, the outputs this commit already put in place under new names are removed
+        again, so that a run leaves all its outputs or none (replaced files cannot come back).
+        """
+        placed: list[Path] = []
+        final = None
+        try:
+            for temp, final in self._pending:
+                existed = final.exists()
+                if final.is_dir() and temp.is_dir():
+                    shutil.rmtree(final)
+                os.replace(temp, final)
+                if not existed:
+                    placed.append(final)
+        except BaseException as exc:  # a failed move or Ctrl-C between two moves
+            for done in placed:
+                with contextlib.suppress(OSError):
+                    if done.is_dir():
+                        shutil.rmtree(done)
+                    else:
+                        done.unlink()
+            if isinstance(exc, OSError):
+                raise OutputError(f"{final}: could not be moved into place ({exc.strerror or exc}).") from exc
+            raise
         self._pending.clear()
         self._created_dirs.clear()
 
@@ -179,6 +199,6 @@ def output_transaction(overwrite: bool = False) -> Iterator[OutputTransaction]:
         raise
     try:
         transaction.commit()
-    except OSError as exc:
+    except BaseException:
         transaction.rollback()
-        raise OutputError(f"could not move the outputs into place ({exc.strerror}).") from exc
+        raise

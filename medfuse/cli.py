@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.text import Text
 
 from medfuse import __version__
 from medfuse.console import console, set_quiet, show_warning
@@ -40,7 +41,8 @@ def _print_warning(message: Any, category: type[Warning], *_args: Any, **_kwargs
 
 
 def _fail(message: str, code: int) -> None:
-    console.print(f"[bold red]medfuse: error:[/bold red] {message}", markup=True, highlight=False)
+    # A Text is printed as it is: brackets or backslashes in a path are no markup.
+    console.print(Text.assemble(("medfuse: error:", "bold red"), " ", message), highlight=False)
     raise typer.Exit(code)
 
 
@@ -57,7 +59,7 @@ def handle_errors(command: F) -> F:
             except MedfuseError as exc:
                 if _options["debug"]:
                     traceback.print_exc(file=sys.stderr)
-                _fail(exc.message.replace("[", "\\["), exc.exit_code)
+                _fail(exc.message, exc.exit_code)
             except KeyboardInterrupt:
                 _fail("interrupted; no partial output was left behind.", EXIT_INTERRUPTED)
             except typer.Exit:
@@ -65,7 +67,7 @@ def handle_errors(command: F) -> F:
             except Exception as exc:  # an unexpected failure still ends in one sentence
                 if _options["debug"]:
                     traceback.print_exc(file=sys.stderr)
-                detail = f"{type(exc).__name__}: {exc}".strip().splitlines()[0].replace("[", "\\[")
+                detail = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
                 _fail(f"unexpected internal error ({detail}); rerun with --debug for details.", EXIT_PROCESSING)
         return None
 

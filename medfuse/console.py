@@ -21,10 +21,12 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 T = TypeVar("T")
 
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji=False: a path or option value such as "scan:x:1" must print as given, not as an emoji.
+console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 _state = {"quiet": False}
 
 
@@ -58,11 +60,7 @@ def warn(message: str) -> None:
 
 def show_warning(message: str) -> None:
     """Print a warning line on stderr (used by the CLI's warning hook)."""
-    console.print(f"[yellow]medfuse: warning:[/yellow] {_escape(message)}")
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", "\\[")
+    console.print(Text.assemble(("medfuse: warning:", "yellow"), " ", message))
 
 
 def make_progress(transient: bool = False) -> Progress:

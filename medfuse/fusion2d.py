@@ -214,6 +214,12 @@ def _load_pair(mri_path: Path, pet_path: Path) -> _Pair:
             f"{pet_path}: its size {pet.shape[1]}x{pet.shape[0]} differs from the MRI {mri_path.name} "
             f"({mri.shape[1]}x{mri.shape[0]}); resample the PET to the MRI first."
         )
+    # A blank slice is common in slice data sets (above the head, empty PET planes): fused, not refused.
+    for path, image, role, other in ((mri_path, mri, "MRI", "PET"), (pet_path, pet, "PET", "MRI")):
+        if image.min() == image.max():
+            warn(
+                f"{path}: the {role} image is blank (all its pixels are equal); the fused image shows the {other} only."
+            )
     return _Pair.split(mri, pet)
 
 
@@ -227,6 +233,9 @@ def fuse_arrays(mri: np.ndarray, pet: np.ndarray, fuser: Fuser) -> np.ndarray:
 
 def load_fuser(options: FuseOptions) -> Fuser:
     """The fuser named by ``options.method``, loaded once (weights checked) and reused for every pair."""
+    from medfuse.pipeline import check_device
+
+    check_device(options.method, options.device)
     if options.method == "laplacian":
         from medfuse.laplacian import LaplacianFuser
 

@@ -10,12 +10,17 @@ library would otherwise hide (it silently replaces a zero voxel size by 1 and pa
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
 import re
 import struct
+import sys
+import tempfile
+import threading
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -127,11 +132,15 @@ def _read_file(path: Path, role: Role) -> tuple[sitk.Image, dict[str, Any]]:
     _check_header_geometry(path, reader)
     warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    native: list[str] = []
     try:
-        image = reader.Execute()
+        # MetaImage explains a truncated file only on stderr (its exception carries a stale errno text).
+        with _native_stderr_into(native) if suffix in (".mha", ".mhd") else contextlib.nullcontext():
+            image = reader.Execute()
     except RuntimeError as exc:
+        reason = " ".join(native) or _itk_reason(exc)
         raise UnreadableInputError(
-            f"{path}: the {role} file could not be decoded as {_format_name(path)} ({_itk_reason(exc)}); "
+            f"{path}: the {role} file could not be decoded as {_format_name(path)} ({reason[:160]}); "
             "the file is truncated or corrupt, so export it again."
         ) from exc
     finally:
@@ -151,9 +160,12 @@ def _header_reader(path: Path, role: str) -> sitk.ImageFileReader:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
+        reason = _itk_reason(exc)
+        if "Unable to determine ImageIO reader" in reason:
+            reason = "empty, not an image, or a damaged header"
         raise UnreadableInputError(
-            f"{path}: the {role} file is not a readable {_format_name(path)} image (empty, not an image, "
-            "or a damaged header); check that it is the right file."
+            f"{path}: the {role} file is not a readable {_format_name(path)} image ({reason}); "
+            "check that it is the right file."
         ) from exc
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
@@ -164,8 +176,36 @@ def _itk_reason(exc: Exception) -> str:
     """The last informative line of an ITK exception, shortened for a one-sentence message."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     reason = lines[-1] if lines else type(exc).__name__
-    reason = re.sub(r"^(sitk::ERROR:|Reason:|Description:)\s*", "", reason)
+    reason = re.sub(r"^(sitk::ERROR:|Reason:|Description:|\[\w+\] \w+:)\s*", "", reason)
     return reason.rstrip(".")[:160]
+
+
+_NATIVE_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _native_stderr_into(lines: list[str]) -> Iterator[None]:
+    """Collect what C++ libraries print on file descriptor 2 into ``lines`` instead of the terminal.
+
+    File descriptors are process-wide, so threads (batch on Dask threads) take turns here.
+    """
+    with _NATIVE_STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr descriptor (embedded interpreters): nothing to collect
+            yield
+            return
+        with tempfile.TemporaryFile() as sink:
+            sys.stderr.flush()
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                text = sink.read().decode(errors="replace")
+                lines.extend(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _bytes_per_voxel(pixel_id: int, components: int = 1) -> int:

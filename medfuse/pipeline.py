@@ -39,7 +39,7 @@ import numpy as np
 
 from medfuse import __version__
 from medfuse.atomic import VOLUME_EXTENSIONS, check_output_path, full_suffix, output_transaction, sibling
-from medfuse.console import info, make_progress, stage
+from medfuse.console import info, make_progress, stage, warn
 from medfuse.errors import InvalidInputError, ProcessingError, UsageError
 from medfuse.options import FuseOptions
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from medfuse.io import Volume
     from medfuse.registration import RegistrationResult
 
-__all__ = ["FuseOptions", "FusionResult", "fuse_files", "fuse_images"]
+__all__ = ["FuseOptions", "FusionResult", "check_device", "fuse_files", "fuse_images"]
 
 NETWORK_COLORMAP = "aanlib"
 MRI_PERCENTILES = (0.5, 99.5)
@@ -141,7 +141,11 @@ def fuse_files(
 def _check_options(options: FuseOptions) -> None:
     """Refuse contradicting or unknown option values before anything is loaded."""
     from medfuse.colour import colormap_lut
+    from medfuse.inference import METHODS
 
+    if options.method not in METHODS:
+        raise UsageError(f"--method {options.method}: unknown method; use {' or '.join(METHODS)}.")
+    check_device(options.method, options.device)
     if options.register not in REGISTER_MODES:
         raise UsageError(f"--register {options.register}: unknown mode; use rigid, affine or none.")
     if options.pet_window is not None:
@@ -151,6 +155,21 @@ def _check_options(options: FuseOptions) -> None:
     if options.batch_size < 1:
         raise UsageError(f"--batch-size {options.batch_size}: use a positive number of slices.")
     colormap_lut(options.colormap)
+
+
+def check_device(method: str, device: str) -> None:
+    """Refuse an unknown or unavailable ``--device`` before any input is read, whatever the method.
+
+    ``auto`` and ``cpu`` need no check (nor torch); anything else goes through
+    :func:`medfuse.inference.resolve_device`. The Laplacian method runs on the CPU only, so a GPU
+    named for it is not used, with a warning.
+    """
+    if device.strip().lower() in ("auto", "cpu"):
+        return
+    from medfuse.inference import resolve_device
+
+    if resolve_device(device).type != "cpu" and method == "laplacian":
+        warn(f"--device {device}: the laplacian method runs on the CPU only, so {device} was not used.")
 
 
 def _volume_extension(output: Path, options: FuseOptions) -> tuple[str, ...]:
@@ -250,7 +269,7 @@ def _fuse(
             with _timed(timings, "load_fuser"), stage("Loading the fusion model"):
                 fuser = _load_fuser(options)
         with _timed(timings, "register"), stage("Registering the PET to the MRI"):
-            transform, registered, source = _transform(mri, pet, options)
+            transform, registered, source = _transform(mri, pet, options, inputs["pet"]["path"] or "the PET image")
         with _timed(timings, "resample"), stage("Resampling the PET onto the MRI grid"):
             pet_on_mri = registration.resample_to(pet, mri, transform)
         with _timed(timings, "fuse"):
@@ -260,9 +279,13 @@ def _fuse(
 
 
 def _transform(
-    mri: sitk.Image, pet: sitk.Image, options: FuseOptions
+    mri: sitk.Image, pet: sitk.Image, options: FuseOptions, pet_name: str
 ) -> tuple[sitk.Transform, RegistrationResult | None, str]:
-    """The MRI -> PET transform: read from --transform, identity under --register none, or registered."""
+    """The MRI -> PET transform: read from --transform, identity under --register none, or registered.
+
+    ``pet_name`` (the PET's path as given) names the culprit when the heads do not overlap under
+    ``--register none`` (with ``--transform`` the transform file is named).
+    """
     import SimpleITK as sitk
 
     from medfuse import registration
@@ -275,7 +298,7 @@ def _transform(
         where, advice = f"{options.transform}: with this transform", "check that the transform belongs to these images"
     else:
         transform = sitk.Euler3DTransform()
-        where, advice = "under --register none", "register them with --register rigid, or check the inputs"
+        where, advice = f"{pet_name}: under --register none", "register them with --register rigid, or check the inputs"
     overlap = registration.overlap_fraction(mri, pet, transform)
     if overlap < registration.MIN_OVERLAP:
         raise InvalidInputError(
