@@ -8,6 +8,7 @@ imported inside the commands so that ``medfuse --help`` stays instant.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 import traceback
 import warnings
@@ -344,9 +345,7 @@ def train(
     ssim_range: Annotated[
         float, typer.Option("--ssim-range", min=1e-6, help="Data range L of the SSIM loss's constants.")
     ] = 0.0078,
-    scd_weight: Annotated[
-        float, typer.Option("--scd-weight", help="Weight of the complementarity (SCD) loss.")
-    ] = 0.25,
+    scd_weight: Annotated[float, typer.Option("--scd-weight", help="Weight of the complementarity (SCD) loss.")] = 0.25,
     threads: ThreadsOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -417,8 +416,17 @@ def info(
     typer.echo(json.dumps(described, indent=2) if as_json else format_description(described))
 
 
+def _stop_on_sigterm(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    SIGTERM (a cluster's time limit, ``kill``) is handled like Ctrl-C: the outputs in progress are
+    removed and the exit code is 130.
+    """
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     app()
 
 
