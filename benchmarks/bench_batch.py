@@ -7,6 +7,7 @@ cases per minute and the speed-up, with the machine it ran on.
 
     python benchmarks/bench_batch.py                      # 8 cases, the network, workers 1 and 2
     python benchmarks/bench_batch.py --cases 6 --method laplacian --workers 1 2 4
+    python benchmarks/bench_batch.py --repeats 3           # best of 3 runs each, on a shared machine
 
 With more than one worker and no ``--threads``, each worker gets an equal share of the CPUs (1
 thread each on 2 cores), so the runs do not oversubscribe the machine.
@@ -87,6 +88,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
     parser.add_argument("--threads", type=int, default=None, help="threads per case (default: CPUs / workers)")
     parser.add_argument("--weights", type=Path, default=None, help="network weights (default: the bundled ones)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs per worker count; the best counts (others' load only slows)"
+    )
     args = parser.parse_args()
     if not (EXAMPLES / "mri.nii.gz").exists():
         sys.exit(f"{EXAMPLES}: the example pair is missing; run examples/make_example.py first.")
@@ -99,19 +103,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="medfuse-bench-") as temp:
         studies = make_cases(Path(temp), args.cases)
         rates: dict[int, float] = {}
-        for workers in args.workers:
-            seconds, cpu, ok = run(studies, Path(temp) / f"out-{workers}", workers, args)
-            rates[workers] = ok / seconds * 60.0
-            print(
-                f"workers {workers}: {ok}/{args.cases} cases ok in {seconds:.1f} s -> {rates[workers]:.1f} cases/min "
-                f"(CPU {cpu:.1f} s, {cpu / seconds:.2f} cores busy on average)"
-            )
+        for repeat in range(args.repeats):
+            for workers in args.workers:
+                output = Path(temp) / f"out-{workers}-{repeat}"
+                seconds, cpu, ok = run(studies, output, workers, args)
+                shutil.rmtree(output)
+                rates[workers] = max(rates.get(workers, 0.0), ok / seconds * 60.0)
+                print(
+                    f"workers {workers}: {ok}/{args.cases} cases ok in {seconds:.1f} s -> "
+                    f"{ok / seconds * 60.0:.1f} cases/min (CPU {cpu:.1f} s, {cpu / seconds:.2f} cores busy on average)"
+                )
+    print("best of", args.repeats, "runs: " + ", ".join(f"workers {w}: {r:.1f} cases/min" for w, r in rates.items()))
     baseline = rates.get(1)
     if baseline:
         for workers, rate in rates.items():
             if workers != 1:
-                verdict = "meets" if workers != 2 or rate / baseline >= 1.6 else "misses"
-                target = " (target >= 1.6x: " + verdict + ")" if workers == 2 else ""
+                verdict = "meets" if rate / baseline >= 1.6 else "misses"
+                target = f" (target >= 1.6x: {verdict})" if workers == 2 else ""
                 print(f"speed-up with {workers} workers: {rate / baseline:.2f}x{target}")
     print(f"load average after: {'{:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())}")
 
