@@ -22,6 +22,7 @@ comes from ``--nworkers``; ``--threads`` sets the torch/ITK threads of each case
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import fnmatch
@@ -433,7 +434,9 @@ def _run_processes(
     executor = ProcessPoolExecutor(
         workers - 1, mp_context=context, initializer=_init_worker, initargs=(options.threads or 1,)
     )
+    others = set(multiprocessing.active_children())
     futures = {executor.submit(run_case_on_worker, task): task for task in tasks}
+    spawned = set(multiprocessing.active_children()) - others
     reported: set[Future] = set()
 
     def finished() -> Iterator[CaseResult]:
@@ -450,10 +453,22 @@ def _run_processes(
         for future in as_completed([f for f in futures if not f.cancelled() and f not in reported]):
             reported.add(future)
             yield _result_of(future, futures[future])
+    except (KeyboardInterrupt, GeneratorExit):
+        _interrupt(spawned)  # Ctrl-C may have reached this process only (SIGTERM, kill -INT)
+        raise
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
         for result in finished():
             late(result)
+
+
+def _interrupt(processes: Iterable[Any]) -> None:
+    """Send Ctrl-C to worker processes: each rolls back its case and skips the rest of its queue."""
+    import signal
+
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(process.pid, signal.SIGINT)
 
 
 def _result_of(future: Future, task: CaseTask) -> CaseResult:

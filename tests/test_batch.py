@@ -10,6 +10,8 @@ import csv
 import hashlib
 import json
 import shutil
+import signal
+import subprocess
 import sys
 import time
 import types
@@ -400,6 +402,35 @@ def test_worker_processes_give_the_same_results(tmp_path: Path, heads: tuple[Pat
         expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "serial" / name / "fused.nii.gz")))
         got = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "parallel" / name / "fused.nii.gz")))
         np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_sigterm_stops_a_parallel_batch_cleanly(tmp_path: Path, heads: tuple[Path, Path]) -> None:
+    """SIGTERM to the command (as a cluster's time limit sends): exit 130, every case whole or absent."""
+    mri, pet = heads
+    studies, out = tmp_path / "studies", tmp_path / "out"
+    names = [f"case{index}" for index in range(8)]
+    for name in names:
+        copy_case(studies, name, mri, pet)
+    out.mkdir()
+    command = [sys.executable, "-m", "medfuse", "batch", str(studies), "-o", str(out), "--method", "laplacian"]
+    process = subprocess.Popen([*command, "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None and not any(p.is_dir() for p in out.iterdir()):
+        time.sleep(0.05)  # until the first case starts writing
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted; no partial output was left behind" in stderr and "Traceback" not in stderr
+    assert not [p for p in out.rglob("*") if ".medfuse-tmp-" in p.name]
+    rows = {row["case"]: row for row in read_summary(out / "summary.csv")}
+    assert sorted(rows) == names
+    for name in names:
+        folder = out / name
+        if rows[name]["status"] == "ok":
+            assert sorted(p.name for p in folder.iterdir()) == CASE_FILES
+        else:
+            assert rows[name]["status"] == "skipped" and not folder.exists(), (name, rows[name])
+    assert any(row["status"] == "skipped" for row in rows.values())  # it did stop early
 
 
 def test_clinical_style_dicom_cases(tmp_path: Path) -> None:
