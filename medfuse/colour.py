@@ -38,13 +38,21 @@ def rgb_to_ycbcr(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
-    """Rebuild RGB (..., 3) in [0, 1] from Y, Cb, Cr (Cb/Cr centred at 0.5), clipped to [0, 1]."""
-    ycc = np.stack(
-        [np.asarray(y, np.float32), np.asarray(cb, np.float32) - 0.5, np.asarray(cr, np.float32) - 0.5],
-        axis=-1,
-    )
-    rgb = ycc @ _YCBCR_TO_RGB.T.astype(np.float32)
-    return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+    """Rebuild RGB (..., 3) in [0, 1] from Y, Cb, Cr (Cb/Cr centred at 0.5), keeping Y exactly.
+
+    A fused luminance with the PET's chroma can fall outside the RGB cube (a bright MRI edge under a
+    saturated red hot spot). Clipping each channel would change the luminance, i.e. undo part of the
+    fusion; instead the chroma of such a pixel is scaled towards grey just enough for the colour to
+    fit, so its hue stays the PET's and its luminance stays the fused one. In-gamut colours are
+    rebuilt unchanged.
+    """
+    luma = np.clip(np.asarray(y, np.float32), 0.0, 1.0)[..., None]
+    chroma = np.stack([np.asarray(cb, np.float32) - 0.5, np.asarray(cr, np.float32) - 0.5], axis=-1)
+    offsets = chroma @ _YCBCR_TO_RGB[:, 1:].T.astype(np.float32)  # each channel's departure from grey
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(offsets > 0, (1.0 - luma) / offsets, np.where(offsets < 0, luma / -offsets, np.inf))
+    scale = np.clip(np.min(room, axis=-1, keepdims=True), 0.0, 1.0)
+    return np.clip(luma + scale * offsets, 0.0, 1.0).astype(np.float32)
 
 
 def is_grey(image: np.ndarray, tolerance: float = 1.0 / 255.0) -> bool:

@@ -101,3 +101,16 @@ def test_version_option() -> None:
 
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and "medfuse" in result.output
+
+
+def test_ycbcr_rebuild_keeps_luminance_out_of_gamut() -> None:
+    # A bright fused luminance under saturated red chroma does not fit the RGB cube as it is.
+    _, cb, cr = colour.rgb_to_ycbcr(np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], np.float32))
+    y = np.array([0.9, 0.05], np.float32)
+    rgb = colour.ycbcr_to_rgb(y, cb, cr)
+    assert rgb.min() >= 0.0 and rgb.max() <= 1.0
+    rebuilt_y, rebuilt_cb, rebuilt_cr = colour.rgb_to_ycbcr(rgb)
+    np.testing.assert_allclose(rebuilt_y, y, atol=1e-6)
+    # Hue kept: the chroma only shrinks towards grey, in the same direction.
+    assert rebuilt_cr[0] > 0.5 and rebuilt_cb[1] > 0.5
+    np.testing.assert_allclose((rebuilt_cb - 0.5) * (cr - 0.5), (rebuilt_cr - 0.5) * (cb - 0.5), atol=1e-6)
