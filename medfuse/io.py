@@ -40,6 +40,8 @@ Role = Literal["MRI", "PET"]
 READ_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Fewest voxels along any axis for an image to count as a volume.
 MIN_VOXELS_PER_AXIS = 4
+#: Largest deviation of a direction matrix from orthonormal (float32 headers stay far below it).
+ORTHONORMAL_TOLERANCE = 1e-4
 #: Bytes per voxel the pipeline needs on an image's grid beyond its own pixels (float32 copy, work arrays).
 WORKING_BYTES_PER_VOXEL = 16
 
@@ -420,6 +422,11 @@ def _check_geometry(image: sitk.Image, role: str, source: str) -> None:
         raise InvalidInputError(
             f"{source}: the {role}'s direction cosines are degenerate (the axes are not independent); "
             "fix the orientation in the header."
+        )
+    if np.abs(direction.T @ direction - np.eye(3)).max() > ORTHONORMAL_TOLERANCE:
+        raise InvalidInputError(
+            f"{source}: the {role}'s axes are not perpendicular unit vectors (a sheared or scaled grid, which "
+            "NIfTI outputs cannot keep); resample it onto an orthogonal grid first."
         )
 
 

@@ -264,12 +264,15 @@ def _fuse(
 ) -> FusionResult:
     from medfuse import registration
 
+    mri_name, pet_name = inputs["mri"]["path"] or "the MRI image", inputs["pet"]["path"] or "the PET image"
+    registration.check_work_grid(mri, mri_name)
+    registration.check_work_grid(pet, pet_name)
     with _sitk_threads(options.threads):
         if fuser is None:
             with _timed(timings, "load_fuser"), stage("Loading the fusion model"):
                 fuser = _load_fuser(options)
         with _timed(timings, "register"), stage("Registering the PET to the MRI"):
-            transform, registered, source = _transform(mri, pet, options, inputs["pet"]["path"] or "the PET image")
+            transform, registered, source = _transform(mri, pet, options, pet_name)
         with _timed(timings, "resample"), stage("Resampling the PET onto the MRI grid"):
             pet_on_mri = registration.resample_to(pet, mri, transform)
         with _timed(timings, "fuse"):
@@ -283,15 +286,18 @@ def _transform(
 ) -> tuple[sitk.Transform, RegistrationResult | None, str]:
     """The MRI -> PET transform: read from --transform, identity under --register none, or registered.
 
-    ``pet_name`` (the PET's path as given) names the culprit when the heads do not overlap under
-    ``--register none`` (with ``--transform`` the transform file is named).
+    ``pet_name`` (the PET's path as given) names the culprit when registration fails or the heads do
+    not overlap under ``--register none`` (with ``--transform`` the transform file is named).
     """
     import SimpleITK as sitk
 
     from medfuse import registration
 
     if options.register in ("rigid", "affine") and options.transform is None:
-        result = registration.register(mri, pet, options.register)  # type: ignore[arg-type]
+        try:
+            result = registration.register(mri, pet, options.register)  # type: ignore[arg-type]
+        except (InvalidInputError, ProcessingError) as exc:
+            raise type(exc)(f"{pet_name}: {exc}") from exc
         return result.transform, result, options.register
     if options.transform is not None:
         transform = registration.read_transform(options.transform)

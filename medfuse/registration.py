@@ -79,6 +79,36 @@ def _smooth(image: sitk.Image, sigmas_mm: list[float]) -> sitk.Image:
     return image
 
 
+def grid_size(image: sitk.Image, spacing: float = WORK_SPACING_MM) -> tuple[int, ...]:
+    """Voxels per axis of ``image`` on the isotropic ``spacing`` grid of :func:`_on_grid` (its own size
+    when it is already that coarse)."""
+    if all(s >= spacing * 0.999 for s in image.GetSpacing()):
+        return tuple(image.GetSize())
+    return tuple(max(math.ceil(n * s / spacing), 1) for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True))
+
+
+def check_work_grid(image: sitk.Image, name: str) -> None:
+    """Refuse, before any is built, an image whose registration grids would not fit in memory.
+
+    Registration, head masks and the PET window resample the images to isotropic grids of
+    :data:`LEVEL_SPACINGS_MM` (axes coarser than a grid are resampled too); a header whose voxel sizes
+    are off by orders of magnitude (micrometres read as millimetres) would ask for billions of voxels.
+    ``name`` (the input's path as given) names the culprit.
+    """
+    from medfuse.io import WORKING_BYTES_PER_VOXEL, _available_memory, format_bytes
+
+    size = max((grid_size(image, spacing) for spacing in LEVEL_SPACINGS_MM), key=math.prod)
+    needed = math.prod(size) * (4 + WORKING_BYTES_PER_VOXEL)
+    available = _available_memory()
+    if available is not None and needed > available:
+        extent = " × ".join(f"{n * s:g}" for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True))
+        raise InvalidInputError(
+            f"{name}: its field of view of {extent} mm needs a {'×'.join(map(str, size))}-voxel registration "
+            f"grid, about {format_bytes(needed)} of memory, more than the {format_bytes(available)} available; "
+            "check the voxel spacing in its header."
+        )
+
+
 def _on_grid(image: sitk.Image, spacing: float, antialias: bool = True) -> sitk.Image:
     """``image`` resampled to an isotropic ``spacing`` grid with its own orientation and outer corner.
 
@@ -94,7 +124,7 @@ def _on_grid(image: sitk.Image, spacing: float, antialias: bool = True) -> sitk.
         return image
     if antialias and spacing >= 1.5 * float(old_spacing.min()):
         image = _smooth(image, [math.sqrt(max(spacing**2 - s**2, 0.0)) / 2.355 for s in old_spacing])
-    size = [max(math.ceil(n * s / spacing), 1) for n, s in zip(image.GetSize(), old_spacing, strict=True)]
+    size = list(grid_size(image, spacing))
     direction = np.array(image.GetDirection()).reshape(3, 3)
     corner = np.array(image.GetOrigin()) - direction @ (old_spacing / 2.0)
     origin = corner + direction @ np.full(3, spacing / 2.0)

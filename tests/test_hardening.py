@@ -129,6 +129,12 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     sitk.WriteImage(sitk.JoinSeries([pet, pet]), str(folder / "dynamic.nii.gz"))
     sitk.WriteImage(pet[:, :, 10], str(folder / "flat.nii.gz"))
     sitk.WriteImage(pet[:, :, 10:11], str(folder / "one_slice.nii.gz"))
+    sheared = sitk.Image(mri)
+    sheared.SetDirection((1.0, 0.3, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))  # NIfTI outputs could not keep it
+    sitk.WriteImage(sheared, str(folder / "sheared.mha"))
+    metres = sitk.Image(mri)
+    metres.SetSpacing((6000.0, 6000.0, 6.0))  # voxel sizes in micrometres read as millimetres
+    sitk.WriteImage(metres, str(folder / "metres.nii.gz"))
     far = sitk.Image(pet)
     far.SetOrigin(tuple(o + 600.0 for o in pet.GetOrigin()))
     sitk.WriteImage(far, str(folder / "far.nii.gz"))
@@ -261,6 +267,14 @@ CASES: dict[str, Case] = {
     ),
     "PET field of view away from the MRI under --register none": Case(
         _fuse("mri", "far.nii.gz", "--register", "none"), EXIT_INVALID, _names("far.nii.gz", plain=("barely overlap",))
+    ),
+    "sheared grid (non-orthogonal direction)": Case(
+        _fuse("sheared.mha", "pet"), EXIT_INVALID, _names("sheared.mha", plain=("not perpendicular unit vectors",))
+    ),
+    "voxel sizes a thousand times too large": Case(
+        _fuse("metres.nii.gz", "pet"),
+        EXIT_INVALID,
+        _names("metres.nii.gz", plain=("192000 × 216000 × 192 mm", "check the voxel spacing")),
     ),
     "zero spacing in NIfTI": Case(
         _fuse("zero_spacing.nii.gz", "pet"), EXIT_INVALID, _names("zero_spacing.nii.gz", plain=("(0.0, 8.0, 8.0)",))
