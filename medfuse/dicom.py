@@ -649,8 +649,12 @@ def _decoding_plugin(syntax: str) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+    """The first line of an exception's text, with the next one when the first only introduces it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    reason = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return reason.rstrip(".")
 
 
 def _real_world(stack: _Stack, folder: Path, factors: np.ndarray) -> np.ndarray:

@@ -14,10 +14,14 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import shutil
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pydicom
@@ -230,7 +234,9 @@ CASES: dict[str, Case] = {
         _fuse("notes", "pet"), EXIT_UNREADABLE, _names("notes", plain=("holds no DICOM",))
     ),
     "DICOM pixel data that cannot be decoded": Case(
-        _fuse("mri", "dicom_undecodable"), EXIT_UNREADABLE, _names("undecodable slice", plain=("cannot be decoded",))
+        _fuse("mri", "dicom_undecodable"),
+        EXIT_UNREADABLE,
+        _names("undecodable slice", plain=("cannot be decoded", "J2K data: failed to read the header")),
     ),
     "DICOM pixel data truncated": Case(
         _fuse("mri", "dicom_truncated"), EXIT_UNREADABLE, _names("truncated slice", plain=("truncated or corrupt",))
@@ -398,6 +404,24 @@ def test_refused_cleanly(name: str, inputs: dict[str, Path], tmp_path: Path) -> 
     assert_clean_failure(result, case.code, case.fragments(inputs))
     assert not out.exists(), sorted(out.rglob("*"))
     assert tree_digest(inputs["mri"].parent) == before
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["missing PET", "truncated .mha", "zero spacing in MetaImage", "NIfTI header claiming 30000³ voxels",
+     "unknown --device (laplacian)", "output equal to the MRI"],
+)  # fmt: skip
+def test_installed_command_prints_one_line(name: str, inputs: dict[str, Path], tmp_path: Path) -> None:
+    """The console script: the exit code, one line on stderr (no library chatter), nothing on stdout."""
+    script = shutil.which("medfuse", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the medfuse console script is not installed next to this Python")
+    case, out = CASES[name], tmp_path / "out"
+    done = subprocess.run([script, *map(str, case.args(inputs, out))], capture_output=True, text=True, timeout=60)
+    assert done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
+    result = SimpleNamespace(exit_code=done.returncode, output=done.stderr)
+    assert_clean_failure(result, case.code, case.fragments(inputs))
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("method", ["net", "laplacian"])
