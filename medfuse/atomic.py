@@ -81,6 +81,11 @@ def check_output_path(
         item_path = Path(item)
         if _same_file(path, item_path):
             raise OutputError(f"{path}: the output path is one of the inputs; choose another {option}.")
+        if item_path.is_dir() and path.resolve().is_relative_to(item_path.resolve()):
+            raise OutputError(
+                f"{path}: is inside the input folder {item_path}, which medfuse never writes into; "
+                f"choose another {option}."
+            )
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
             raise OutputError(f"{path}: {parent} is a file, not a folder; choose another {option}.")

@@ -157,6 +157,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "ElementType = MET_FLOAT\nElementDataFile = LOCAL\n"
     )
     Image.fromarray((np.arange(32 * 32) % 251).reshape(32, 32).astype(np.uint8)).save(folder / "slice.png")
+    for name in ("png_mri", "png_pet"):
+        (folder / name).mkdir()
+        (folder / name / "slice.png").write_bytes((folder / "slice.png").read_bytes())
     (folder / "no_dicom").mkdir()
     (folder / "notes").mkdir()
     (folder / "notes" / "readme.txt").write_text("the export failed\n")
@@ -382,6 +385,16 @@ CASES: dict[str, Case] = {
         ],
         EXIT_OUTPUT,
         lambda p: ("t.tfm", "one of the inputs"),
+    ),
+    "output inside an input folder of 2-D images": Case(
+        lambda p, out: ["fuse", p["png_mri"], p["png_pet"], "-o", p["png_mri"] / "fused", "--method", "laplacian"],
+        EXIT_OUTPUT,
+        lambda p: ("png_mri/fused", "inside the input folder"),
+    ),
+    "volume output inside a DICOM input folder": Case(
+        lambda p, out: [*_fuse("mri", "dicom_pet")(p, out)[:4], p["dicom_pet"] / "fused.nii.gz"],
+        EXIT_OUTPUT,
+        lambda p: ("dicom_pet/fused.nii.gz", "inside the input folder"),
     ),
     "output folder whose parent is missing": Case(
         _fuse("mri", "pet", output="a/b/fused.nii.gz"), EXIT_OUTPUT, lambda p: ("a/b/fused.nii.gz", "does not exist")
