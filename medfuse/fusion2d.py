@@ -257,8 +257,11 @@ def fuse_image_files(
     mri: str | Path, pet: str | Path, output: str | Path, options: FuseOptions, fuser: Fuser | None = None
 ) -> Path:
     """Fuse one MRI image with one PET image into ``output`` (format from its extension); returns the path."""
+    from medfuse.io import check_distinct_inputs
+
     mri, pet = Path(mri), Path(pet)
     output = check_output_path(output, allowed=IMAGE_EXTENSIONS, inputs=[mri, pet], overwrite=options.overwrite)
+    check_distinct_inputs(mri, pet)
     pair = _load_pair(mri, pet)
     fuser = fuser if fuser is not None else load_fuser(options)
     fused = pair.compose(fuser.fuse(pair.mri, pair.pet_y))

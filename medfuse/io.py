@@ -338,6 +338,13 @@ def _scan_nifti_data(path: Path, role: str, vox_offset: int, floats: np.dtype | 
 
 
 # ---- validation ------------------------------------------------------------------------------------
+def check_distinct_inputs(mri: str | Path, pet: str | Path) -> None:
+    """Refuse one file given as both the MRI and the PET (one folder may hold both DICOM series)."""
+    mri, pet = Path(mri), Path(pet)
+    if mri.is_file() and pet.is_file() and os.path.samefile(mri, pet):
+        raise UsageError(f"{pet}: the PET is the same file as the MRI {mri}; give the PET image as the second input.")
+
+
 def validate_image(
     image: sitk.Image,
     *,

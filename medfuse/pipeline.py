@@ -119,6 +119,7 @@ def fuse_files(
     options = options or FuseOptions()
     mri_path, pet_path, output = Path(mri_path), Path(pet_path), Path(output)
     _check_options(options)
+    io.check_distinct_inputs(mri_path, pet_path)
     targets = _plan_outputs(mri_path, pet_path, output, options)
     timings: dict[str, float] = {}
     with _timed(timings, "load_mri"), stage("Loading the MRI"):

@@ -315,6 +315,12 @@ CASES: dict[str, Case] = {
     "2-D image against a volume": Case(
         _fuse("slice.png", "pet"), EXIT_USAGE, _names("slice.png", "pet", plain=("is a 2-D image",))
     ),
+    "one file as both MRI and PET": Case(
+        _fuse("mri", "mri"), EXIT_USAGE, _names("mri", plain=("the PET is the same file as the MRI",))
+    ),
+    "one 2-D image as both MRI and PET": Case(
+        _fuse("slice.png", "slice.png", output="f.png"), EXIT_USAGE, lambda p: ("slice.png", "the same file")
+    ),
     "unknown --device (net)": Case(
         _fuse("mri", "pet", "--device", "tpu", method="net"), EXIT_USAGE, lambda p: ("--device tpu: unknown device",)
     ),
@@ -525,7 +531,7 @@ def test_bad_weights_are_refused(
     if dimension == "3-D":
         pair, output = (inputs["mri"], inputs["pet"]), tmp_path / "out" / "f.nii.gz"
     else:
-        pair, output = (inputs["slice.png"], inputs["slice.png"]), tmp_path / "out" / "f.png"
+        pair, output = (inputs["png_mri"] / "slice.png", inputs["png_pet"] / "slice.png"), tmp_path / "out" / "f.png"
     result = invoke("fuse", *pair, "-o", output, "--weights", weights)
     assert_clean_failure(result, EXIT_WEIGHTS, (weights.name, message))
     assert not (tmp_path / "out").exists()
