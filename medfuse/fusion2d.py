@@ -83,13 +83,18 @@ def sniff(path: Path) -> FileKind | None:
 
 
 def _folder_files(folder: Path) -> dict[FileKind, list[Path]]:
-    """The visible files directly in ``folder``, sorted into images and DICOM by content."""
+    """The visible files directly in ``folder``, sorted into images and DICOM by content.
+
+    A file named like an image that is none (empty, truncated to nothing, text) is skipped with a warning.
+    """
     kinds: dict[FileKind, list[Path]] = {"image": [], "dicom": []}
     for path in sorted(folder.iterdir()):
         if path.is_file() and not path.name.startswith("."):
             kind = sniff(path)
             if kind is not None:
                 kinds[kind].append(path)
+            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                warn(f"{path}: is named like an image but is not a PNG, JPEG or TIFF file; it was skipped.")
     return kinds
 
 

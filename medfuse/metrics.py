@@ -412,7 +412,9 @@ def run_evaluation(
     from medfuse.atomic import check_output_path
 
     if json_path is not None:
-        check_output_path(json_path, allowed=(".json",), overwrite=overwrite, option="--json")
+        check_output_path(
+            json_path, allowed=(".json",), inputs=[fused_dir, mri_dir, pet_dir], overwrite=overwrite, option="--json"
+        )
     evaluation = evaluate_folders(fused_dir, mri_dir, pet_dir)
     if json_path is not None:
         write_json(evaluation, json_path, overwrite=overwrite)

@@ -593,6 +593,18 @@ def test_blank_2d_slice_is_fused_with_a_warning(inputs: dict[str, Path], tmp_pat
     assert np.asarray(Image.open(tmp_path / "f.png")).shape == (32, 32)
 
 
+def test_2d_folder_skips_a_file_that_is_no_image_with_a_warning(inputs: dict[str, Path], tmp_path: Path) -> None:
+    for name in ("mri", "pet"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.png").write_bytes(inputs["slice.png"].read_bytes())
+    (tmp_path / "pet" / "b.png").write_text("not a picture")
+    (tmp_path / "mri" / "b.png").write_bytes(inputs["slice.png"].read_bytes())
+    result = invoke("fuse", tmp_path / "mri", tmp_path / "pet", "-o", tmp_path / "out", "--method", "laplacian")
+    assert result.exit_code == 0, result.output
+    assert f"{tmp_path / 'pet' / 'b.png'}: is named like an image but is not a PNG, JPEG or TIFF file" in result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]
+
+
 # ---- atomic outputs -----------------------------------------------------------------------------------
 def _partial_then(error: BaseException) -> Callable[[sitk.Image, Path], None]:
     """A stand-in for ``io.write_volume`` that writes the first bytes of a file, then raises ``error``."""
@@ -753,13 +765,30 @@ def test_messages_print_paths_verbatim(inputs: dict[str, Path], tmp_path: Path) 
         (("preview", "pet", "-o", "OUT/p.jpg"), EXIT_OUTPUT, ("p.jpg", "unknown output extension")),
         (("preview", "pet", "-o", "pet"), EXIT_OUTPUT, ("pet.nii.gz",)),
         (("preview", "mri", "--pet", "truncated.mha", "-o", "OUT/p.png"), EXIT_UNREADABLE, ("truncated.mha",)),
+        (("evaluate", "--fused", "nope", "--mri", "png_mri", "--pet", "png_pet"), EXIT_UNREADABLE, ("nope",)),
+        (("evaluate", "--fused", "no_dicom", "--mri", "png_mri", "--pet", "png_pet"), EXIT_INVALID, ("no_dicom",)),
+        (
+            ("evaluate", "--fused", "png_mri", "--mri", "png_mri", "--pet", "png_pet", "--json", "png_pet/m.json"),
+            EXIT_OUTPUT,
+            ("png_pet/m.json", "inside the input folder"),
+        ),
     ],
 )
 def test_other_commands_refuse_bad_inputs(
     args: tuple[str, ...], code: int, fragments: tuple[str, ...], inputs: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    argv = [inputs[a] if a in inputs else (out / a[4:] if a.startswith("OUT/") else a) for a in args]
+
+    def argument(text: str) -> str | Path:
+        """An input by name, ``OUT/...`` in the output folder, ``NAME/...`` inside an input folder, else as is."""
+        head, _, tail = text.partition("/")
+        if text in inputs:
+            return inputs[text]
+        if head == "OUT":
+            return out / tail
+        return inputs[head] / tail if tail and head in inputs else text
+
+    argv = [argument(a) for a in args]
     before = tree_digest(inputs["mri"].parent)
     result = invoke(*argv)
     assert_clean_failure(result, code, tuple(inputs[f].name if f in inputs else f for f in fragments))
