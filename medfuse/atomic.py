@@ -155,6 +155,10 @@ class OutputTransaction:
         Should a move fail, the outputs this commit already put in place under new names are removed
         again, so that a run leaves all its outputs or none (replaced files cannot come back).
         """
+        if not self.overwrite:  # another program may have written one of them since the checks
+            for _temp, final in self._pending:
+                if final.exists():
+                    raise OutputError(f"{final}: appeared while medfuse was running; pass --overwrite to replace it.")
         placed: list[Path] = []
         final = None
         try:

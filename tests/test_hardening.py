@@ -684,6 +684,25 @@ def test_failed_rename_takes_back_the_outputs_already_renamed(
     assert len(calls) == 2 and list(out.iterdir()) == []
 
 
+def test_output_written_by_another_program_meanwhile_is_not_replaced(
+    inputs: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
+    from medfuse import io
+
+    out, original = tmp_path / "out", io.write_volume
+
+    def meanwhile(image: sitk.Image, path: str | Path) -> None:
+        (out / "fused.nii.gz").write_bytes(b"written by another program")
+        original(image, path)
+
+    out.mkdir()
+    monkeypatch.setattr("medfuse.io.write_volume", meanwhile)
+    result = invoke("fuse", inputs["mri"], inputs["pet"], "-o", out / "fused.nii.gz", "--method", "laplacian")
+    assert_clean_failure(result, EXIT_OUTPUT, ("fused.nii.gz: appeared while medfuse was running",))
+    assert sorted(p.name for p in out.iterdir()) == ["fused.nii.gz"]
+    assert (out / "fused.nii.gz").read_bytes() == b"written by another program"
+
+
 def test_dicom_series_output_appears_whole_or_not_at_all(inputs: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
     from pydicom.dataset import Dataset
 
