@@ -198,7 +198,8 @@ def _native_stderr_into(lines: list[str]) -> Iterator[None]:
             yield
             return
         with tempfile.TemporaryFile() as sink:
-            sys.stderr.flush()
+            if sys.stderr is not None:
+                sys.stderr.flush()
             os.dup2(sink.fileno(), 2)
             try:
                 yield

@@ -79,7 +79,7 @@ def _smooth(image: sitk.Image, sigmas_mm: list[float]) -> sitk.Image:
     return image
 
 
-def grid_size(image: sitk.Image, spacing: float = WORK_SPACING_MM) -> tuple[int, ...]:
+def _grid_size(image: sitk.Image, spacing: float = WORK_SPACING_MM) -> tuple[int, ...]:
     """Voxels per axis of ``image`` on the isotropic ``spacing`` grid of :func:`_on_grid` (its own size
     when it is already that coarse)."""
     if all(s >= spacing * 0.999 for s in image.GetSpacing()):
@@ -97,7 +97,7 @@ def check_work_grid(image: sitk.Image, name: str) -> None:
     """
     from medfuse.io import WORKING_BYTES_PER_VOXEL, _available_memory, format_bytes
 
-    size = max((grid_size(image, spacing) for spacing in LEVEL_SPACINGS_MM), key=math.prod)
+    size = max((_grid_size(image, spacing) for spacing in LEVEL_SPACINGS_MM), key=math.prod)
     needed = math.prod(size) * (4 + WORKING_BYTES_PER_VOXEL)
     available = _available_memory()
     if available is not None and needed > available:
@@ -124,7 +124,7 @@ def _on_grid(image: sitk.Image, spacing: float, antialias: bool = True) -> sitk.
         return image
     if antialias and spacing >= 1.5 * float(old_spacing.min()):
         image = _smooth(image, [math.sqrt(max(spacing**2 - s**2, 0.0)) / 2.355 for s in old_spacing])
-    size = list(grid_size(image, spacing))
+    size = list(_grid_size(image, spacing))
     direction = np.array(image.GetDirection()).reshape(3, 3)
     corner = np.array(image.GetOrigin()) - direction @ (old_spacing / 2.0)
     origin = corner + direction @ np.full(3, spacing / 2.0)
