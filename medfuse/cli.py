@@ -8,6 +8,7 @@ imported inside the commands so that ``medfuse --help`` stays instant.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 import traceback
@@ -21,7 +22,7 @@ from rich.text import Text
 
 from medfuse import __version__
 from medfuse.console import console, set_quiet, show_warning
-from medfuse.errors import EXIT_INTERRUPTED, EXIT_PROCESSING, MedfuseError
+from medfuse.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_PROCESSING, MedfuseError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,6 +64,9 @@ def handle_errors(command: F) -> F:
                 _fail(exc.message, exc.exit_code)
             except KeyboardInterrupt:
                 _fail("interrupted; no partial output was left behind.", EXIT_INTERRUPTED)
+            except BrokenPipeError:  # the reader of stdout went away (`medfuse info ... | head`)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise typer.Exit(EXIT_BROKEN_PIPE) from None
             except typer.Exit:
                 raise
             except Exception as exc:  # an unexpected failure still ends in one sentence

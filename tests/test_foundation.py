@@ -114,3 +114,18 @@ def test_ycbcr_rebuild_keeps_luminance_out_of_gamut() -> None:
     # Hue kept: the chroma only shrinks towards grey, in the same direction.
     assert rebuilt_cr[0] > 0.5 and rebuilt_cb[1] > 0.5
     np.testing.assert_allclose((rebuilt_cb - 0.5) * (cr - 0.5), (rebuilt_cr - 0.5) * (cb - 0.5), atol=1e-6)
+
+
+def test_closed_stdout_pipe_ends_quietly(tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    volume = sitk.GetImageFromArray(np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6))
+    path = tmp_path / "v.nii.gz"
+    sitk.WriteImage(volume, str(path))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medfuse", "info", str(path), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    assert process.wait(timeout=60) == 141
+    assert process.stderr.read() == b""
