@@ -125,4 +125,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from medfuse.errors import MedfuseError
+
+    try:
+        main()
+    except MedfuseError as error:  # e.g. no bundled weights yet: say so, pass --weights or --method laplacian
+        sys.exit(f"bench_batch: {error.message}")
