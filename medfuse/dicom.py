@@ -48,7 +48,7 @@ from medfuse.atomic import (
 from medfuse.console import info as say
 from medfuse.console import track, warn
 from medfuse.errors import InvalidInputError, OutputError, UnreadableInputError, UsageError
-from medfuse.io import _check_memory
+from medfuse.io import check_memory
 
 Role = Literal["MRI", "PET"]
 
@@ -661,7 +661,7 @@ def _real_world(stack: _Stack, folder: Path, factors: np.ndarray) -> np.ndarray:
     """Decode every slice and apply its own RescaleSlope/Intercept (and SUV factor): float32 (z, y, x)."""
     first = stack.slices[0]
     shape = (len(stack.slices), first.rows, first.columns)
-    _check_memory(folder, shape[::-1], sitk.sitkFloat32)  # refused before anything is allocated
+    check_memory(folder, shape[::-1], sitk.sitkFloat32)  # refused before anything is allocated
     volume = np.empty(shape, np.float32)
     by_file: dict[Path, list[int]] = {}
     for index, record in enumerate(stack.slices):

@@ -237,14 +237,7 @@ def fuse_arrays(mri: np.ndarray, pet: np.ndarray, fuser: Fuser) -> np.ndarray:
 
 
 def load_fuser(options: FuseOptions) -> Fuser:
-    """The fuser named by ``options.method``, loaded once (weights checked) and reused for every pair."""
-    from medfuse.pipeline import check_device
-
-    check_device(options.method, options.device)
-    if options.method == "laplacian":
-        from medfuse.laplacian import LaplacianFuser
-
-        return LaplacianFuser()
+    """The fuser named by ``options.method``, loaded once (device and weights checked) and reused for every pair."""
     from medfuse.inference import get_fuser
 
     return get_fuser(options.method, options.weights, options.device, options.threads, options.batch_size)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medfuse.console import warn
 from medfuse.errors import InvalidInputError, UsageError, WeightsError
 
 if TYPE_CHECKING:
@@ -228,6 +229,18 @@ class NetFuser:
             torch.set_num_threads(previous)
 
 
+def check_device(method: str, device: str) -> None:
+    """Refuse an unknown or unavailable ``--device`` (whatever the method) before any work.
+
+    ``auto`` and ``cpu`` need no check (nor torch); anything else goes through :func:`resolve_device`.
+    The Laplacian method runs on the CPU only, so a GPU named for it is not used, with a warning.
+    """
+    if device.strip().lower() in ("auto", "cpu"):
+        return
+    if resolve_device(device).type != "cpu" and method == "laplacian":
+        warn(f"--device {device}: the laplacian method runs on the CPU only, so {device} was not used.")
+
+
 def get_fuser(
     method: str = "net",
     weights: str | Path | None = None,
@@ -236,10 +249,11 @@ def get_fuser(
     batch_size: int = 16,
 ) -> Any:
     """The fuser for ``--method``: the network (:class:`NetFuser`) or the Laplacian baseline."""
+    if method not in METHODS:
+        raise UsageError(f"--method {method}: unknown method; use {' or '.join(METHODS)}.")
+    check_device(method, device)
     if method == "net":
         return NetFuser(weights=weights, device=device, threads=threads, batch_size=batch_size)
-    if method == "laplacian":
-        from medfuse.laplacian import LaplacianFuser
+    from medfuse.laplacian import LaplacianFuser
 
-        return LaplacianFuser()
-    raise UsageError(f"--method {method}: unknown method; use net or laplacian.")
+    return LaplacianFuser()

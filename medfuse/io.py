@@ -107,7 +107,7 @@ def load_volume(
             )
         if series_uid is not None:
             warn(f"{path}: the series UID {series_uid} was ignored because the input is a file, not a DICOM folder.")
-        image, info = _read_file(path, role)
+        image, info = read_image_file(path, role)
         if info["nan_read_as_zero"]:
             warn(f"{path}: {info['nan_read_as_zero']:,} NaN or infinite voxels in the {role} were set to 0.")
     info["pixel_type"] = info.get("pixel_type") or image.GetPixelIDTypeAsString()
@@ -119,7 +119,13 @@ def _format_name(path: Path) -> str:
     return _FORMAT_NAMES.get(full_suffix(path), full_suffix(path) or "extension-less")
 
 
-def _read_file(path: Path, role: Role) -> tuple[sitk.Image, dict[str, Any]]:
+def read_image_file(path: Path, role: str) -> tuple[sitk.Image, dict[str, Any]]:
+    """Read a volume file after checking its header (format, memory, NIfTI sanity, geometry); not validated.
+
+    Returns the image as stored (any dimension, pixel type, components) and what was learnt on the way
+    (``format``, ``pixel_type``, ``nan_read_as_zero``). :func:`load_volume` validates on top of this;
+    previews use it directly because they also show colour and 2-D images.
+    """
     import SimpleITK as sitk
 
     suffix = full_suffix(path)
@@ -129,7 +135,7 @@ def _read_file(path: Path, role: Role) -> tuple[sitk.Image, dict[str, Any]]:
             f"give a {', '.join(READ_EXTENSIONS)} file or a DICOM folder."
         )
     reader = _header_reader(path, role)
-    _check_memory(path, tuple(reader.GetSize()), reader.GetPixelID(), reader.GetNumberOfComponents())
+    check_memory(path, tuple(reader.GetSize()), reader.GetPixelID(), reader.GetNumberOfComponents())
     non_finite = _check_nifti(path, role) if suffix in (".nii", ".nii.gz") else 0
     _check_header_geometry(path, reader)
     warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
@@ -244,7 +250,7 @@ def format_bytes(count: float) -> str:
     return f"{count:.1f} TB"
 
 
-def _check_memory(path: Path, size: tuple[int, ...], pixel_id: int, components: int = 1) -> None:
+def check_memory(path: Path, size: tuple[int, ...], pixel_id: int, components: int = 1) -> None:
     """Refuse an image whose voxels (plus the pipeline's working copies) exceed available memory."""
     voxels = math.prod(size)
     needed = voxels * (_bytes_per_voxel(pixel_id, components) + WORKING_BYTES_PER_VOXEL)
@@ -535,7 +541,7 @@ def describe(path: str | Path, *, series_uid: str | None = None) -> dict[str, An
         raise UnreadableInputError(f"{path}: the file does not exist; check the path.")
     if path.is_dir():
         return _describe_dicom(path, series_uid)
-    image, info = _read_file(path, "input")
+    image, info = read_image_file(path, "input")
     described: dict[str, Any] = {"path": str(path), "format": info["format"]}
     described["file_size"] = format_bytes(path.stat().st_size)
     described.update(_image_summary(image))

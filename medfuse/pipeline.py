@@ -39,7 +39,7 @@ import numpy as np
 
 from medfuse import __version__
 from medfuse.atomic import VOLUME_EXTENSIONS, check_output_path, full_suffix, output_transaction, sibling
-from medfuse.console import info, make_progress, stage, warn
+from medfuse.console import info, make_progress, stage
 from medfuse.errors import InvalidInputError, ProcessingError, UsageError
 from medfuse.options import FuseOptions
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from medfuse.io import Volume
     from medfuse.registration import RegistrationResult
 
-__all__ = ["FuseOptions", "FusionResult", "check_device", "fuse_files", "fuse_images"]
+__all__ = ["FuseOptions", "FusionResult", "fuse_files", "fuse_images"]
 
 NETWORK_COLORMAP = "aanlib"
 MRI_PERCENTILES = (0.5, 99.5)
@@ -142,7 +142,7 @@ def fuse_files(
 def _check_options(options: FuseOptions) -> None:
     """Refuse contradicting or unknown option values before anything is loaded."""
     from medfuse.colour import colormap_lut
-    from medfuse.inference import METHODS
+    from medfuse.inference import METHODS, check_device
 
     if options.method not in METHODS:
         raise UsageError(f"--method {options.method}: unknown method; use {' or '.join(METHODS)}.")
@@ -156,21 +156,6 @@ def _check_options(options: FuseOptions) -> None:
     if options.batch_size < 1:
         raise UsageError(f"--batch-size {options.batch_size}: use a positive number of slices.")
     colormap_lut(options.colormap)
-
-
-def check_device(method: str, device: str) -> None:
-    """Refuse an unknown or unavailable ``--device`` before any input is read, whatever the method.
-
-    ``auto`` and ``cpu`` need no check (nor torch); anything else goes through
-    :func:`medfuse.inference.resolve_device`. The Laplacian method runs on the CPU only, so a GPU
-    named for it is not used, with a warning.
-    """
-    if device.strip().lower() in ("auto", "cpu"):
-        return
-    from medfuse.inference import resolve_device
-
-    if resolve_device(device).type != "cpu" and method == "laplacian":
-        warn(f"--device {device}: the laplacian method runs on the CPU only, so {device} was not used.")
 
 
 def _volume_extension(output: Path, options: FuseOptions) -> tuple[str, ...]:

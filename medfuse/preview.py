@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from medfuse.atomic import check_output_path, output_transaction
+from medfuse.atomic import check_output_path, full_suffix, output_transaction
 from medfuse.console import warn
 from medfuse.errors import InvalidInputError, UnreadableInputError, UsageError
 
@@ -641,19 +641,36 @@ def unit_label(units: str | None) -> str | None:
     return _UNIT_NAMES.get(units.upper(), units)
 
 
-def _read(path: Path, role: str, suv: bool) -> tuple[sitk.Image, str | None]:
-    """Read a file (any 2-D/3-D, grey or colour image SimpleITK reads) or a DICOM folder; with its units."""
+def _read(path: Path, role: str | None, suv: bool) -> tuple[sitk.Image, str | None]:
+    """Read a volume file (checked like ``fuse`` does), a 2-D image or a DICOM folder; with its units.
+
+    ``role`` None lets a DICOM folder decide: its MR series when it has one, else its PET/SPECT.
+    """
     import SimpleITK as sitk
 
-    if path.is_dir():
-        from medfuse.dicom import read_dicom_series
+    from medfuse import io
 
+    if path.is_dir():
+        from medfuse.dicom import list_series, read_dicom_series
+
+        if role is None:
+            role = "MRI" if any(series.modality == "MR" for series in list_series(path)) else "PET"
         series = read_dicom_series(path, role=role, suv=suv)
         return series.image, ("SUV" if suv else unit_label(series.info.get("units")))
     if not path.exists():
         raise UnreadableInputError(f"{path}: the file does not exist; check the path.")
     if suv:
         raise UsageError(f"--suv needs a DICOM PET folder, but {path} is a file; drop --suv.")
+    if full_suffix(path) in io.READ_EXTENSIONS:
+        image, info = io.read_image_file(path, role or "input")
+        if info["nan_read_as_zero"]:
+            warn(f"{path}: {info['nan_read_as_zero']:,} NaN or infinite voxels were shown as 0.")
+        if image.GetDimension() not in (2, 3):
+            raise InvalidInputError(
+                f"{path}: the image is {image.GetDimension()}-D; previews show 2-D images and 3-D volumes, "
+                "so extract one frame first."
+            )
+        return image, None
     try:
         return sitk.ReadImage(str(path)), None
     except RuntimeError as exc:
@@ -692,7 +709,7 @@ def preview_file(
     output = check_output_path(
         output, allowed=(".png",), inputs=[p for p in (volume, pet) if p], overwrite=overwrite, option="-o"
     )
-    image, found_units = _read(volume, "PET" if suv and pet is None else "MRI", suv and pet is None)
+    image, found_units = _read(volume, "PET" if suv and pet is None else None, suv and pet is None)
     pet_image, pet_units = _read(pet, "PET", suv) if pet is not None else (None, None)
     picture = render_preview(
         image,

@@ -252,7 +252,7 @@ def test_cli_preview_refusals(tmp_path: Path) -> None:
         (["preview", str(volume_path), "-o", str(existing)], 5, "already exists; pass --overwrite"),
         (["preview", str(volume_path), "-o", str(tmp_path / "p.jpg")], 5, "unknown output extension '.jpg'"),
         (["preview", str(tmp_path / "none.nii.gz"), "-o", png], 3, "does not exist"),
-        (["preview", str(fake), "-o", png], 3, "cannot be read as an image"),
+        (["preview", str(fake), "-o", png], 3, "not a readable NIfTI image"),
         (["preview", str(four_d), "-o", png], 4, "is 4-D"),
         (["preview", str(volume_path), "-o", png, "--mode", "cine"], 2, "--mode 'cine'"),
         (
