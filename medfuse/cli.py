@@ -106,6 +106,20 @@ MethodOpt = Annotated[
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Network weights file (default: the bundled ones).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto = CUDA when present).")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch and SimpleITK.")]
+RegisterOpt = Annotated[str, typer.Option("--register", help="PET to MRI registration: rigid, affine or none.")]
+FrameOpt = Annotated[str | None, typer.Option("--frame", help="For 4-D PET: frame index N or 'sum'.")]
+PetWindowOpt = Annotated[
+    tuple[float, float] | None,
+    typer.Option("--pet-window", help="PET display window LOW HIGH in image units (default: percentiles)."),
+]
+ColormapOpt = Annotated[str, typer.Option("--colormap", help="Colour map of the overlay.")]
+NoOverlayOpt = Annotated[bool, typer.Option("--no-overlay", help="Do not write the colour overlay.")]
+SuvOpt = Annotated[
+    bool, typer.Option("--suv", help="Convert a DICOM PET to SUVbw (QIBA); --pet-window then takes SUV.")
+]
+AllowOtherPatientOpt = Annotated[
+    bool, typer.Option("--allow-different-patients", help="Fuse even if PatientID differs.")
+]
 
 
 # ---- fuse: 2-D branch owned by fusion2d.py, 3-D branch by pipeline.py -------------------------------
@@ -119,22 +133,17 @@ def fuse(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
-    register: Annotated[
-        str, typer.Option("--register", help="PET to MRI registration: rigid, affine or none.")
-    ] = "rigid",
+    register: RegisterOpt = "rigid",
     transform: Annotated[
         Path | None, typer.Option("--transform", help="Reuse this ITK transform (.tfm); skips registration.")
     ] = None,
     save_transform: Annotated[
         Path | None, typer.Option("--save-transform", help="Write the PET-to-MRI transform (.tfm).")
     ] = None,
-    frame: Annotated[str | None, typer.Option("--frame", help="For 4-D PET: frame index N or 'sum'.")] = None,
-    pet_window: Annotated[
-        tuple[float, float] | None,
-        typer.Option("--pet-window", help="PET display window LOW HIGH in image units (default: percentiles)."),
-    ] = None,
-    colormap: Annotated[str, typer.Option("--colormap", help="Colour map of the overlay.")] = "aanlib",
-    no_overlay: Annotated[bool, typer.Option("--no-overlay", help="Do not write the colour overlay.")] = False,
+    frame: FrameOpt = None,
+    pet_window: PetWindowOpt = None,
+    colormap: ColormapOpt = "aanlib",
+    no_overlay: NoOverlayOpt = False,
     preview: Annotated[Path | None, typer.Option("--preview", help="Write a PNG mosaic of axial slices.")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write a JSON run report.")] = None,
     output_format: Annotated[
@@ -145,9 +154,7 @@ def fuse(
             "DIR/overlay DICOM series on the MRI grid).",
         ),
     ] = "auto",
-    suv: Annotated[
-        bool, typer.Option("--suv", help="Convert a DICOM PET to SUVbw (QIBA); --pet-window then takes SUV.")
-    ] = False,
+    suv: SuvOpt = False,
     mri_series: Annotated[
         str | None,
         typer.Option("--mri-series", help="SeriesInstanceUID of the MRI in a DICOM folder (default: by modality)."),
@@ -156,9 +163,7 @@ def fuse(
         str | None,
         typer.Option("--pet-series", help="SeriesInstanceUID of the PET in a DICOM folder (default: by modality)."),
     ] = None,
-    allow_different_patients: Annotated[
-        bool, typer.Option("--allow-different-patients", help="Fuse even if PatientID differs.")
-    ] = False,
+    allow_different_patients: AllowOtherPatientOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fuse an MRI with a PET: volumes (with registration) or 2-D images / folders of them."""
@@ -278,20 +283,13 @@ def batch(
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="CPU threads per case (default: CPUs / workers).")
     ] = None,
-    register: Annotated[
-        str, typer.Option("--register", help="PET to MRI registration: rigid, affine or none.")
-    ] = "rigid",
-    frame: Annotated[str | None, typer.Option("--frame", help="For 4-D PET: frame index N or 'sum'.")] = None,
-    pet_window: Annotated[
-        tuple[float, float] | None,
-        typer.Option("--pet-window", help="PET display window LOW HIGH in image units (default: percentiles)."),
-    ] = None,
-    colormap: Annotated[str, typer.Option("--colormap", help="Colour map of the overlay.")] = "aanlib",
-    no_overlay: Annotated[bool, typer.Option("--no-overlay", help="Do not write the colour overlay.")] = False,
-    suv: Annotated[bool, typer.Option("--suv", help="Convert DICOM PET to SUV (body weight).")] = False,
-    allow_different_patients: Annotated[
-        bool, typer.Option("--allow-different-patients", help="Fuse even if PatientID differs.")
-    ] = False,
+    register: RegisterOpt = "rigid",
+    frame: FrameOpt = None,
+    pet_window: PetWindowOpt = None,
+    colormap: ColormapOpt = "aanlib",
+    no_overlay: NoOverlayOpt = False,
+    suv: SuvOpt = False,
+    allow_different_patients: AllowOtherPatientOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fuse every case of a folder of studies (or of a pairs CSV); writes OUTPUT/<case>/ and OUTPUT/summary.csv."""
