@@ -37,18 +37,21 @@ def rgb_to_ycbcr(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ycc[..., 0], ycc[..., 1] + 0.5, ycc[..., 2] + 0.5
 
 
-def ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
-    """Rebuild RGB (..., 3) in [0, 1] from Y, Cb, Cr (Cb/Cr centred at 0.5), keeping Y exactly.
+def ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, keep_luminance: bool = True) -> np.ndarray:
+    """Rebuild RGB (..., 3) in [0, 1] from Y, Cb, Cr (Cb/Cr centred at 0.5).
 
     A fused luminance with the PET's chroma can fall outside the RGB cube (a bright MRI edge under a
-    saturated red hot spot). Clipping each channel would change the luminance, i.e. undo part of the
-    fusion; instead the chroma of such a pixel is scaled towards grey just enough for the colour to
-    fit, so its hue stays the PET's and its luminance stays the fused one. In-gamut colours are
-    rebuilt unchanged.
+    saturated red hot spot). With ``keep_luminance`` (the fused 2-D images, whose luminance is what the
+    fusion metrics measure) the chroma of such a pixel is scaled towards grey just enough for the
+    colour to fit, so its hue stays the PET's and its luminance stays exactly the fused one. Without it
+    (the 3-D overlay, meant for the eye) each channel is clipped as the usual conversion does, which
+    keeps hot spots saturated at the cost of some luminance. In-gamut colours are identical either way.
     """
     luma = np.clip(np.asarray(y, np.float32), 0.0, 1.0)[..., None]
     chroma = np.stack([np.asarray(cb, np.float32) - 0.5, np.asarray(cr, np.float32) - 0.5], axis=-1)
     offsets = chroma @ _YCBCR_TO_RGB[:, 1:].T.astype(np.float32)  # each channel's departure from grey
+    if not keep_luminance:
+        return np.clip(luma + offsets, 0.0, 1.0).astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         room = np.where(offsets > 0, (1.0 - luma) / offsets, np.where(offsets < 0, luma / -offsets, np.inf))
     scale = np.clip(np.min(room, axis=-1, keepdims=True), 0.0, 1.0)

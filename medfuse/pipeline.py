@@ -20,7 +20,9 @@ How the 3-D volumes meet the 2-D network (it was trained on AANLIB slices):
   map, median over slices; so the hottest cortex is red, not saturated magenta).
 * The fused volume is the network's fused luminance, float32 in [0, 1], 0 outside the head.
 * The overlay is RGB uint8: the fused luminance with the chroma (Cb, Cr) of the windowed PET in the
-  ``--colormap`` map, i.e. MRI anatomy with PET hot spots in warm colours.
+  ``--colormap`` map, i.e. MRI anatomy with PET hot spots in warm colours. Out-of-gamut colours are
+  clipped per channel (the usual YCbCr conversion) so that hot spots stay saturated on bright anatomy;
+  the fused volume keeps the exact fused luminance.
 """
 
 from __future__ import annotations
@@ -374,7 +376,7 @@ def _fuse_volume(
             fused[batch, box[1], box[2]] = out
             if overlay is not None:
                 _, cb, cr = rgb_to_ycbcr(apply_colormap(pet_x, options.colormap))
-                colour = np.round(ycbcr_to_rgb(out, cb, cr) * 255.0).astype(np.uint8)
+                colour = np.round(ycbcr_to_rgb(out, cb, cr, keep_luminance=False) * 255.0).astype(np.uint8)
                 overlay[batch, box[1], box[2]] = np.where(inside[..., None], colour, np.uint8(0))
             progress.update(task, advance=len(batch))
     fused_image = sitk.GetImageFromArray(fused)

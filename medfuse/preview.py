@@ -43,6 +43,8 @@ Mode = Literal["mosaic", "slice", "triplanar", "mip"]
 Convention = Literal["radiological", "neurological"]
 MODES: tuple[str, ...] = ("mosaic", "slice", "triplanar", "mip")
 CONVENTIONS: tuple[str, ...] = ("radiological", "neurological")
+#: Slices whose smoothed PET peak is below this fraction of the hottest slice's lie outside the PET's extent.
+HOT_SLICE_FRACTION = 0.25
 MOSAIC_TILES = 16
 
 # Letters at the (negative, positive) ends of the LPS axes x, y, z.
@@ -263,7 +265,9 @@ def _mosaic_slices(layout: _Layout, focus: _Layout | None, window: tuple[float, 
     if focus is not None:
         scores = _smoothed(focus).max(axis=(1, 2))
         if scores.max() > 0:
-            hot = np.flatnonzero(scores > 0)
+            # The PET's extent: slices with real uptake (background noise and spill-over stay below a
+            # quarter of the hottest slice), so the tiles are not spread onto empty planes above the head.
+            hot = np.flatnonzero(scores >= HOT_SLICE_FRACTION * scores.max())
             # hottest slices first, at least as far apart as an even sampling of the PET's extent would be
             separation = max(1, (int(hot[-1]) - int(hot[0]) + 1) // count)
             peaks = focus.data.max(axis=(1, 2))  # breaks ties between neighbours of one smoothed hotspot

@@ -129,3 +129,11 @@ def test_closed_stdout_pipe_ends_quietly(tmp_path: Path) -> None:
     process.stdout.close()
     assert process.wait(timeout=60) == 141
     assert process.stderr.read() == b""
+
+
+def test_ycbcr_rebuild_for_display_clips_channels() -> None:
+    _, cb, cr = colour.rgb_to_ycbcr(np.array([1.0, 0.0, 0.0], np.float32))
+    rgb = colour.ycbcr_to_rgb(np.float32(0.9), cb, cr, keep_luminance=False)
+    # Plain conversion: R saturates at 1 and G/B keep their (clipped) values: hue stays red, Y drops.
+    np.testing.assert_allclose(rgb, np.clip(0.9 + (np.array([1.0, 0.0, 0.0]) - 0.299), 0, 1), atol=1e-5)
+    assert colour.rgb_to_ycbcr(rgb)[0] < 0.9

@@ -269,3 +269,14 @@ def test_cli_preview_refusals(tmp_path: Path) -> None:
         assert "Traceback" not in result.output
     assert existing.read_bytes() == b"keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["four.nii.gz", "mri.nii.gz", "old.png", "text.nii.gz"]
+
+
+def test_mosaic_tiles_stay_within_the_pet_uptake() -> None:
+    # Uptake in slices 10-29 of 60; the other slices hold only faint noise, as a PET above the head does.
+    rng = np.random.default_rng(0)
+    array = np.zeros((60, 20, 20), np.float32)
+    array[5:55, 4:16, 4:16] = 100.0
+    focus_array = rng.random((60, 20, 20)).astype(np.float32) * 0.05
+    focus_array[10:30, 5:15, 5:15] += 1.0
+    chosen = mosaic_slices(sitk.GetImageFromArray(array), sitk.GetImageFromArray(focus_array), count=8)
+    assert len(chosen) == 8 and min(chosen) >= 8 and max(chosen) <= 31
