@@ -31,7 +31,8 @@ from medfuse import metrics
 from medfuse.atomic import output_transaction
 from medfuse.console import set_quiet
 from medfuse.errors import MedfuseError
-from medfuse.fusion2d import fuse_image_folders, load_fuser
+from medfuse.fusion2d import fuse_image_folders
+from medfuse.inference import load_fuser
 from medfuse.laplacian import LaplacianFuser
 from medfuse.options import FuseOptions
 

@@ -254,13 +254,6 @@ def _case_options(task: CaseTask) -> FuseOptions:
     )
 
 
-def _load_fuser(options: FuseOptions) -> Any:
-    """The fuser for these options (network weights checked and loaded, device resolved)."""
-    from medfuse import inference
-
-    return inference.get_fuser(options.method, options.weights, options.device, options.threads, options.batch_size)
-
-
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
@@ -307,7 +300,9 @@ _CASE_LOCK = threading.Lock()
 def _cached_fuser(options: FuseOptions) -> Any:
     key = (options.method, str(options.weights), options.device, options.threads, options.batch_size)
     if key not in _FUSERS:
-        _FUSERS[key] = _load_fuser(options)
+        from medfuse import inference
+
+        _FUSERS[key] = inference.load_fuser(options)
     return _FUSERS[key]
 
 
@@ -575,6 +570,8 @@ def run_batch(
         options = dataclasses.replace(options, threads=max(1, _available_cpus() // parallel))
         pending = [dataclasses.replace(task, options=options) for task in pending]
 
+    from medfuse import inference
+
     # Set up before anything is written: a wrong scheduler, weights file or device stops here.
     client = _connect(scheduler) if scheduler is not None and pending else None
     try:
@@ -583,9 +580,9 @@ def run_batch(
         elif not pending:
             runs = iter(())
         elif parallel > 1:
-            runs = _run_processes(pending, _load_fuser(options), options, parallel, late=_keeper(results))
+            runs = _run_processes(pending, inference.load_fuser(options), options, parallel, late=_keeper(results))
         else:
-            runs = _run_here(pending, _load_fuser(options))
+            runs = _run_here(pending, inference.load_fuser(options))
         _create_folder(output_path)
         ordered = _collect(runs, tasks, results, len(pending), output_path / SUMMARY_NAME)
     finally:

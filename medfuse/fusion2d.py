@@ -236,13 +236,6 @@ def fuse_arrays(mri: np.ndarray, pet: np.ndarray, fuser: Fuser) -> np.ndarray:
     return pair.compose(fuser.fuse(pair.mri, pair.pet_y))
 
 
-def load_fuser(options: FuseOptions) -> Fuser:
-    """The fuser named by ``options.method``, loaded once (device and weights checked) and reused for every pair."""
-    from medfuse.inference import get_fuser
-
-    return get_fuser(options.method, options.weights, options.device, options.threads, options.batch_size)
-
-
 def _warn_ignored_options(options: FuseOptions) -> None:
     defaults = FuseOptions()
     ignored = [flag for name, flag in _VOLUME_ONLY_FLAGS.items() if getattr(options, name) != getattr(defaults, name)]
@@ -261,7 +254,10 @@ def fuse_image_files(
     output = check_output_path(output, allowed=IMAGE_EXTENSIONS, inputs=[mri, pet], overwrite=options.overwrite)
     check_distinct_inputs(mri, pet)
     pair = _load_pair(mri, pet)
-    fuser = fuser if fuser is not None else load_fuser(options)
+    if fuser is None:
+        from medfuse.inference import load_fuser
+
+        fuser = load_fuser(options)
     fused = pair.compose(fuser.fuse(pair.mri, pair.pet_y))
     with output_transaction(overwrite=options.overwrite) as transaction:
         transaction.write(output, lambda temp: write_image(temp, fused))
@@ -318,7 +314,10 @@ def fuse_image_folders(
             f" and {len(unpaired) - 5} more" if len(unpaired) > 5 else ""
         )
         warn(f"{len(unpaired)} images have no partner of the same name and were skipped: {shown}.")
-    fuser = fuser if fuser is not None else load_fuser(options)
+    if fuser is None:
+        from medfuse.inference import load_fuser
+
+        fuser = load_fuser(options)
     outputs = []
     with output_transaction(overwrite=options.overwrite) as transaction, make_progress() as progress:
         task = progress.add_task("Fusing images", total=len(pairs))

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import torch
 
     from medfuse.model import FusionNet
+    from medfuse.options import FuseOptions
 
 BUNDLED_WEIGHTS_NAME = "fusionnet_v1.safetensors"
 BUNDLED_WEIGHTS_SHA256 = "4ac27b71f0470f1135e3a299c9ac1ff2fd31e9a91f502293981fc67ca0ff81c2"
@@ -239,6 +240,11 @@ def check_device(method: str, device: str) -> None:
         return
     if resolve_device(device).type != "cpu" and method == "laplacian":
         warn(f"--device {device}: the laplacian method runs on the CPU only, so {device} was not used.")
+
+
+def load_fuser(options: FuseOptions) -> Any:
+    """The fuser ``options`` name (method, weights, device, threads, batch size), checked and loaded once."""
+    return get_fuser(options.method, options.weights, options.device, options.threads, options.batch_size)
 
 
 def get_fuser(

@@ -236,12 +236,6 @@ def _sitk_threads(threads: int | None) -> Iterator[None]:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
 
-def _load_fuser(options: FuseOptions) -> Any:
-    from medfuse.inference import get_fuser
-
-    return get_fuser(options.method, options.weights, options.device, options.threads, options.batch_size)
-
-
 def _fuse(
     mri: sitk.Image,
     pet: sitk.Image,
@@ -258,7 +252,9 @@ def _fuse(
     with _sitk_threads(options.threads):
         if fuser is None:
             with _timed(timings, "load_fuser"), stage("Loading the fusion model"):
-                fuser = _load_fuser(options)
+                from medfuse.inference import load_fuser
+
+                fuser = load_fuser(options)
         with _timed(timings, "register"), stage("Registering the PET to the MRI"):
             transform, registered, source = _transform(mri, pet, options, pet_name)
         with _timed(timings, "resample"), stage("Resampling the PET onto the MRI grid"):

@@ -25,6 +25,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import medfuse
+import medfuse.inference
 from medfuse import batch
 from medfuse.atomic import output_transaction, sibling
 from medfuse.batch import Case, locate_inputs, read_pairs, run_batch
@@ -74,7 +75,7 @@ def install_fake(monkeypatch: pytest.MonkeyPatch) -> FakePipeline:
         pipeline.loads.append(options)
         return object()
 
-    monkeypatch.setattr(batch, "_load_fuser", load)
+    monkeypatch.setattr(medfuse.inference, "load_fuser", load)
     monkeypatch.setattr(batch, "_FUSERS", {})
     return pipeline
 
@@ -295,7 +296,7 @@ def test_weights_or_device_problems_stop_before_anything_is_written(
     def broken(options: FuseOptions) -> object:
         raise WeightsError("weights.safetensors: SHA-256 mismatch; download the weights again.")
 
-    monkeypatch.setattr(batch, "_load_fuser", broken)
+    monkeypatch.setattr(medfuse.inference, "load_fuser", broken)
     make_case(tmp_path / "studies", "one")
     for workers in (1, 2):
         with pytest.raises(WeightsError, match="SHA-256 mismatch"):

@@ -10,6 +10,7 @@ import pytest
 from test_batch import CASE_FILES, FakePipeline, copy_case, install_fake, make_case, read_summary, write_heads
 
 import medfuse
+import medfuse.inference
 from medfuse import batch
 from medfuse.batch import run_batch
 from medfuse.errors import UsageError
@@ -64,7 +65,7 @@ def test_worker_fuser_failure_fails_the_cases_cleanly(
     def broken(options: FuseOptions) -> object:
         raise medfuse.errors.WeightsError("weights.safetensors: SHA-256 mismatch; download the weights again.")
 
-    monkeypatch.setattr(batch, "_load_fuser", broken)
+    monkeypatch.setattr(medfuse.inference, "load_fuser", broken)
     make_case(tmp_path / "studies", "one")
     (tmp_path / "out").mkdir()
     result = run_batch(tmp_path / "studies", tmp_path / "out", FuseOptions(), scheduler=scheduler)

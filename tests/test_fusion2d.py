@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from medfuse import colour, fusion2d
 from medfuse.cli import app
 from medfuse.errors import InvalidInputError, OutputError, UnreadableInputError, UsageError
+from medfuse.inference import load_fuser
 from medfuse.laplacian import LaplacianFuser, laplacian_fuse
 from medfuse.options import FuseOptions
 
@@ -191,10 +192,10 @@ def test_volume_only_options_are_named_in_a_warning(tmp_path: Path) -> None:
 
 
 def test_fuse_arrays_matches_the_file_route() -> None:
-    fused = fusion2d.fuse_arrays(_mri() / 255.0, _pet_rgb() / 255.0, fusion2d.load_fuser(LAPLACIAN))
+    fused = fusion2d.fuse_arrays(_mri() / 255.0, _pet_rgb() / 255.0, load_fuser(LAPLACIAN))
     assert fused.shape == (40, 48, 3)
     with pytest.raises(ValueError, match="grey MRI"):
-        fusion2d.fuse_arrays(_pet_rgb() / 255.0, _pet_rgb() / 255.0, fusion2d.load_fuser(LAPLACIAN))
+        fusion2d.fuse_arrays(_pet_rgb() / 255.0, _pet_rgb() / 255.0, load_fuser(LAPLACIAN))
 
 
 # ---- folders -------------------------------------------------------------------------------------------------
