@@ -146,7 +146,7 @@ def read_image_file(path: Path, role: str) -> tuple[sitk.Image, dict[str, Any]]:
         with _native_stderr_into(native) if suffix in (".mha", ".mhd") else contextlib.nullcontext():
             image = reader.Execute()
     except RuntimeError as exc:
-        reason = " ".join(native) or _itk_reason(exc)
+        reason = " ".join(native) or itk_reason(exc)
         raise UnreadableInputError(
             f"{path}: the {role} file could not be decoded as {_format_name(path)} ({reason[:160]}); "
             "the file is truncated or corrupt, so export it again."
@@ -168,7 +168,7 @@ def _header_reader(path: Path, role: str) -> sitk.ImageFileReader:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        reason = _itk_reason(exc)
+        reason = itk_reason(exc)
         if "Unable to determine ImageIO reader" in reason:
             reason = "empty, not an image, or a damaged header"
         raise UnreadableInputError(
@@ -180,7 +180,7 @@ def _header_reader(path: Path, role: str) -> sitk.ImageFileReader:
     return reader
 
 
-def _itk_reason(exc: Exception) -> str:
+def itk_reason(exc: Exception) -> str:
     """The last informative line of an ITK exception, shortened for a one-sentence message."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     reason = lines[-1] if lines else type(exc).__name__

@@ -679,13 +679,9 @@ def _read(path: Path, role: str | None, suv: bool) -> tuple[sitk.Image, str | No
         return sitk.ReadImage(str(path)), None
     except RuntimeError as exc:
         raise UnreadableInputError(
-            f"{path}: cannot be read as an image ({_reason(exc)}); give a NIfTI, NRRD, MHA, PNG file or DICOM folder."
+            f"{path}: cannot be read as an image ({io.itk_reason(exc)}); "
+            "give a NIfTI, NRRD, MHA, PNG file or DICOM folder."
         ) from exc
-
-
-def _reason(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1].rstrip(".") if lines else type(exc).__name__
 
 
 def preview_file(
