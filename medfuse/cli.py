@@ -332,15 +332,24 @@ def batch(
 @handle_errors
 def train(
     data: Annotated[Path, typer.Option("--data", help="The Harvard data set (with PET-MRI/ and SPECT-MRI/).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Weights file to write (.safetensors).")],
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs (validation after each).")] = 20,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Weights file to write (.safetensors); not with --cv.")
+    ] = None,
+    cv: Annotated[
+        bool, typer.Option("--cv", help="Cross-validate the recipe (leave series out, 3 folds) instead of training.")
+    ] = False,
+    cv_json: Annotated[
+        Path | None, typer.Option("--cv-json", help="With --cv: also write the folds' metrics to this JSON file.")
+    ] = None,
+    holdout: Annotated[
+        list[str] | None, typer.Option("--holdout", help="Series never trained on, e.g. PET41 (repeatable).")
+    ] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs (losses printed after each).")] = 20,
     steps_per_epoch: Annotated[int, typer.Option("--steps-per-epoch", min=1, help="Optimiser steps per epoch.")] = 100,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Crops per optimiser step.")] = 8,
-    crop: Annotated[int, typer.Option("--crop", min=16, help="Training crop size in pixels (multiple of 8).")] = 128,
+    crop: Annotated[int, typer.Option("--crop", min=16, help="Training crop size in pixels (multiple of 16).")] = 128,
     learning_rate: Annotated[float, typer.Option("--lr", min=0.0, help="Adam learning rate (cosine decay).")] = 2e-3,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed (weights init, crops, flips).")] = 0,
-    val_series: Annotated[str, typer.Option("--val-series", help="PET-MRI series held out for validation.")] = "41",
-    spect: Annotated[bool, typer.Option("--spect/--no-spect", help="Also train on the SPECT-MRI pairs.")] = True,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (weights init, crops, augmentation).")] = 0,
     intensity_weight: Annotated[float, typer.Option("--intensity-weight", help="Weight of the intensity loss.")] = 1.0,
     gradient_weight: Annotated[float, typer.Option("--gradient-weight", help="Weight of the gradient loss.")] = 1.0,
     ssim_weight: Annotated[float, typer.Option("--ssim-weight", help="Weight of the SSIM loss.")] = 1.0,
@@ -348,57 +357,101 @@ def train(
         float, typer.Option("--ssim-range", min=1e-6, help="Data range L of the SSIM loss's constants.")
     ] = 0.0078,
     scd_weight: Annotated[float, typer.Option("--scd-weight", help="Weight of the complementarity (SCD) loss.")] = 0.25,
+    monotone_weight: Annotated[
+        float, typer.Option("--monotone-weight", min=0.0, help="Weight of the monotonicity loss (0: off).")
+    ] = 1.0,
+    monotone_slope: Annotated[
+        float, typer.Option("--monotone-slope", min=0.0, help="Least rise of the output per rise of the PET.")
+    ] = 0.1,
+    uptake_share: Annotated[
+        float, typer.Option("--uptake-share", help="Share of crops whose PET input is uptake (the volume input).")
+    ] = 0.4,
     threads: ThreadsOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Train the fusion network on the Harvard MRI/PET slices and write its weights (+ .sha256)."""
+    """Train the fusion network on the Harvard MRI/PET and MRI/SPECT slices (or cross-validate its recipe)."""
     from medfuse.console import info
-    from medfuse.training import TrainConfig
+    from medfuse.errors import UsageError
+    from medfuse.training import TrainConfig, cross_validate, cross_validation_table
     from medfuse.training import train as run_training
 
+    if cv == (output is not None):
+        raise UsageError("give either --output FILE (train and write weights) or --cv (cross-validate), not both.")
+    if cv_json is not None and not cv:
+        raise UsageError("--cv-json needs --cv.")
     config = TrainConfig(
         data=data,
         output=output,
+        holdout=tuple(holdout or ()),
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         batch_size=batch_size,
         crop=crop,
         learning_rate=learning_rate,
         seed=seed,
-        val_series=val_series,
-        use_spect=spect,
         intensity_weight=intensity_weight,
         gradient_weight=gradient_weight,
         ssim_weight=ssim_weight,
         ssim_range=ssim_range,
         scd_weight=scd_weight,
+        monotone_weight=monotone_weight,
+        monotone_slope=monotone_slope,
+        uptake_share=uptake_share,
         threads=threads,
         overwrite=overwrite,
     )
-    result = run_training(config)
-    info(f"{result.parameters} parameters, {result.wall_seconds / 60:.1f} min; weights in {result.output}")
+    if cv:
+        from rich.console import Console
+
+        result = cross_validate(config, json_path=cv_json)
+        Console().print(cross_validation_table(result))
+        info(f"cross-validation: {len(result.folds)} folds in {result.wall_seconds / 60:.1f} min")
+        return
+    trained = run_training(config)
+    info(f"{trained.parameters} parameters, {trained.wall_seconds / 60:.1f} min; weights in {trained.output}")
 
 
-# ---- evaluate: owned by metrics.py ---------------------------------------------------------------------
+# ---- evaluate: 2-D folders owned by metrics.py, volumes by volume_metrics.py ----------------------------
 @app.command()
 @handle_errors
 def evaluate(
-    fused: Annotated[Path, typer.Option("--fused", help="Folder of fused images.")],
-    mri: Annotated[Path, typer.Option("--mri", help="Folder of the MRI images (same file names).")],
-    pet: Annotated[Path, typer.Option("--pet", help="Folder of the PET or SPECT images (same file names).")],
+    fused: Annotated[Path, typer.Option("--fused", help="Folder of fused images, or a fused volume.")],
+    mri: Annotated[Path, typer.Option("--mri", help="Folder of the MRI images (same file names), or the MRI volume.")],
+    pet: Annotated[
+        Path,
+        typer.Option(
+            "--pet", help="Folder of the PET/SPECT images, or the PET volume on the MRI grid (fuse --save-pet)."
+        ),
+    ],
     json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write per-image and mean metrics to this JSON file.")
+        Path | None, typer.Option("--json", help="Also write per-image (per-slice) and mean metrics to this JSON file.")
     ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Score fused images against their sources: EN, SD, SF, MI, SCD, VIF, Qabf, SSIM (means, CDDFuse conventions)."""
+    """Score fused images or a fused volume: EN, SD, SF, MI, SCD, VIF, Qabf, SSIM (CDDFuse conventions).
+
+    Folders of 2-D images are scored image by image; volumes (NIfTI, NRRD, MHA or DICOM folders, all on
+    one grid) slice by slice over the head, plus the uptake fidelity of the fused volume.
+    """
     from rich.console import Console
 
-    from medfuse.metrics import metrics_table, run_evaluation
+    from medfuse.fusion2d import is_2d_input
+    from medfuse.metrics import metrics_table
 
-    evaluation = run_evaluation(fused, mri, pet, json_path=json_path, overwrite=overwrite)
-    title = f"{len(evaluation.per_image)} pairs (colour images scored on their luminance)"
-    Console().print(metrics_table({fused.name or str(fused): evaluation.means}, title=title))
+    console = Console()
+    if is_2d_input(fused):
+        from medfuse.metrics import run_evaluation
+
+        evaluation = run_evaluation(fused, mri, pet, json_path=json_path, overwrite=overwrite)
+        title = f"{len(evaluation.per_image)} pairs (colour images scored on their luminance)"
+        console.print(metrics_table({fused.name or str(fused): evaluation.means}, title=title))
+        return
+    from medfuse.volume_metrics import fidelity_table, run_volume_evaluation
+
+    result = run_volume_evaluation(fused, mri, pet, json_path=json_path, overwrite=overwrite)
+    title = f"{len(result.per_slice)} axial slices of the head"
+    console.print(metrics_table({fused.name or str(fused): result.means}, title=title))
+    console.print(fidelity_table(result.fidelity))
 
 
 # ---- info: owned by io.py ------------------------------------------------------------------------------

@@ -87,6 +87,22 @@ AANLIB_POINTS: ControlPoints = (
     (0.748, 1.0, 0.0, 0.0),
     (1.0, 1.0, 0.0, 1.0),
 )
+# The pseudo-colour map of the atlas's perfusion SPECT slices (black -> slate -> purple -> orange -> white),
+# as returned by ``fit_colormap_from_folder("../shared/data/harvard/SPECT-MRI/SPECT", tolerance=6 / 255)``
+# (rounded): the 156 distinct colours of those slices lie within 6/255 of these points.
+AANLIB_SPECT_POINTS: ControlPoints = (
+    (0.0, 0.0, 0.0, 0.0),
+    (0.1484, 0.1608, 0.2784, 0.2863),
+    (0.3484, 0.3255, 0.0, 0.5647),
+    (0.5548, 0.7451, 0.3529, 0.4745),
+    (0.8, 1.0, 0.4471, 0.0),
+    (0.9355, 1.0, 0.7216, 0.651),
+    (0.9419, 1.0, 0.7451, 0.7098),
+    (0.9484, 1.0, 0.749, 0.7137),
+    (0.9548, 1.0, 0.7725, 0.7686),
+    (0.9935, 1.0, 0.8431, 0.9412),
+    (1.0, 1.0, 0.8706, 1.0),
+)
 # Classic "hot": black -> red -> yellow -> white.
 _HOT_POINTS: ControlPoints = (
     (0.0, 0.0, 0.0, 0.0),
@@ -117,6 +133,7 @@ def lut_from_points(points: ControlPoints, size: int = LUT_SIZE) -> np.ndarray:
 
 COLORMAPS: dict[str, np.ndarray] = {
     "aanlib": lut_from_points(AANLIB_POINTS),
+    "aanlib-spect": lut_from_points(AANLIB_SPECT_POINTS),
     "hot": lut_from_points(_HOT_POINTS),
     "fire": lut_from_points(_FIRE_POINTS),
     "grey": lut_from_points(_GREY_POINTS),
@@ -139,6 +156,34 @@ def colormap_lut(name: str) -> np.ndarray:
         raise UsageError(
             f"--colormap {name!r} is not a known colour map; use one of {', '.join(sorted(COLORMAPS))}."
         ) from None
+
+
+def colormap_values(rgb: np.ndarray, name: str, samples: int = 1024) -> np.ndarray:
+    """Invert colour map ``name``: the value in [0, 1] whose colour is nearest each RGB pixel (..., 3).
+
+    Turns an atlas pseudo-colour PET back into (windowed) uptake. The map is sampled at ``samples``
+    even steps; each distinct colour is looked up once, so 8-bit images with a few hundred colours
+    are fast. Black gives 0.
+    """
+    table = np.asarray(
+        [
+            np.interp(np.linspace(0.0, 1.0, samples), np.linspace(0.0, 1.0, LUT_SIZE), colormap_lut(name)[:, c])
+            for c in range(3)
+        ]
+    ).T
+    pixels = np.asarray(rgb, dtype=np.float32)
+    if pixels.shape[-1] != 3:
+        raise ValueError(f"expected an RGB array with 3 channels last, got shape {pixels.shape}")
+    levels = np.clip(np.round(pixels.reshape(-1, 3) * 255.0), 0, 255).astype(np.int32)
+    codes = (levels[:, 0] << 16) | (levels[:, 1] << 8) | levels[:, 2]
+    present = np.zeros(1 << 24, dtype=bool)  # a table over all 8-bit colours: no sort of the pixels needed
+    present[codes] = True
+    distinct = np.flatnonzero(present)
+    colours = np.stack([(distinct >> 16) & 255, (distinct >> 8) & 255, distinct & 255], axis=1) / 255.0
+    distances = ((colours[:, None, :] - table[None, :, :]) ** 2).sum(axis=-1)
+    lookup = np.zeros(1 << 24, dtype=np.float32)
+    lookup[distinct] = np.argmin(distances, axis=1).astype(np.float32) / np.float32(samples - 1)
+    return lookup[codes].reshape(pixels.shape[:-1])
 
 
 def apply_colormap(values: np.ndarray, name: str) -> np.ndarray:
@@ -259,11 +304,12 @@ def fit_colormap_control_points(images: list[np.ndarray], tolerance: float = 2.0
     )
 
 
-def fit_colormap_from_folder(folder: str | Path) -> ControlPoints:
+def fit_colormap_from_folder(folder: str | Path, tolerance: float = 2.0 / 255.0) -> ControlPoints:
     """Fit the pseudo-colour map of every PNG in ``folder``; this produced ``AANLIB_POINTS``.
 
     Rerun: ``python -c "from medfuse.colour import fit_colormap_from_folder as f;
-    print(f('../shared/data/harvard/PET-MRI/PET'))"``.
+    print(f('../shared/data/harvard/PET-MRI/PET'))"`` (and ``SPECT-MRI/SPECT`` with ``tolerance=6 / 255``
+    for ``AANLIB_SPECT_POINTS``).
     """
     from PIL import Image
 
@@ -274,4 +320,4 @@ def fit_colormap_from_folder(folder: str | Path) -> ControlPoints:
     for path in paths:
         with Image.open(path) as image:
             images.append(np.asarray(image.convert("RGB")))
-    return fit_colormap_control_points(images)
+    return fit_colormap_control_points(images, tolerance)

@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FuseOptions", "FusionResult", "fuse_files", "fuse_images"]
 
-NETWORK_COLORMAP = "aanlib"
 MRI_PERCENTILES = (0.5, 99.5)
 PET_PERCENTILES = (0.5, 99.5)
 #: Position on the aanlib map of the 99.5th percentile of brain pixels in the training PET slices.
@@ -326,6 +325,41 @@ def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> tu
     return low, high, how
 
 
+def head_region(mri: sitk.Image) -> np.ndarray:
+    """The voxels that are fused and scored (``medfuse evaluate``): the MRI head mask dilated by 3 mm, (z, y, x)."""
+    import SimpleITK as sitk
+
+    from medfuse.registration import head_mask
+
+    return sitk.GetArrayFromImage(head_mask(mri, fraction=0.1, dilate_mm=3.0)).astype(bool)
+
+
+def mri_window(mri_values: np.ndarray, head: np.ndarray) -> tuple[float, float]:
+    """The MRI window the network sees: background level (0.5th percentile of all voxels) to the 99.5th of the head."""
+    low = float(np.percentile(_subsample(mri_values), MRI_PERCENTILES[0]))
+    high = float(np.percentile(_subsample(mri_values[head]), MRI_PERCENTILES[1])) if head.any() else low
+    if high <= low:
+        low, high = float(mri_values.min()), float(mri_values.max())
+    return low, high
+
+
+def network_inputs(
+    mri_values: np.ndarray, pet_values: np.ndarray, mri_window: tuple[float, float], pet_window: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """MRI and PET values (arrays of one shape) as the network gets them, float32 in [0, 1].
+
+    Each is windowed linearly to [0, 1]. The PET stays a brightness that rises with uptake: the network
+    was trained on this kind of input (the atlas PET turned back into uptake), so the fused volume
+    rises with uptake too (the hottest spots are the brightest).
+    """
+
+    def windowed(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+        low, high = window
+        return np.clip((np.asarray(values, dtype=np.float32) - low) / np.float32(high - low), 0.0, 1.0)
+
+    return windowed(mri_values, mri_window), windowed(pet_values, pet_window)
+
+
 def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
     """The (z, y, x) slices of the smallest box holding every True voxel."""
     box = []
@@ -343,14 +377,10 @@ def _fuse_volume(
     import SimpleITK as sitk
 
     from medfuse.colour import apply_colormap, rgb_to_ycbcr, ycbcr_to_rgb
-    from medfuse.registration import head_mask
 
-    mask = sitk.GetArrayFromImage(head_mask(mri, fraction=0.1, dilate_mm=3.0)).astype(bool)
+    mask = head_region(mri)
     mri_values = sitk.GetArrayViewFromImage(mri)
-    mri_low = float(np.percentile(_subsample(mri_values), MRI_PERCENTILES[0]))
-    mri_high = float(np.percentile(_subsample(mri_values[mask]), MRI_PERCENTILES[1]))
-    if mri_high <= mri_low:
-        mri_low, mri_high = float(mri_values.min()), float(mri_values.max())
+    mri_low, mri_high = mri_window(mri_values, mask)
     pet_low, pet_high, window_source = pet_window(pet, options.pet_window)
     pet_values = sitk.GetArrayViewFromImage(pet_on_mri)
 
@@ -364,10 +394,13 @@ def _fuse_volume(
         for start in range(0, len(slices), options.batch_size):
             batch = slices[start : start + options.batch_size]
             inside = mask[batch][:, box[1], box[2]]
-            mri_in = np.clip((mri_values[batch][:, box[1], box[2]] - mri_low) / (mri_high - mri_low), 0.0, 1.0)
-            pet_x = np.clip((pet_values[batch][:, box[1], box[2]] - pet_low) / (pet_high - pet_low), 0.0, 1.0)
-            pet_y = np.clip(rgb_to_ycbcr(apply_colormap(pet_x, NETWORK_COLORMAP))[0], 0.0, 1.0)
-            out = _checked(fuser.fuse(mri_in.astype(np.float32), pet_y.astype(np.float32)), mri_in.shape, fuser)
+            mri_in, pet_x = network_inputs(
+                mri_values[batch][:, box[1], box[2]],
+                pet_values[batch][:, box[1], box[2]],
+                (mri_low, mri_high),
+                (pet_low, pet_high),
+            )
+            out = _checked(fuser.fuse(mri_in, pet_x), mri_in.shape, fuser)
             out = np.where(inside, out, np.float32(0.0))
             fused[batch, box[1], box[2]] = out
             if overlay is not None:
@@ -481,7 +514,7 @@ def _report(
             "slices_fused": details["slices_fused"],
             "slices_total": details["slices_total"],
             "crop_zyx": details["crop_zyx"],
-            "network_pet_colormap": NETWORK_COLORMAP,
+            "network_pet_input": "PET windowed to [0, 1], rising with uptake",
             "overlay_colormap": options.colormap,
         },
         "timings_s": timings,

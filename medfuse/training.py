@@ -1,20 +1,31 @@
-"""Unsupervised training of :class:`medfuse.model.FusionNet` on the Harvard (AANLIB) slices.
+"""Unsupervised training of :class:`medfuse.model.FusionNet` on the Harvard (AANLIB) slices, and its cross-validation.
 
-There is no ground-truth fused image, so the loss asks the output to keep what each source has:
+There is no ground-truth fused image, so the loss asks the output F to keep what each source has
+(A = MRI, B = the functional image):
 
-* **intensity**: L1 distance to the element-wise maximum of MRI and PET luminance, so bright anatomy
-  and bright (hot) metabolism both survive at full strength and the black background stays black;
-* **gradient**: L1 distance between the output's Sobel gradient magnitude and the larger of the two
-  sources' gradient magnitudes, so the sharper edge of either source is kept (MRI anatomy mostly);
-* **structure**: one minus the mean SSIM of the output with each source, which keeps local contrast
-  and structure close to both at once;
-* **complementarity**: one minus half the sum of corr(F - PET, MRI) and corr(F - MRI, PET) (the SCD
-  idea): what the output adds to one source should be the other source's content, so neither is
-  merely overwritten where the other is brighter.
+* **intensity**: L1 distance to the element-wise maximum of A and B, so bright anatomy and bright (hot)
+  metabolism both survive at full strength and the black background stays black;
+* **gradient**: L1 distance between F's Sobel gradient magnitude and the larger of the two sources'
+  gradient magnitudes, so the sharper edge of either source is kept (MRI anatomy mostly);
+* **structure**: one minus the mean SSIM of F with each source (the metric's 7x7 window and near-zero
+  constants), which keeps local contrast and structure close to both at once;
+* **complementarity**: one minus half the sum of corr(F - B, A) and corr(F - A, B) (the SCD idea): what
+  F adds to one source should be the other source's content, so neither is merely overwritten;
+* **monotonicity**: the same crops are fused again with B raised by a smooth positive bump; wherever
+  F rose by less than ``monotone_slope`` times the bump, the shortfall is penalised. So the fused
+  brightness rises with uptake at every MRI intensity, also where the MRI is brighter than the PET.
 
-The split is by series (neighbouring slices of a series are near copies): by default PET-MRI series 41
-is held out for validation and everything else (the other PET series and, optionally, the SPECT-MRI
-pairs) is used for training. Training is deterministic for a given seed and thread count.
+The functional input B comes in the two kinds the network must serve: the luminance Y of the atlas's
+pseudo-colour image (2-D benchmarks, the field's convention; not monotonic in uptake) and the uptake
+itself (volumes), recovered by inverting the atlas colour map. The SPECT slices come with T2-weighted
+MRI; recoloured with the PET map they give T2 + PET-colour pairs next to the T1 + PET pairs. Uptake is
+randomly rescaled and the MRI contrast randomly bent (gamma and gain), so the network does not learn
+one atlas's intensities.
+
+Validation is by series (neighbouring slices of a series are near copies): :func:`cross_validate`
+holds out one PET-MRI series and one group of SPECT-MRI series per fold (:data:`CV_FOLDS`), trains the
+recipe on the rest and scores the held-out pairs; the shipped weights are the same recipe trained on
+every series. Training is deterministic for a given seed and thread count.
 """
 
 from __future__ import annotations
@@ -22,76 +33,76 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from medfuse.atomic import check_output_path, output_transaction
-from medfuse.colour import rgb_to_ycbcr
+from medfuse.colour import apply_colormap, colormap_values, rgb_to_ycbcr
 from medfuse.console import info, make_progress, stage
 from medfuse.errors import InvalidInputError, UnreadableInputError, UsageError
-from medfuse.model import DEFAULT_CHANNELS, FusionNet, parameter_count
+from medfuse.model import BLACK_LEVEL, DEFAULT_CHANNELS, FusionNet, parameter_count
 
-PAIR_FOLDERS = {"PET": ("PET-MRI", "PET"), "SPECT": ("SPECT-MRI", "SPECT")}
+if TYPE_CHECKING:
+    from rich.table import Table
+
+# Harvard layout: top folder, functional sub-folder and the atlas colour map of that modality.
+PAIR_FOLDERS = {"PET": ("PET-MRI", "PET", "aanlib"), "SPECT": ("SPECT-MRI", "SPECT", "aanlib-spect")}
 SSIM_WINDOW = 7
 
 
 @dataclass
-class TrainConfig:
-    """Every knob of a training run; the defaults reproduce the bundled weights."""
-
-    data: Path
-    output: Path
-    epochs: int = 20
-    steps_per_epoch: int = 100
-    batch_size: int = 8
-    crop: int = 128
-    learning_rate: float = 2e-3
-    seed: int = 0
-    val_series: str = "41"
-    use_spect: bool = True
-    intensity_weight: float = 1.0
-    gradient_weight: float = 1.0
-    ssim_weight: float = 1.0
-    ssim_range: float = 0.0078
-    scd_weight: float = 0.25
-    channels: tuple[int, ...] = DEFAULT_CHANNELS
-    val_stride: int = 3
-    threads: int | None = None
-    overwrite: bool = False
-
-
-@dataclass
 class PairSet:
-    """Registered slice pairs: names, MRI grey and functional luminance (N, H, W) float32 in [0, 1]."""
+    """Registered slice pairs of one or more series, arrays (N, H, W) float32 in [0, 1].
+
+    ``functional`` is the BT.601 luminance Y of the atlas's pseudo-colour image (what 2-D fusion
+    benchmarks feed a network); ``uptake`` is the value the pseudo-colour stands for, recovered by
+    inverting the atlas colour map, which rises with the tracer's uptake (what the volume pipeline
+    feeds the network). ``groups`` name each pair's series with its modality, e.g. ``PET41``, ``SPECT10``.
+    """
 
     names: list[str]
-    series: list[str]
+    groups: list[str]
     mri: np.ndarray
     functional: np.ndarray
+    uptake: np.ndarray
+
+    @property
+    def series(self) -> list[str]:
+        """The series number of each pair (the group without its modality)."""
+        return [group.lstrip("PETSC") for group in self.groups]
 
     def subset(self, keep: np.ndarray) -> PairSet:
         """The pairs where ``keep`` (a boolean mask) is true."""
         index = np.flatnonzero(keep)
         return PairSet(
-            [self.names[i] for i in index], [self.series[i] for i in index], self.mri[index], self.functional[index]
+            [self.names[i] for i in index],
+            [self.groups[i] for i in index],
+            self.mri[index],
+            self.functional[index],
+            self.uptake[index],
         )
 
+    def select(self, groups: Iterable[str]) -> PairSet:
+        """The pairs of the named groups."""
+        wanted = set(groups)
+        return self.subset(np.array([group in wanted for group in self.groups], dtype=bool))
 
-@dataclass
-class TrainResult:
-    """What a run produced: the weights file, its hash, the history and the wall time."""
-
-    output: Path
-    sha256: str
-    parameters: int
-    wall_seconds: float
-    history: list[dict[str, float]] = field(default_factory=list)
-    validation: dict[str, float] = field(default_factory=dict)
+    @staticmethod
+    def concatenate(parts: Sequence[PairSet]) -> PairSet:
+        """All pairs of ``parts``, in order."""
+        return PairSet(
+            [name for part in parts for name in part.names],
+            [group for part in parts for group in part.groups],
+            np.concatenate([part.mri for part in parts]),
+            np.concatenate([part.functional for part in parts]),
+            np.concatenate([part.uptake for part in parts]),
+        )
 
 
 def _read_png(path: Path, mode: str) -> np.ndarray:
@@ -107,11 +118,11 @@ def _read_png(path: Path, mode: str) -> np.ndarray:
 def load_pairs(data_dir: str | Path, modality: str = "PET") -> PairSet:
     """Read every ``MRI/<name>`` + ``<modality>/<name>`` pair of the Harvard layout.
 
-    MRI is read as grey; PET/SPECT (pseudo-colour RGB) is reduced to its BT.601 luminance, the channel
-    the network fuses. The series of a file ``<series><3-digit slice>.png`` is its name minus the last
-    three digits.
+    MRI is read as grey; the PET/SPECT pseudo-colour RGB gives its BT.601 luminance and its uptake
+    (the inverse of the atlas colour map of that modality). The series of a file
+    ``<series><3-digit slice>.png`` is its name minus the last three digits.
     """
-    top, functional_name = PAIR_FOLDERS[modality]
+    top, functional_name, colormap = PAIR_FOLDERS[modality]
     root = Path(data_dir) / top
     mri_dir, functional_dir = root / "MRI", root / functional_name
     for folder in (mri_dir, functional_dir):
@@ -124,22 +135,109 @@ def load_pairs(data_dir: str | Path, modality: str = "PET") -> PairSet:
     if not names:
         raise InvalidInputError(f"{root}: no MRI/{functional_name} pairs of PNG files with the same name were found.")
     mri = np.stack([_read_png(mri_dir / name, "L") for name in names])
-    functional = np.stack([rgb_to_ycbcr(_read_png(functional_dir / name, "RGB"))[0] for name in names])
-    if mri.shape != functional.shape:
+    colour = np.stack([_read_png(functional_dir / name, "RGB") for name in names])
+    if mri.shape != colour.shape[:3]:
         raise InvalidInputError(f"{root}: MRI and {functional_name} slices differ in size; the pairs must match.")
-    series = [Path(name).stem[:-3] for name in names]
-    return PairSet(names, series, mri, np.clip(functional, 0.0, 1.0))
+    groups = [modality + Path(name).stem[:-3] for name in names]
+    functional = np.clip(rgb_to_ycbcr(colour)[0], 0.0, 1.0)
+    return PairSet(names, groups, mri, functional, colormap_values(colour, colormap))
 
 
-def split_by_series(pet: PairSet, val_series: str) -> tuple[PairSet, PairSet]:
-    """Hold out one PET-MRI series for validation; return (train, validation)."""
-    is_val = np.array([s == val_series for s in pet.series])
-    if not is_val.any():
-        available = ", ".join(sorted(set(pet.series)))
-        raise UsageError(f"--val-series {val_series}: no PET-MRI slices of that series; choose one of {available}.")
-    return pet.subset(~is_val), pet.subset(is_val)
+def load_harvard(data_dir: str | Path) -> PairSet:
+    """All PET-MRI and SPECT-MRI pairs of the Harvard folder."""
+    return PairSet.concatenate([load_pairs(data_dir, "PET"), load_pairs(data_dir, "SPECT")])
 
 
+# Cross-validation folds: each holds out one PET-MRI series (T1 MRI) and a group of SPECT-MRI series
+# (T2 MRI), about a third of each modality; the SPECT groups were balanced by slice count (103, 89, 101).
+CV_FOLDS: tuple[tuple[str, ...], ...] = (
+    ("PET25", "SPECT10", "SPECT11", "SPECT15", "SPECT22", "SPECT28"),
+    ("PET30", "SPECT21", "SPECT25", "SPECT35", "SPECT40"),
+    ("PET41", "SPECT3", "SPECT4", "SPECT18", "SPECT29"),
+)
+# Validation sets of a fold: (label, modality of the held-out pairs, functional input kind).
+#   colour:   Y of the atlas's own pseudo-colour image (the 2-D benchmark convention)
+#   uptake:   the inverted colour map (what the volume pipeline feeds the network)
+#   pet-map:  SPECT uptake recoloured with the PET map, Y (T2 MRI + PET-colour pairs)
+VALIDATION_SETS = (
+    ("PET (T1) colour", "PET", "colour"),
+    ("PET (T1) uptake", "PET", "uptake"),
+    ("T2 + PET map colour", "SPECT", "pet-map"),
+    ("SPECT (T2) colour", "SPECT", "colour"),
+)
+INPUT_KINDS = ("colour", "uptake", "pet-map")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; the defaults reproduce the bundled weights."""
+
+    data: Path
+    output: Path | None
+    epochs: int = 20
+    steps_per_epoch: int = 100
+    batch_size: int = 8
+    crop: int = 128
+    learning_rate: float = 2e-3
+    seed: int = 0
+    holdout: tuple[str, ...] = ()
+    intensity_weight: float = 1.0
+    gradient_weight: float = 1.0
+    ssim_weight: float = 1.0
+    ssim_range: float = 0.0078
+    scd_weight: float = 0.25
+    monotone_weight: float = 1.0
+    monotone_slope: float = 0.1
+    uptake_share: float = 0.4
+    pet_map_share: float = 0.5
+    spect_share: float = 0.5
+    uptake_scale: float = 1.25
+    mri_gamma: float = 1.4
+    channels: tuple[int, ...] = DEFAULT_CHANNELS
+    threads: int | None = None
+    overwrite: bool = False
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the weights file (None for a cross-validation fold), its hash, history, wall time."""
+
+    output: Path | None
+    sha256: str | None
+    parameters: int
+    wall_seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    model: FusionNet | None = None
+
+
+def training_split(pairs: PairSet, holdout: Iterable[str]) -> tuple[PairSet, PairSet]:
+    """(training pairs, held-out pairs): whole series go to one side, never single slices."""
+    held = set(holdout)
+    unknown = held - set(pairs.groups)
+    if unknown:
+        available = ", ".join(sorted(set(pairs.groups)))
+        raise UsageError(f"--holdout {', '.join(sorted(unknown))}: no such series; choose from {available}.")
+    is_held = np.array([group in held for group in pairs.groups], dtype=bool)
+    return pairs.subset(~is_held), pairs.subset(is_held)
+
+
+def functional_input(pairs: PairSet, kind: str, index: np.ndarray | slice = slice(None)) -> np.ndarray:
+    """The functional input of ``kind`` (see :data:`VALIDATION_SETS`) for the selected pairs."""
+    if kind == "colour":
+        return pairs.functional[index]
+    if kind == "uptake":
+        return pairs.uptake[index]
+    if kind == "pet-map":
+        return colour_luminance(pairs.uptake[index], "aanlib")
+    raise ValueError(f"unknown functional input kind {kind!r}")
+
+
+def colour_luminance(uptake: np.ndarray, colormap: str) -> np.ndarray:
+    """BT.601 luminance of ``uptake`` (in [0, 1]) shown in ``colormap``."""
+    return np.clip(rgb_to_ycbcr(apply_colormap(uptake, colormap))[0], 0.0, 1.0).astype(np.float32)
+
+
+# ---- losses ----------------------------------------------------------------------------------------------------
 def sobel_magnitude(image: torch.Tensor) -> torch.Tensor:
     """|Gx| + |Gy| of the 3x3 Sobel operator (replicate-padded), for (N, 1, H, W) tensors."""
     kernel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=image.device)
@@ -176,7 +274,7 @@ def _correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def fusion_loss(
     fused: torch.Tensor, mri: torch.Tensor, pet: torch.Tensor, config: TrainConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The weighted unsupervised loss (module docstring) and its parts, for (N, 1, H, W) tensors."""
+    """The weighted unsupervised loss (module docstring, all terms but monotonicity) and its parts."""
     intensity = F.l1_loss(fused, torch.maximum(mri, pet))
     gradient = F.l1_loss(sobel_magnitude(fused), torch.maximum(sobel_magnitude(mri), sobel_magnitude(pet)))
     similarity = ssim_map(fused, mri, config.ssim_range).mean() + ssim_map(fused, pet, config.ssim_range).mean()
@@ -197,19 +295,75 @@ def fusion_loss(
     return total, parts
 
 
-def sample_batch(pairs: PairSet, rng: np.random.Generator, batch_size: int, crop: int) -> tuple[np.ndarray, ...]:
-    """Random training crops with random flips and 90-degree turns, as two (B, 1, crop, crop) arrays."""
+def monotone_shortfall(
+    fused: torch.Tensor, raised_fused: torch.Tensor, rise: torch.Tensor, slope: float
+) -> torch.Tensor:
+    """How far F fell short of rising by ``slope`` times the PET's rise, relative to the total rise (0 = none)."""
+    shortfall = F.relu(slope * rise - (raised_fused - fused))
+    return shortfall.sum() / rise.sum().clamp_min(1e-6)
+
+
+def pet_bumps(pet: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A smooth positive rise for each (B, 1, H, W) functional crop: a Gaussian bump (peak 0.05-0.3, sd 3-20 px)
+    where the crop is not black, kept inside [0, 1] once added."""
+    batch, _, height, width = pet.shape
+    rows, cols = np.mgrid[:height, :width].astype(np.float32)
+    rise = np.empty_like(pet)
+    for b in range(batch):
+        peak, sd = rng.uniform(0.05, 0.3), rng.uniform(3.0, 20.0)
+        centre_row, centre_col = rng.uniform(0, height), rng.uniform(0, width)
+        bump = peak * np.exp(-((rows - centre_row) ** 2 + (cols - centre_col) ** 2) / (2 * sd * sd))
+        rise[b, 0] = np.minimum(bump, 1.0 - pet[b, 0]) * (pet[b, 0] > BLACK_LEVEL)
+    return rise.astype(np.float32)
+
+
+# ---- sampling --------------------------------------------------------------------------------------------------
+def _log_uniform(rng: np.random.Generator, largest: float) -> float:
+    """A factor between 1 / largest and largest, uniform in log."""
+    return float(np.exp(rng.uniform(-math.log(largest), math.log(largest)))) if largest > 1 else 1.0
+
+
+def sample_batch(
+    pairs: PairSet, rng: np.random.Generator, batch_size: int, crop: int, config: TrainConfig | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random training crops as two (B, 1, crop, crop) arrays (MRI, functional input).
+
+    Each crop: a PET-MRI or SPECT-MRI pair (``spect_share``), a functional input kind (uptake with
+    ``uptake_share``, else the pseudo-colour luminance; SPECT shown in the PET map with
+    ``pet_map_share``), uptake rescaled by up to ``uptake_scale`` before colouring, MRI contrast bent
+    by a gamma of up to ``mri_gamma``, and the same random flips and 90-degree turns for both sources.
+    """
+    config = config or TrainConfig(data=Path(), output=None, uptake_share=0.0, uptake_scale=1.0, mri_gamma=1.0)
     height, width = pairs.mri.shape[1:]
     crop_h, crop_w = min(crop, height), min(crop, width)
+    is_spect = np.array([group.startswith("SPECT") for group in pairs.groups], dtype=bool)
+    by_modality = [np.flatnonzero(~is_spect), np.flatnonzero(is_spect)]
     mri_batch = np.empty((batch_size, 1, crop_h, crop_w), np.float32)
     pet_batch = np.empty_like(mri_batch)
     for b in range(batch_size):
-        i = rng.integers(len(pairs.names))
+        pool = by_modality[int(rng.random() < config.spect_share)]
+        pool = pool if len(pool) else np.arange(len(pairs.names))
+        i = int(pool[rng.integers(len(pool))])
         top = rng.integers(height - crop_h + 1)
         left = rng.integers(width - crop_w + 1)
+        window = (i, slice(top, top + crop_h), slice(left, left + crop_w))
+        scale = _log_uniform(rng, config.uptake_scale)
+        if rng.random() < config.uptake_share:
+            functional = np.clip(pairs.uptake[window] * scale, 0.0, 1.0)
+        elif is_spect[i] and rng.random() < config.pet_map_share:
+            functional = colour_luminance(np.clip(pairs.uptake[window] * scale, 0.0, 1.0), "aanlib")
+        elif scale != 1.0:
+            colormap = "aanlib-spect" if is_spect[i] else "aanlib"
+            functional = colour_luminance(np.clip(pairs.uptake[window] * scale, 0.0, 1.0), colormap)
+        else:
+            functional = pairs.functional[window]
+        mri = pairs.mri[window]
+        gamma = _log_uniform(rng, config.mri_gamma)
+        if gamma != 1.0:
+            mri = mri**gamma
         flip_rows, flip_cols, turns = rng.integers(2), rng.integers(2), rng.integers(4) if crop_h == crop_w else 0
-        for source, target in ((pairs.mri, mri_batch), (pairs.functional, pet_batch)):
-            patch = source[i, top : top + crop_h, left : left + crop_w]
+        for source, target in ((mri, mri_batch), (functional, pet_batch)):
+            patch = source
             if flip_rows:
                 patch = patch[::-1]
             if flip_cols:
@@ -218,6 +372,7 @@ def sample_batch(pairs: PairSet, rng: np.random.Generator, batch_size: int, crop
     return mri_batch, pet_batch
 
 
+# ---- running and scoring ---------------------------------------------------------------------------------------
 def predict(model: FusionNet, mri: np.ndarray, pet: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """Fuse (N, H, W) arrays whose H and W are multiples of the model's stride; output clipped to [0, 1]."""
     model.eval()
@@ -241,48 +396,40 @@ def validation_metrics(fused: np.ndarray, mri: np.ndarray, pet: np.ndarray) -> d
     return {name: float(np.mean([row[name] for row in rows])) for name in METRIC_NAMES}
 
 
+def score_held_out(
+    model: FusionNet,
+    held_out: PairSet,
+    validate: Callable[..., dict[str, float]] = validation_metrics,
+) -> dict[str, dict[str, float]]:
+    """The metrics of each :data:`VALIDATION_SETS` entry that the held-out pairs have (label -> means)."""
+    scores = {}
+    for label, modality, kind in VALIDATION_SETS:
+        chosen = held_out.select(group for group in set(held_out.groups) if group.startswith(modality))
+        if chosen.names:
+            functional = functional_input(chosen, kind)
+            scores[label] = validate(predict(model, chosen.mri, functional), chosen.mri, functional)
+    return scores
+
+
 def _state_for_saving(model: FusionNet) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
 
 
-def train(config: TrainConfig, validate: Callable[..., dict[str, float]] = validation_metrics) -> TrainResult:
-    """Train a FusionNet from scratch as ``config`` says and write its weights (and a .sha256 sidecar).
-
-    Deterministic for a given seed and thread count. Prints a progress bar and, after each epoch,
-    the loss and the validation metrics on every ``val_stride``-th slice of the held-out series (all
-    of its slices once training ends, stored in the result and the weights' metadata).
-    """
-    import hashlib
-
-    from safetensors.torch import save_file
-
-    output = check_output_path(config.output, allowed=(".safetensors",), overwrite=config.overwrite, option="--output")
-    sidecar = output.with_name(output.name + ".sha256")
-    check_output_path(sidecar, overwrite=config.overwrite, option="--output")
+def _check_config(config: TrainConfig) -> None:
     if config.epochs < 1 or config.steps_per_epoch < 1 or config.batch_size < 1:
         raise UsageError("--epochs, --steps-per-epoch and --batch-size must all be at least 1.")
-    if config.val_stride < 1:
-        raise UsageError(f"--val-stride {config.val_stride}: use a positive slice step.")
-    if config.crop < 16 or config.crop % 8:
-        raise UsageError(f"--crop {config.crop}: use a multiple of 8 of at least 16.")
+    if config.crop < 16 or config.crop % 16:
+        raise UsageError(f"--crop {config.crop}: use a multiple of 16 of at least 16.")
+    shares = {"--uptake-share": config.uptake_share, "--pet-map-share": config.pet_map_share}
+    for option, value in {**shares, "--spect-share": config.spect_share}.items():
+        if not 0.0 <= value <= 1.0:
+            raise UsageError(f"{option} {value:g}: use a share between 0 and 1.")
+
+
+def fit(config: TrainConfig, pairs: PairSet, label: str = "training") -> tuple[FusionNet, list[dict[str, float]]]:
+    """Train a FusionNet from scratch on ``pairs`` as ``config`` says; returns the model and per-epoch losses."""
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    started = time.perf_counter()
-
-    train_pairs, val_pairs = split_by_series(load_pairs(config.data, "PET"), config.val_series)
-    if config.use_spect:
-        spect = load_pairs(config.data, "SPECT")
-        train_pairs = PairSet(
-            train_pairs.names + spect.names,
-            train_pairs.series + spect.series,
-            np.concatenate((train_pairs.mri, spect.mri)),
-            np.concatenate((train_pairs.functional, spect.functional)),
-        )
-    info(
-        f"training on {len(train_pairs.names)} slice pairs, validating on PET-MRI series "
-        f"{config.val_series} ({len(val_pairs.names)} pairs)"
-    )
-
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = FusionNet(config.channels)
@@ -293,14 +440,22 @@ def train(config: TrainConfig, validate: Callable[..., dict[str, float]] = valid
     )
     history: list[dict[str, float]] = []
     with make_progress() as progress:
-        task = progress.add_task("training", total=total_steps)
+        task = progress.add_task(label, total=total_steps)
         for epoch in range(1, config.epochs + 1):
             model.train()
             sums: dict[str, float] = {}
             for _ in range(config.steps_per_epoch):
-                mri_np, pet_np = sample_batch(train_pairs, rng, config.batch_size, config.crop)
+                mri_np, pet_np = sample_batch(pairs, rng, config.batch_size, config.crop, config)
                 mri, pet = torch.from_numpy(mri_np), torch.from_numpy(pet_np)
-                loss, parts = fusion_loss(model(mri, pet), mri, pet, config)
+                fused = model(mri, pet)
+                loss, parts = fusion_loss(fused, mri, pet, config)
+                if config.monotone_weight > 0:  # on half of the crops: a second pass costs a whole one
+                    half = max(1, config.batch_size // 2)
+                    rise = torch.from_numpy(pet_bumps(pet_np[:half], rng))
+                    raised = model(mri[:half], pet[:half] + rise)
+                    shortfall = monotone_shortfall(fused[:half], raised, rise, config.monotone_slope)
+                    loss = loss + config.monotone_weight * shortfall
+                    parts["monotone"] = shortfall.item()
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -309,27 +464,46 @@ def train(config: TrainConfig, validate: Callable[..., dict[str, float]] = valid
                     sums[key] = sums.get(key, 0.0) + value
                 progress.advance(task)
             record = {"epoch": float(epoch), **{k: v / config.steps_per_epoch for k, v in sums.items()}}
-            every = slice(None, None, config.val_stride)
-            fused = predict(model, val_pairs.mri[every], val_pairs.functional[every])
-            record.update(validate(fused, val_pairs.mri[every], val_pairs.functional[every]))
             history.append(record)
-            shown = "  ".join(f"{k} {v:.3f}" for k, v in record.items() if k != "epoch")
-            progress.console.print(f"epoch {epoch}/{config.epochs}  {shown}", markup=False, highlight=False)
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch")
+            progress.console.print(f"{label}: epoch {epoch}/{config.epochs}  {shown}", markup=False, highlight=False)
+    return model.eval(), history
 
-    with stage(f"validating on all {len(val_pairs.names)} slices of series {config.val_series}"):
-        validation = validate(predict(model, val_pairs.mri, val_pairs.functional), val_pairs.mri, val_pairs.functional)
-    info("validation (all slices): " + "  ".join(f"{k} {v:.3f}" for k, v in validation.items()))
+
+def _recipe(config: TrainConfig) -> dict[str, str]:
+    return {k: str(v) for k, v in asdict(config).items() if k not in ("data", "output", "overwrite", "holdout")}
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train a FusionNet on every Harvard pair except ``config.holdout`` and write its weights (+ .sha256).
+
+    Deterministic for a given seed and thread count. The recipe is stored in the file's metadata.
+    """
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    if config.output is None:
+        raise UsageError("--output: name the weights file to write (.safetensors).")
+    output = check_output_path(config.output, allowed=(".safetensors",), overwrite=config.overwrite, option="--output")
+    sidecar = output.with_name(output.name + ".sha256")
+    check_output_path(sidecar, overwrite=config.overwrite, option="--output")
+    _check_config(config)
+    started = time.perf_counter()
+    train_pairs, _ = training_split(load_harvard(config.data), config.holdout)
+    info(f"training on {len(train_pairs.names)} slice pairs of {len(set(train_pairs.groups))} series")
+    model, history = fit(config, train_pairs)
     state = _state_for_saving(model)
     # One metadata key: safetensors stores the metadata map in arbitrary order, which would make two
     # identical trainings write files with different hashes.
-    recipe = {k: str(v) for k, v in asdict(config).items() if k not in ("data", "output", "overwrite")}
     metadata = {
         "medfuse": json.dumps(
             {
-                "format": "medfuse-fusionnet",
+                "format": "medfuse-fusionnet-v2",
                 "channels": list(model.channels),
-                "recipe": recipe,
-                "validation": {k: round(v, 4) for k, v in validation.items()},
+                "recipe": _recipe(config),
+                "held_out": sorted(config.holdout),
+                "final_losses": {k: round(v, 5) for k, v in history[-1].items() if k != "epoch"},
             },
             sort_keys=True,
         )
@@ -343,7 +517,83 @@ def train(config: TrainConfig, validate: Callable[..., dict[str, float]] = valid
     with output_transaction(overwrite=config.overwrite) as transaction:
         transaction.write(output, write_weights)
         transaction.write(sidecar, lambda path: path.write_text(f"{digests[0]}  {output.name}\n"))
-    digest = digests[0]
     wall = time.perf_counter() - started
-    info(f"wrote {output} (sha256 {digest}) in {wall / 60:.1f} min")
-    return TrainResult(output, digest, parameter_count(model), wall, history, validation)
+    info(f"wrote {output} (sha256 {digests[0]}) in {wall / 60:.1f} min")
+    return TrainResult(output, digests[0], parameter_count(model), wall, history, model)
+
+
+# ---- cross-validation ------------------------------------------------------------------------------------------
+@dataclass
+class CrossValidation:
+    """Held-out metrics per fold and validation set, and their mean and spread over the folds."""
+
+    held_out: list[tuple[str, ...]]
+    folds: list[dict[str, dict[str, float]]]
+    wall_seconds: float
+
+    def summary(self) -> dict[str, dict[str, tuple[float, float]]]:
+        """label -> metric -> (mean, population standard deviation) over the folds that have the label."""
+        labels = [label for label, _, _ in VALIDATION_SETS if any(label in fold for fold in self.folds)]
+        table: dict[str, dict[str, tuple[float, float]]] = {}
+        for label in labels:
+            rows = [fold[label] for fold in self.folds if label in fold]
+            table[label] = {
+                name: (float(np.mean([row[name] for row in rows])), float(np.std([row[name] for row in rows])))
+                for name in rows[0]
+            }
+        return table
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready record: the folds' held-out series, per-fold metrics and the summary."""
+        return {
+            "folds": [
+                {"held_out": list(groups), "metrics": fold}
+                for groups, fold in zip(self.held_out, self.folds, strict=True)
+            ],
+            "summary": {label: {k: list(v) for k, v in row.items()} for label, row in self.summary().items()},
+            "wall_seconds": self.wall_seconds,
+        }
+
+
+def cross_validate(
+    config: TrainConfig,
+    folds: Sequence[Sequence[str]] = CV_FOLDS,
+    validate: Callable[..., dict[str, float]] = validation_metrics,
+    json_path: Path | None = None,
+) -> CrossValidation:
+    """Leave series out: for each fold train the recipe without its series and score them on those.
+
+    No weights are written; with ``json_path`` the folds' metrics and their summary are (checked first).
+    """
+    _check_config(config)
+    if json_path is not None:
+        check_output_path(json_path, allowed=(".json",), overwrite=config.overwrite, option="--cv-json")
+    started = time.perf_counter()
+    pairs = load_harvard(config.data)
+    results = []
+    for number, held in enumerate(folds, start=1):
+        train_pairs, held_out = training_split(pairs, held)
+        model, _ = fit(config, train_pairs, label=f"fold {number}/{len(folds)} (without {', '.join(held)})")
+        with stage(f"scoring fold {number} on {len(held_out.names)} held-out pairs"):
+            results.append(score_held_out(model, held_out, validate))
+    result = CrossValidation([tuple(held) for held in folds], results, time.perf_counter() - started)
+    if json_path is not None:
+        text = json.dumps({**result.to_dict(), "recipe": _recipe(config)}, indent=2) + "\n"
+        with output_transaction(overwrite=config.overwrite) as transaction:
+            transaction.write(json_path, lambda path: path.write_text(text, encoding="utf-8"))
+    return result
+
+
+def cross_validation_table(result: CrossValidation) -> Table:
+    """A rich table: per validation set, each metric's mean and spread (population SD) over the folds."""
+    from rich.table import Table
+
+    from medfuse.metrics import METRIC_NAMES
+
+    table = Table(title=f"held-out series, mean ± SD over {len(result.folds)} folds")
+    table.add_column("validation set")
+    for name in METRIC_NAMES:
+        table.add_column(name, justify="right")
+    for label, row in result.summary().items():
+        table.add_row(label, *(f"{row[name][0]:.3f} ± {row[name][1]:.3f}" for name in METRIC_NAMES))
+    return table

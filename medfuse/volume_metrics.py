@@ -1,0 +1,290 @@
+"""Scoring fused volumes: the eight fusion metrics over head slices, and how faithfully the fused
+brightness follows the PET's uptake.
+
+``medfuse evaluate --fused fused.nii.gz --mri mri.nii.gz --pet pet_on_mri.nii.gz`` lands here. The three
+volumes must share one grid (the fused volume and ``fuse --save-pet`` are written on the MRI's grid).
+
+* **Fusion metrics**: the MRI and the PET are brought to [0, 1] as the pipeline brings them for the
+  network (:func:`medfuse.pipeline.network_inputs`, with the windows taken from these volumes), the
+  fused volume is taken as it is (medfuse writes it in [0, 1]); each axial slice of the MRI grid whose
+  head covers at least :data:`MIN_HEAD_SHARE` of the largest head section is scored with
+  :func:`medfuse.metrics.compute_metrics` on 0..255, and the slice scores are averaged.
+* **Uptake fidelity** (:func:`uptake_fidelity`), over the head voxels: within each MRI-intensity
+  decile (voxels of similar anatomy), the Spearman rank correlation between PET and fused values and
+  whether the fused mean rises from each PET decile to the next; the fused mean of PET percentile
+  classes (is the hottest class the brightest?) and the contrast of the hottest 1 % against the
+  50th-90th percentile. A fused volume that shows uptake faithfully has rank correlations near 1,
+  rising steps everywhere and a hot contrast well above 1.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medfuse.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+    from rich.table import Table
+
+#: MRI-intensity strata (deciles of the head voxels) within which PET and fused are compared.
+STRATA = 10
+#: PET percentile classes whose fused means are reported (the last is the hottest).
+PET_CLASSES = ((0.0, 50.0), (50.0, 90.0), (90.0, 99.0), (99.0, 99.9), (99.9, 100.0))
+#: Head voxels drawn for the fidelity statistics at most (a regular stride: deterministic).
+FIDELITY_SAMPLES = 2_000_000
+#: A slice is scored when its head section is at least this share of the largest one.
+MIN_HEAD_SHARE = 0.1
+#: Grids agree when size matches and spacing, origin and direction agree to this (relative to spacing).
+GRID_TOLERANCE = 1e-4
+
+
+@dataclass
+class UptakeFidelity:
+    """How the fused brightness follows uptake (see the module docstring); all over head voxels."""
+
+    rank_correlation: float
+    rank_correlation_min: float
+    rising_steps: float
+    steps: int
+    class_means: dict[str, float]
+    hottest_is_brightest: bool
+    hot_contrast: float
+    strata_rank_correlations: list[float] = field(default_factory=list)
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return np.asarray(rankdata(values), dtype=np.float64)
+
+
+def _rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); 0 when either side is constant."""
+    if x.size < 3:
+        return 0.0
+    rx, ry = _ranks(x), _ranks(y)
+    rx -= rx.mean()
+    ry -= ry.mean()
+    denominator = float(np.sqrt((rx * rx).sum() * (ry * ry).sum()))
+    return float((rx * ry).sum() / denominator) if denominator > 0 else 0.0
+
+
+def _class_index(values: np.ndarray, count: int) -> np.ndarray:
+    """Quantile class (0..k-1) of each value, with tied quantile edges merged (so a class is never split
+    between equal values)."""
+    edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, count + 1)[1:-1]))
+    return np.searchsorted(edges, values, side="right")
+
+
+def _regular_sample(mask: np.ndarray) -> np.ndarray:
+    """Flat indices of at most :data:`FIDELITY_SAMPLES` mask voxels, a regular stride through them."""
+    index = np.flatnonzero(mask)
+    step = max(1, int(np.ceil(index.size / FIDELITY_SAMPLES)))
+    return index[::step]
+
+
+def uptake_fidelity(fused: np.ndarray, mri: np.ndarray, pet: np.ndarray, mask: np.ndarray) -> UptakeFidelity:
+    """Uptake fidelity of a fused volume (arrays of one shape; ``mask`` marks the head voxels)."""
+    if not (fused.shape == mri.shape == pet.shape == mask.shape):
+        raise ValueError(f"fused, MRI, PET and mask must have one shape, got {fused.shape}, {mri.shape}, {pet.shape}")
+    chosen = _regular_sample(mask)
+    if chosen.size < STRATA * 10:
+        raise InvalidInputError(f"only {chosen.size} head voxels: too few to measure the uptake fidelity.")
+    f = np.asarray(fused, dtype=np.float64).ravel()[chosen]
+    a = np.asarray(mri, dtype=np.float64).ravel()[chosen]
+    b = np.asarray(pet, dtype=np.float64).ravel()[chosen]
+    correlations, weights, rising, steps = [], [], 0, 0
+    strata = _class_index(a, STRATA)
+    for stratum in range(int(strata.max()) + 1):
+        inside = strata == stratum
+        if inside.sum() < 10:
+            continue
+        correlations.append(_rank_correlation(b[inside], f[inside]))
+        weights.append(int(inside.sum()))
+        classes = _class_index(b[inside], STRATA)
+        means = [f[inside][classes == c].mean() for c in np.unique(classes)]
+        rising += int(np.sum(np.diff(means) > 0))
+        steps += len(means) - 1
+    edges = np.percentile(b, [edge for edge, _ in PET_CLASSES] + [100.0])
+    class_means: dict[str, float] = {}
+    for (low, high), low_value, high_value in zip(PET_CLASSES, edges[:-1], edges[1:], strict=True):
+        members = (b >= low_value) & ((b <= high_value) if high == 100.0 else (b < high_value))
+        if members.any():
+            class_means[f"{low:g}-{high:g}"] = float(f[members].mean())
+    hottest = list(class_means.values())[-1]
+    hot = f[b >= np.percentile(b, 99.0)]
+    warm = f[(b >= np.percentile(b, 50.0)) & (b < np.percentile(b, 90.0))]
+    warm_mean = float(warm.mean()) if warm.size else 0.0
+    return UptakeFidelity(
+        rank_correlation=float(np.average(correlations, weights=weights)),
+        rank_correlation_min=float(np.min(correlations)),
+        rising_steps=rising / steps if steps else 0.0,
+        steps=steps,
+        class_means=class_means,
+        hottest_is_brightest=all(hottest > value for value in list(class_means.values())[:-1]),
+        hot_contrast=float(hot.mean()) / warm_mean if warm_mean > 0 else float("inf"),
+        strata_rank_correlations=[round(c, 4) for c in correlations],
+    )
+
+
+# ---- volumes -----------------------------------------------------------------------------------------------
+@dataclass
+class VolumeEvaluation:
+    """Fusion metrics over the head slices of a fused volume and its uptake fidelity."""
+
+    fused: Path
+    mri: Path
+    pet: Path
+    per_slice: dict[int, dict[str, float]]
+    fidelity: UptakeFidelity
+    windows: dict[str, list[float]]
+
+    @property
+    def means(self) -> dict[str, float]:
+        """Mean of each metric over the scored slices."""
+        from medfuse.metrics import METRIC_NAMES
+
+        return {name: float(np.mean([row[name] for row in self.per_slice.values()])) for name in METRIC_NAMES}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary: inputs, slices scored, metric means and per slice, fidelity, windows."""
+        return {
+            "fused": str(self.fused),
+            "mri": str(self.mri),
+            "pet": str(self.pet),
+            "slices": len(self.per_slice),
+            "means": self.means,
+            "uptake_fidelity": asdict(self.fidelity),
+            "windows": self.windows,
+            "per_slice": {str(k): v for k, v in self.per_slice.items()},
+        }
+
+
+def check_same_grid(images: dict[str, sitk.Image]) -> None:
+    """Refuse volumes that are not on one grid, naming the first that differs from the first one."""
+    (first_name, first), *others = images.items()
+    for name, image in others:
+        spacing = np.asarray(first.GetSpacing())
+        differs = (
+            image.GetSize() != first.GetSize()
+            or not np.allclose(image.GetSpacing(), spacing, rtol=GRID_TOLERANCE, atol=0.0)
+            or not np.allclose(image.GetOrigin(), first.GetOrigin(), atol=GRID_TOLERANCE * spacing.min())
+            or not np.allclose(image.GetDirection(), first.GetDirection(), atol=GRID_TOLERANCE)
+        )
+        if differs:
+            raise InvalidInputError(
+                f"{name}: not on the grid of {first_name} (size {image.GetSize()} vs {first.GetSize()}, or spacing, "
+                "origin or direction differ); give volumes on one grid, e.g. the MRI, the fused volume and the "
+                "PET that `medfuse fuse --save-pet` writes."
+            )
+
+
+def evaluate_volume_images(
+    fused: sitk.Image, mri: sitk.Image, pet: sitk.Image
+) -> tuple[dict[int, dict[str, float]], UptakeFidelity, dict[str, list[float]]]:
+    """Per-slice metrics, uptake fidelity and the windows used, for three volumes on one grid."""
+    import SimpleITK as sitk
+
+    from medfuse.metrics import compute_metrics, luminance_255
+    from medfuse.pipeline import head_region, mri_window, network_inputs, pet_window
+
+    check_same_grid({"the fused volume": fused, "the MRI": mri, "the PET": pet})
+    mask = head_region(mri)
+    if mask.sum() < STRATA * 10:
+        raise InvalidInputError("the MRI shows no head or body (too few voxels above its background).")
+    mri_values = sitk.GetArrayViewFromImage(mri)
+    windows = {"mri": mri_window(mri_values, mask), "pet": pet_window(pet)[:2]}
+    mri_in, pet_in = network_inputs(mri_values, sitk.GetArrayViewFromImage(pet), windows["mri"], windows["pet"])
+    fused_values = sitk.GetArrayFromImage(fused).astype(np.float32)
+    fused_values = np.nan_to_num(fused_values)
+    if fused_values.min() < 0.0 or fused_values.max() > 1.0:  # not medfuse's [0, 1]: take its own range
+        fused_values = (fused_values - fused_values.min()) / max(float(np.ptp(fused_values)), 1e-12)
+    areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    per_slice = {}
+    for k in np.flatnonzero(areas >= MIN_HEAD_SHARE * areas.max()):
+        if min(mri_in.shape[1:]) < 7:
+            break
+        per_slice[int(k)] = compute_metrics(
+            luminance_255(fused_values[k]), luminance_255(mri_in[k]), luminance_255(pet_in[k])
+        )
+    fidelity = uptake_fidelity(fused_values, mri_in, pet_in, mask)
+    return per_slice, fidelity, {name: [float(v) for v in window] for name, window in windows.items()}
+
+
+def evaluate_volumes(fused: str | Path, mri: str | Path, pet: str | Path) -> VolumeEvaluation:
+    """Read three volumes (files or DICOM folders) on one grid and score them (module docstring)."""
+    from medfuse import io
+
+    images = {
+        "fused": io.load_volume(Path(fused), role="fused").image,
+        "mri": io.load_volume(Path(mri), role="MRI").image,
+        "pet": io.load_volume(Path(pet), role="PET").image,
+    }
+    try:
+        per_slice, fidelity, windows = evaluate_volume_images(images["fused"], images["mri"], images["pet"])
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{fused}: {exc.message}") from exc
+    if not per_slice:
+        raise InvalidInputError(f"{mri}: no axial slice shows enough of the head to be scored.")
+    return VolumeEvaluation(Path(fused), Path(mri), Path(pet), per_slice, fidelity, windows)
+
+
+def run_volume_evaluation(
+    fused: str | Path,
+    mri: str | Path,
+    pet: str | Path,
+    json_path: str | Path | None = None,
+    overwrite: bool = False,
+) -> VolumeEvaluation:
+    """``medfuse evaluate`` for volumes: check the JSON path first, score, then write the JSON if asked."""
+    from medfuse.atomic import check_output_path
+    from medfuse.errors import UsageError
+    from medfuse.fusion2d import is_2d_input
+
+    for option, path in (("--mri", mri), ("--pet", pet)):
+        if is_2d_input(path):
+            raise UsageError(
+                f"{option} {path} is a 2-D image (or folder of them) but --fused {fused} is a volume; "
+                "give three volumes or three folders of 2-D images."
+            )
+    if json_path is not None:
+        check_output_path(json_path, allowed=(".json",), inputs=[fused, mri, pet], overwrite=overwrite, option="--json")
+    evaluation = evaluate_volumes(fused, mri, pet)
+    if json_path is not None:
+        write_json(evaluation, json_path, overwrite=overwrite)
+    return evaluation
+
+
+def write_json(evaluation: VolumeEvaluation, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``evaluation.to_dict()`` as indented JSON, atomically."""
+    from medfuse.atomic import output_transaction
+
+    text = json.dumps(evaluation.to_dict(), indent=2) + "\n"
+    with output_transaction(overwrite=overwrite) as transaction:
+        transaction.write(path, lambda temp: Path(temp).write_text(text, encoding="utf-8"))
+    return Path(path)
+
+
+def fidelity_table(fidelity: UptakeFidelity, title: str | None = None) -> Table:
+    """A rich table of the uptake-fidelity figures."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("uptake fidelity")
+    table.add_column("value", justify="right")
+    table.add_row("rank correlation PET-fused within MRI deciles (mean)", f"{fidelity.rank_correlation:.3f}")
+    table.add_row("  lowest decile", f"{fidelity.rank_correlation_min:.3f}")
+    table.add_row(
+        "fused mean rises with PET decile (share of steps)", f"{fidelity.rising_steps:.1%} of {fidelity.steps}"
+    )
+    for name, value in fidelity.class_means.items():
+        table.add_row(f"fused mean, PET percentile {name}", f"{value:.3f}")
+    table.add_row("hottest class is the brightest", "yes" if fidelity.hottest_is_brightest else "no")
+    table.add_row("hot contrast (top 1 % / 50th-90th percentile)", f"{fidelity.hot_contrast:.2f}")
+    return table
