@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -26,15 +26,9 @@ from medfuse.options import FuseOptions
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
+    from medfuse.inference import Fuser
+
 FileKind = Literal["image", "dicom"]
-
-
-class Fuser(Protocol):
-    """What fusion needs of a fuser (docs/ARCHITECTURE.md): fused luminance of (H, W) or (N, H, W) arrays."""
-
-    method: str
-
-    def fuse(self, mri: np.ndarray, pet: np.ndarray) -> np.ndarray: ...
 
 
 _IMAGE_MAGIC = (
