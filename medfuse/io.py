@@ -88,28 +88,42 @@ def load_volume(
     as a DICOM series by :func:`medfuse.dicom.read_dicom_series` (``series_uid`` and ``suv`` apply).
     """
     path = Path(path)
-    if not path.exists():
-        raise UnreadableInputError(f"{path}: the {role} input does not exist; check the path.")
-    if path.is_dir():
-        from medfuse import dicom
-
-        series = dicom.read_dicom_series(path, role=role, series_uid=series_uid, suv=suv)
-        info: dict[str, Any] = {"format": "DICOM", "dicom": dict(series.info)}
-        image = series.image
-    else:
-        if suv:
-            raise UsageError(
-                f"--suv: SUV conversion needs a DICOM PET folder with its dose and weight tags, "
-                f"but {path} is a {_format_name(path)} file; drop --suv or give the DICOM folder."
-            )
-        if series_uid is not None:
-            warn(f"{path}: the series UID {series_uid} was ignored because the input is a file, not a DICOM folder.")
-        image, info = read_image_file(path, role)
-        if info["nan_read_as_zero"]:
-            warn(f"{path}: {info['nan_read_as_zero']:,} NaN or infinite voxels in the {role} were set to 0.")
+    image, info = read_input(path, role, series_uid=series_uid, suv=suv)
+    if info.get("nan_read_as_zero"):
+        warn(f"{path}: {info['nan_read_as_zero']:,} NaN or infinite voxels in the {role} were set to 0.")
     info["pixel_type"] = info.get("pixel_type") or image.GetPixelIDTypeAsString()
     image = validate_image(image, role=role, source=str(path), frame=frame)
     return Volume(image=image, path=path, info=info)
+
+
+def read_input(
+    path: Path, role: Role | None, *, series_uid: str | None = None, suv: bool = False
+) -> tuple[sitk.Image, dict[str, Any]]:
+    """Read a volume file or a DICOM folder as stored (any dimension, grey or colour), not validated.
+
+    A folder is read as a DICOM series by :func:`medfuse.dicom.read_dicom_series` (``series_uid`` and
+    ``suv`` apply; ``role`` None picks its MR series when it has one, else its PET/SPECT); a file by
+    :func:`read_image_file`. Returns the image and what was learnt about it (``format``,
+    ``pixel_type``, ``nan_read_as_zero`` for files, the series' info under ``dicom``).
+    """
+    if not path.exists():
+        what = f"the {role} input" if role else "the input"
+        raise UnreadableInputError(f"{path}: {what} does not exist; check the path.")
+    if path.is_dir():
+        from medfuse import dicom
+
+        if role is None:
+            role = "MRI" if any(series.modality == "MR" for series in dicom.list_series(path)) else "PET"
+        series = dicom.read_dicom_series(path, role=role, series_uid=series_uid, suv=suv)
+        return series.image, {"format": "DICOM", "dicom": dict(series.info)}
+    if suv:
+        raise UsageError(
+            f"--suv: SUV conversion needs a DICOM PET folder with its dose and weight tags, "
+            f"but {path} is a {_format_name(path)} file; drop --suv or give the DICOM folder."
+        )
+    if series_uid is not None:
+        warn(f"{path}: the series UID {series_uid} was ignored because the input is a file, not a DICOM folder.")
+    return read_image_file(path, role or "input")
 
 
 def _format_name(path: Path) -> str:

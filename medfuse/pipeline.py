@@ -43,6 +43,7 @@ from medfuse import __version__
 from medfuse.atomic import VOLUME_EXTENSIONS, check_output_path, full_suffix, output_transaction, sibling
 from medfuse.console import info, make_progress, stage
 from medfuse.errors import InvalidInputError, ProcessingError, UsageError
+from medfuse.intensity import normalise, robust_range
 from medfuse.options import FuseOptions, OutputFormat, RegisterMode, check_options
 
 if TYPE_CHECKING:
@@ -64,8 +65,6 @@ _FORMAT_EXTENSIONS = {
     OutputFormat.NRRD: (".nrrd",),
     OutputFormat.MHA: (".mha",),
 }
-#: Values drawn for percentiles at most (a regular subsample keeps them fast and deterministic).
-_PERCENTILE_SAMPLES = 2_000_000
 
 
 @dataclass
@@ -281,12 +280,6 @@ def _transform(
     return transform, None, source
 
 
-def _subsample(values: np.ndarray) -> np.ndarray:
-    """A regular subsample of at most about :data:`_PERCENTILE_SAMPLES` values."""
-    step = max(1, int(np.ceil(values.size / _PERCENTILE_SAMPLES)))
-    return values.ravel()[::step]
-
-
 def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> tuple[float, float, str]:
     """The PET display window (low, high) in image units, and how it was chosen."""
     import SimpleITK as sitk
@@ -295,12 +288,8 @@ def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> tu
 
     if window is not None:
         return float(window[0]), float(window[1]), "--pet-window"
-    values = sitk.GetArrayViewFromImage(pet)
     head = sitk.GetArrayFromImage(head_mask(pet, fraction=0.15)).astype(bool)
-    low = float(np.percentile(_subsample(values), PET_PERCENTILES[0]))
-    top = float(np.percentile(_subsample(values[head]), PET_PERCENTILES[1])) if head.any() else low
-    if top <= low:
-        low, top = float(values.min()), float(values.max())
+    low, top = robust_range(sitk.GetArrayViewFromImage(pet), head, PET_PERCENTILES)
     high = low + (top - low) / TRAINING_PET_TOP
     how = (
         f"percentiles: {PET_PERCENTILES[0]}th of all voxels to the {PET_PERCENTILES[1]}th of head voxels "
@@ -330,10 +319,7 @@ def _fuse_volume(
 
     mask = sitk.GetArrayFromImage(head_mask(mri, fraction=0.1, dilate_mm=3.0)).astype(bool)
     mri_values = sitk.GetArrayViewFromImage(mri)
-    mri_low = float(np.percentile(_subsample(mri_values), MRI_PERCENTILES[0]))
-    mri_high = float(np.percentile(_subsample(mri_values[mask]), MRI_PERCENTILES[1]))
-    if mri_high <= mri_low:
-        mri_low, mri_high = float(mri_values.min()), float(mri_values.max())
+    mri_low, mri_high = robust_range(mri_values, mask, MRI_PERCENTILES)
     pet_low, pet_high, window_source = pet_window(pet, options.pet_window)
     pet_values = sitk.GetArrayViewFromImage(pet_on_mri)
 
@@ -347,10 +333,10 @@ def _fuse_volume(
         for start in range(0, len(slices), options.batch_size):
             batch = slices[start : start + options.batch_size]
             inside = mask[batch][:, box[1], box[2]]
-            mri_in = np.clip((mri_values[batch][:, box[1], box[2]] - mri_low) / (mri_high - mri_low), 0.0, 1.0)
-            pet_x = np.clip((pet_values[batch][:, box[1], box[2]] - pet_low) / (pet_high - pet_low), 0.0, 1.0)
+            mri_in = normalise(mri_values[batch][:, box[1], box[2]], (mri_low, mri_high))
+            pet_x = normalise(pet_values[batch][:, box[1], box[2]], (pet_low, pet_high))
             pet_y = np.clip(rgb_to_ycbcr(apply_colormap(pet_x, NETWORK_COLORMAP))[0], 0.0, 1.0)
-            out = _checked(fuser.fuse(mri_in.astype(np.float32), pet_y.astype(np.float32)), mri_in.shape, fuser)
+            out = _checked(fuser.fuse(mri_in, pet_y.astype(np.float32)), mri_in.shape, fuser)
             out = np.where(inside, out, np.float32(0.0))
             fused[batch, box[1], box[2]] = out
             if overlay is not None:
