@@ -193,12 +193,17 @@ def _box(index: Sequence[int], half: Sequence[int], shape: Sequence[int]) -> tup
 
 
 def _correlate(values: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """``ndimage.correlate`` with zeros outside; by FFT where that is faster (large boxes)."""
-    if values.size * kernel.size < _DIRECT_LIMIT:
-        return ndimage.correlate(values, kernel, mode="constant", cval=0.0)
-    from scipy.signal import fftconvolve
+    """``ndimage.correlate`` with zeros outside (odd kernel sizes); by FFT where that is faster (large boxes).
 
-    return fftconvolve(values, kernel[::-1, ::-1, ::-1], mode="same")
+    numpy's FFT, not scipy.signal's: importing scipy.signal costs about a second per process.
+    """
+    if values.size * kernel.size < _DIRECT_LIMIT:
+        return np.asarray(ndimage.correlate(values, kernel, mode="constant", cval=0.0))
+    shape = [n + k - 1 for n, k in zip(values.shape, kernel.shape, strict=True)]
+    axes = (0, 1, 2)
+    product = np.fft.rfftn(values, shape, axes) * np.fft.rfftn(kernel[::-1, ::-1, ::-1], shape, axes)
+    full = np.fft.irfftn(product, shape, axes)
+    return full[tuple(slice(k // 2, k // 2 + n) for n, k in zip(values.shape, kernel.shape, strict=True))]
 
 
 def _peak(
@@ -472,6 +477,11 @@ def summary_line(record: dict[str, Any]) -> str:
     voxel = f", MRI voxel {tuple(top['mri_voxel'])}" if top.get("mri_voxel") is not None else ""
     x, y, z = top["position_mm"]
     return (
-        f"Hotspots ({units}): max {top['value']:.4g} at ({x:.1f}, {y:.1f}, {z:.1f}) mm{voxel}; "
-        f"peak {peak['value']:.4g}; {len(record['regions'])} region(s) in the report."
+        f"Hotspots ({units}): max {_shown(top['value'])} at ({x:.1f}, {y:.1f}, {z:.1f}) mm{voxel}; "
+        f"peak {_shown(peak['value'])}; {len(record['regions'])} region(s) in the report."
     )
+
+
+def _shown(value: float) -> str:
+    """A value as people read them: 28,158 (Bq/mL), 12.3 (SUV)."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"

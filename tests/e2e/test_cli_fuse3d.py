@@ -122,11 +122,19 @@ def test_info_lists_and_describes_dicom_series(tmp_path: Path) -> None:
     assert single.exit_code == 0, single.output
     assert "format         DICOM" in single.output and "size           20 × 22 × 18" in single.output
     assert "modality       MR" in single.output and "description    T1 head" in single.output
+    assert "the only series in the folder" in single.output and "--mri-series" not in single.output
     make_series(tmp_path / "one" / "more", mri, modality="MR", description="T2 head", series_number=2)
     listed = runner.invoke(app, ["info", str(tmp_path / "one")])
-    assert listed.exit_code == 0 and listed.output.count("series ") == 2 and "size" not in listed.output
+    assert listed.exit_code == 0 and "size" not in listed.output
+    assert sum(line.startswith("series ") for line in listed.output.splitlines()) == 2
+    assert "described      none of the 2 series; pass --series UID to describe one" in listed.output
     chosen = runner.invoke(app, ["info", str(tmp_path / "one"), "--series", built.uid])
     assert chosen.exit_code == 0 and "description    T1 head" in chosen.output
+    assert f"described      {built.uid}: the series given by --series" in chosen.output
+    assert f"Series {built.uid} (MR, 'T1 head', 18 slices) from {tmp_path / 'one'}: the series given by --series." in (
+        chosen.output
+    )
+    assert "--mri-series" not in chosen.output and "MRI:" not in chosen.output
 
 
 @pytest.mark.slow
