@@ -32,7 +32,7 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,11 +43,13 @@ from medfuse import __version__
 from medfuse.atomic import VOLUME_EXTENSIONS, check_output_path, full_suffix, output_transaction, sibling
 from medfuse.console import info, make_progress, stage
 from medfuse.errors import InvalidInputError, ProcessingError, UsageError
-from medfuse.options import FuseOptions
+from medfuse.intensity import normalise, robust_range
+from medfuse.options import FuseOptions, OutputFormat, RegisterMode, check_options
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
+    from medfuse.inference import Fuser
     from medfuse.io import Volume
     from medfuse.registration import RegistrationResult
 
@@ -57,10 +59,11 @@ MRI_PERCENTILES = (0.5, 99.5)
 PET_PERCENTILES = (0.5, 99.5)
 #: Position on the aanlib map of the 99.5th percentile of brain pixels in the training PET slices.
 TRAINING_PET_TOP = 0.73
-REGISTER_MODES = ("rigid", "affine", "none")
-_FORMAT_EXTENSIONS = {"nifti": (".nii.gz", ".nii"), "nrrd": (".nrrd",), "mha": (".mha",)}
-#: Values drawn for percentiles at most (a regular subsample keeps them fast and deterministic).
-_PERCENTILE_SAMPLES = 2_000_000
+_FORMAT_EXTENSIONS = {
+    OutputFormat.NIFTI: (".nii.gz", ".nii"),
+    OutputFormat.NRRD: (".nrrd",),
+    OutputFormat.MHA: (".mha",),
+}
 
 
 @dataclass
@@ -82,18 +85,17 @@ def fuse_images(
     mri: sitk.Image,
     pet: sitk.Image,
     options: FuseOptions | None = None,
-    fuser: Any = None,
+    fuser: Fuser | None = None,
 ) -> FusionResult:
     """Register, resample and fuse an MRI and a PET given as SimpleITK images; nothing is written.
 
-    ``fuser`` follows the fuser interface of docs/ARCHITECTURE.md; ``None`` loads the one
+    ``fuser`` is any :class:`~medfuse.inference.Fuser`; ``None`` loads the one
     ``options.method`` names. The inputs are validated like files (3-D scalar, finite, not constant;
     a 4-D PET needs ``options.frame``) and never modified.
     """
     from medfuse import io
 
-    options = options or FuseOptions()
-    _check_options(options)
+    options = check_options(options or FuseOptions())
     timings: dict[str, float] = {}
     with _timed(timings, "validate"):
         mri = io.validate_image(mri, role="MRI", source="the MRI image")
@@ -107,7 +109,7 @@ def fuse_files(
     pet_path: str | Path,
     output: str | Path,
     options: FuseOptions | None = None,
-    fuser: Any = None,
+    fuser: Fuser | None = None,
 ) -> FusionResult:
     """Fuse an MRI and a PET file (or DICOM folder) and write the outputs ``options`` asks for.
 
@@ -117,9 +119,8 @@ def fuse_files(
     from medfuse import io
 
     started = time.perf_counter()
-    options = options or FuseOptions()
+    options = check_options(options or FuseOptions())
     mri_path, pet_path, output = Path(mri_path), Path(pet_path), Path(output)
-    _check_options(options)
     io.check_distinct_inputs(mri_path, pet_path)
     targets = _plan_outputs(mri_path, pet_path, output, options)
     timings: dict[str, float] = {}
@@ -140,31 +141,10 @@ def fuse_files(
 
 
 # ---- checks before any work ------------------------------------------------------------------------
-def _check_options(options: FuseOptions) -> None:
-    """Refuse contradicting or unknown option values before anything is loaded."""
-    from medfuse.colour import colormap_lut
-    from medfuse.inference import METHODS, check_device
-
-    if options.method not in METHODS:
-        raise UsageError(f"--method {options.method}: unknown method; use {' or '.join(METHODS)}.")
-    check_device(options.method, options.device)
-    if options.register not in REGISTER_MODES:
-        raise UsageError(f"--register {options.register}: unknown mode; use rigid, affine or none.")
-    if options.pet_window is not None:
-        low, high = (float(v) for v in options.pet_window)
-        if not (np.isfinite(low) and np.isfinite(high) and low < high):
-            raise UsageError(f"--pet-window {low:g} {high:g}: LOW must be a number below HIGH (image units).")
-    if options.batch_size < 1:
-        raise UsageError(f"--batch-size {options.batch_size}: use a positive number of slices.")
-    colormap_lut(options.colormap)
-
-
 def _volume_extension(output: Path, options: FuseOptions) -> tuple[str, ...]:
     """The extensions -o may have under ``--format``."""
-    if options.output_format == "auto":
+    if options.output_format == OutputFormat.AUTO:
         return VOLUME_EXTENSIONS
-    if options.output_format not in _FORMAT_EXTENSIONS:
-        raise UsageError(f"--format {options.output_format}: unknown format; use auto, nifti, nrrd, mha or dicom.")
     allowed = _FORMAT_EXTENSIONS[options.output_format]
     if full_suffix(output) not in allowed:
         raise UsageError(
@@ -177,23 +157,26 @@ def _volume_extension(output: Path, options: FuseOptions) -> tuple[str, ...]:
 def _plan_outputs(mri: Path, pet: Path, output: Path, options: FuseOptions) -> dict[str, Path]:
     """Check every output path (and that no two coincide) and return them by kind."""
     inputs = [mri, pet] + ([options.transform] if options.transform else [])
-    check = {"inputs": inputs, "overwrite": options.overwrite}
-    if options.output_format == "dicom":  # -o DIR: DIR/fused and DIR/overlay series
+
+    def checked(path: Path, allowed: tuple[str, ...], option: str = "-o") -> Path:
+        return check_output_path(path, allowed=allowed, inputs=inputs, overwrite=options.overwrite, option=option)
+
+    if options.output_format == OutputFormat.DICOM:  # -o DIR: DIR/fused and DIR/overlay series
         from medfuse.dicom import plan_dicom_outputs
 
         targets = plan_dicom_outputs(output, inputs=inputs, overlay=options.overlay, overwrite=options.overwrite)
     else:
-        targets = {"fused": check_output_path(output, allowed=_volume_extension(output, options), **check)}
+        targets = {"fused": checked(output, _volume_extension(output, options))}
         if options.overlay:
-            targets["overlay"] = check_output_path(sibling(output, "_overlay"), allowed=VOLUME_EXTENSIONS, **check)
+            targets["overlay"] = checked(sibling(output, "_overlay"), VOLUME_EXTENSIONS)
     if options.preview:
-        targets["preview"] = check_output_path(options.preview, allowed=(".png",), option="--preview", **check)
+        targets["preview"] = checked(options.preview, (".png",), "--preview")
     if options.report:
-        targets["report"] = check_output_path(options.report, allowed=(".json",), option="--report", **check)
+        targets["report"] = checked(options.report, (".json",), "--report")
     if options.save_transform:
-        targets["transform"] = check_output_path(
-            options.save_transform, allowed=(".tfm", ".txt"), option="--save-transform", **check
-        )
+        targets["transform"] = checked(options.save_transform, (".tfm", ".txt"), "--save-transform")
+    if options.save_pet:  # a volume file for measuring, also under --format dicom
+        targets["pet"] = checked(options.save_pet, VOLUME_EXTENSIONS, "--save-pet")
     seen: dict[Path, str] = {}
     for kind, path in targets.items():
         key = path.resolve()
@@ -239,7 +222,7 @@ def _fuse(
     mri: sitk.Image,
     pet: sitk.Image,
     options: FuseOptions,
-    fuser: Any,
+    fuser: Fuser | None,
     inputs: dict[str, Any],
     timings: dict[str, float],
 ) -> FusionResult:
@@ -260,8 +243,34 @@ def _fuse(
             pet_on_mri = registration.resample_to(pet, mri, transform)
         with _timed(timings, "fuse"):
             fused, overlay, details = _fuse_volume(mri, pet_on_mri, pet, options, fuser)
+        with _timed(timings, "hotspots"), stage("Reading out the PET hotspots"):
+            hotspots = _hotspots(pet, mri, transform, _pet_units(inputs))
     report = _report(inputs, mri, options, fuser, transform, registered, source, details, timings)
+    report["hotspots"] = hotspots
     return FusionResult(fused, overlay, pet_on_mri, transform, report, registered)
+
+
+def _hotspots(pet: sitk.Image, mri: sitk.Image, transform: sitk.Transform, units: str | None) -> dict[str, Any]:
+    """The hotspot readout of the PET on its own grid (:mod:`medfuse.hotspots`), placed on the MRI too."""
+    import SimpleITK as sitk
+
+    from medfuse.hotspots import Grid, hotspot_report
+
+    try:
+        to_pet = transform.GetInverse()  # transform maps MRI points to PET points
+    except RuntimeError:  # not invertible (a displacement field): positions stay in PET space only
+        to_pet = None
+
+    def mri_voxel(point: Sequence[float]) -> list[int] | None:
+        if to_pet is None:
+            return None
+        index = mri.TransformPhysicalPointToIndex(to_pet.TransformPoint(tuple(float(v) for v in point)))
+        return list(index) if all(0 <= i < n for i, n in zip(index, mri.GetSize(), strict=True)) else None
+
+    grid = Grid(pet.GetOrigin(), pet.GetSpacing(), pet.GetDirection())
+    is_suv = units in ("SUVbw", "GML")
+    values = sitk.GetArrayViewFromImage(pet)
+    return hotspot_report(values, grid, units=units, is_suv=is_suv, to_mri=mri_voxel)
 
 
 def _transform(
@@ -276,12 +285,13 @@ def _transform(
 
     from medfuse import registration
 
-    if options.register in ("rigid", "affine") and options.transform is None:
+    if options.register != RegisterMode.NONE and options.transform is None:
+        mode: registration.Mode = "affine" if options.register == RegisterMode.AFFINE else "rigid"
         try:
-            result = registration.register(mri, pet, options.register)  # type: ignore[arg-type]
+            result = registration.register(mri, pet, mode)
         except (InvalidInputError, ProcessingError) as exc:
             raise type(exc)(f"{pet_name}: {exc}") from exc
-        return result.transform, result, options.register
+        return result.transform, result, options.register.value
     if options.transform is not None:
         transform = registration.read_transform(options.transform)
         where, advice = f"{options.transform}: with this transform", "check that the transform belongs to these images"
@@ -297,12 +307,6 @@ def _transform(
     return transform, None, source
 
 
-def _subsample(values: np.ndarray) -> np.ndarray:
-    """A regular subsample of at most about :data:`_PERCENTILE_SAMPLES` values."""
-    step = max(1, int(np.ceil(values.size / _PERCENTILE_SAMPLES)))
-    return values.ravel()[::step]
-
-
 def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> tuple[float, float, str]:
     """The PET display window (low, high) in image units, and how it was chosen."""
     import SimpleITK as sitk
@@ -311,12 +315,8 @@ def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> tu
 
     if window is not None:
         return float(window[0]), float(window[1]), "--pet-window"
-    values = sitk.GetArrayViewFromImage(pet)
     head = sitk.GetArrayFromImage(head_mask(pet, fraction=0.15)).astype(bool)
-    low = float(np.percentile(_subsample(values), PET_PERCENTILES[0]))
-    top = float(np.percentile(_subsample(values[head]), PET_PERCENTILES[1])) if head.any() else low
-    if top <= low:
-        low, top = float(values.min()), float(values.max())
+    low, top = robust_range(sitk.GetArrayViewFromImage(pet), head, PET_PERCENTILES)
     high = low + (top - low) / TRAINING_PET_TOP
     how = (
         f"percentiles: {PET_PERCENTILES[0]}th of all voxels to the {PET_PERCENTILES[1]}th of head voxels "
@@ -336,11 +336,7 @@ def head_region(mri: sitk.Image) -> np.ndarray:
 
 def mri_window(mri_values: np.ndarray, head: np.ndarray) -> tuple[float, float]:
     """The MRI window the network sees: background level (0.5th percentile of all voxels) to the 99.5th of the head."""
-    low = float(np.percentile(_subsample(mri_values), MRI_PERCENTILES[0]))
-    high = float(np.percentile(_subsample(mri_values[head]), MRI_PERCENTILES[1])) if head.any() else low
-    if high <= low:
-        low, high = float(mri_values.min()), float(mri_values.max())
-    return low, high
+    return robust_range(mri_values, head, MRI_PERCENTILES)
 
 
 def network_inputs(
@@ -353,11 +349,7 @@ def network_inputs(
     rises with uptake too (the hottest spots are the brightest).
     """
 
-    def windowed(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-        low, high = window
-        return np.clip((np.asarray(values, dtype=np.float32) - low) / np.float32(high - low), 0.0, 1.0)
-
-    return windowed(mri_values, mri_window), windowed(pet_values, pet_window)
+    return normalise(mri_values, mri_window), normalise(pet_values, pet_window)
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
@@ -371,7 +363,7 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
 
 
 def _fuse_volume(
-    mri: sitk.Image, pet_on_mri: sitk.Image, pet: sitk.Image, options: FuseOptions, fuser: Any
+    mri: sitk.Image, pet_on_mri: sitk.Image, pet: sitk.Image, options: FuseOptions, fuser: Fuser
 ) -> tuple[sitk.Image, sitk.Image | None, dict[str, Any]]:
     """Fuse slice by slice along the MRI grid's third axis inside the head's bounding box."""
     import SimpleITK as sitk
@@ -424,7 +416,7 @@ def _fuse_volume(
     return fused_image, overlay_image, details
 
 
-def _checked(out: Any, shape: tuple[int, ...], fuser: Any) -> np.ndarray:
+def _checked(out: np.ndarray, shape: tuple[int, ...], fuser: Fuser) -> np.ndarray:
     """The fuser's output as float32 in [0, 1], or a ProcessingError if it broke the fuser contract."""
     out = np.asarray(out, dtype=np.float32)
     if out.shape != shape or not np.all(np.isfinite(out)):
@@ -477,7 +469,7 @@ def _report(
     inputs: dict[str, Any],
     mri: sitk.Image,
     options: FuseOptions,
-    fuser: Any,
+    fuser: Fuser,
     transform: sitk.Transform,
     registered: RegistrationResult | None,
     source: str,
@@ -545,7 +537,7 @@ def _write_outputs(
     result.report["outputs"] = {kind: str(path) for kind, path in targets.items()}
     write_started = time.perf_counter()
     with stage("Writing the outputs"), output_transaction(overwrite=options.overwrite) as transaction:
-        if options.output_format == "dicom":
+        if options.output_format == OutputFormat.DICOM:
             from medfuse.dicom import write_fused_dicom
 
             reference = (result.mri_info or {}).get("dicom")
@@ -566,6 +558,8 @@ def _write_outputs(
             transaction.write(targets["preview"], lambda path: write_png(picture, path))
         if "transform" in targets:
             transaction.write(targets["transform"], lambda path: write_transform(result.transform, path))
+        if "pet" in targets:
+            transaction.write(targets["pet"], lambda path: io.write_volume(result.pet_on_mri, path))
         timings["write"] = round(time.perf_counter() - write_started, 4)
         timings["total"] = round(time.perf_counter() - started, 4)
         if "report" in targets:
@@ -574,15 +568,18 @@ def _write_outputs(
 
 
 def _summarise(result: FusionResult, mri: Path, pet: Path, targets: dict[str, Path], seconds: float) -> None:
-    """The one summary line at the end of a run."""
+    """The summary line at the end of a run, and the line of the PET hotspot readout."""
+    from medfuse.hotspots import summary_line
+
     fusion = result.report["fusion"]
     registration = result.report["registration"]
     how = registration["source"]
     if "metric_value" in registration:
         how += f" (Mattes MI {registration['metric_value']:.3f})"
-    extras = [kind for kind in ("overlay", "preview", "report", "transform") if kind in targets]
+    extras = [kind for kind in ("overlay", "preview", "report", "transform", "pet") if kind in targets]
     info(
         f"Fused {mri} + {pet} -> {targets['fused']}{' (+ ' + ', '.join(extras) + ')' if extras else ''} "
         f"in {seconds:.1f} s: {fusion['slices_fused']} slices by {fusion['method']} on {fusion['device']}; "
         f"registration: {how}."
     )
+    info(summary_line(result.report["hotspots"]))

@@ -1,0 +1,89 @@
+"""FusionNet: shapes, scales, attention weights, determinism in eval mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medfuse.model import AttentionFusion, FusionNet, parameter_count
+
+
+@pytest.fixture
+def small_net() -> FusionNet:
+    torch.manual_seed(0)
+    return FusionNet((4, 8, 16)).eval()
+
+
+def test_output_shape_matches_input_for_any_batch(small_net: FusionNet) -> None:
+    for batch, height, width in ((1, 16, 16), (3, 32, 48), (2, 8, 64)):
+        mri, pet = torch.rand(batch, 1, height, width), torch.rand(batch, 1, height, width)
+        with torch.inference_mode():
+            assert small_net(mri, pet).shape == (batch, 1, height, width)
+
+
+def test_stride_follows_number_of_scales() -> None:
+    assert FusionNet((4, 8, 16)).stride == 4
+    assert FusionNet((4, 8, 16, 32)).stride == 8
+
+
+def test_fewer_than_three_scales_is_refused() -> None:
+    with pytest.raises(ValueError, match="three scales"):
+        FusionNet((8, 16))
+
+
+def test_branches_have_separate_weights(small_net: FusionNet) -> None:
+    mri_first = small_net.mri_branch.stages[0][0][0].weight
+    pet_first = small_net.pet_branch.stages[0][0][0].weight
+    assert mri_first.data_ptr() != pet_first.data_ptr()
+    assert not torch.equal(mri_first, pet_first)
+
+
+def test_fused_features_exist_at_every_scale(small_net: FusionNet) -> None:
+    mri, pet = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    with torch.inference_mode():
+        features = small_net.fused_features(mri, pet)
+    assert [tuple(f.shape) for f in features] == [(1, 4, 32, 32), (1, 8, 16, 16), (1, 16, 8, 8)]
+
+
+@pytest.mark.slow
+def test_attention_weights_are_a_per_pixel_softmax() -> None:
+    torch.manual_seed(1)
+    block = AttentionFusion(4)
+    mri, pet = torch.randn(2, 4, 9, 7), torch.randn(2, 4, 9, 7)
+    weights = block.modality_weights(mri, pet)
+    assert weights.shape == (2, 2, 9, 7)
+    assert torch.all(weights >= 0)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(2, 9, 7))
+    # the weights change from pixel to pixel (they are not a global constant)
+    assert weights[:, 0].std() > 0
+
+
+def test_eval_mode_is_deterministic(small_net: FusionNet) -> None:
+    mri, pet = torch.rand(2, 1, 24, 40), torch.rand(2, 1, 24, 40)
+    with torch.inference_mode():
+        assert torch.equal(small_net(mri, pet), small_net(mri, pet))
+
+
+def test_gradients_reach_both_branches(small_net: FusionNet) -> None:
+    small_net.train()
+    mri, pet = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    small_net(mri, pet).mean().backward()
+    assert small_net.mri_branch.stages[0][0][0].weight.grad.abs().sum() > 0
+    assert small_net.pet_branch.stages[0][0][0].weight.grad.abs().sum() > 0
+
+
+def test_default_network_is_small() -> None:
+    # the speed target (<= 25 ms per 256x256 slice on 2 CPU threads) needs a tiny network
+    assert parameter_count(FusionNet()) < 300_000
+
+
+def test_output_is_exactly_black_where_both_inputs_are_black(small_net: FusionNet) -> None:
+    mri = torch.zeros(1, 1, 32, 32)
+    pet = torch.zeros(1, 1, 32, 32)
+    mri[..., 8:24, 8:24] = torch.rand(16, 16) * 0.5 + 0.5
+    pet[..., 12:20, 4:12] = 0.9
+    with torch.inference_mode():
+        fused = small_net(mri, pet)
+    background = (mri == 0) & (pet == 0)
+    assert torch.all(fused[background] == 0)
+    assert torch.all(FusionNet.support(mri, pet)[~background] == 1)

@@ -1,0 +1,379 @@
+"""Volumetric fusion end to end: outputs on the MRI grid, fusion details, transforms, all-or-nothing writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from synthetic import ORIENTATIONS, FakeFuser, Grid, oblique_direction, phantom_mri, phantom_pet, rigid
+
+from medfuse import pipeline
+from medfuse.console import MedfuseWarning
+from medfuse.errors import InvalidInputError, OutputError, UsageError
+from medfuse.options import FuseOptions
+
+MRI_GRID = Grid((56, 70, 62), (3.2, 3.0, 3.1), ORIENTATIONS["RAS"], centre=(2.0, -3.0, 5.0))
+PET_GRID = Grid((44, 44, 40), (4.0, 4.0, 4.4), centre=(-4.0, 6.0, 2.0))
+TRUTH = rigid((5.0, -4.0, 6.0), (8.0, -6.0, 10.0))
+
+
+@pytest.fixture(scope="module")
+def mri() -> sitk.Image:
+    return phantom_mri(MRI_GRID, dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def pet() -> sitk.Image:
+    return phantom_pet(PET_GRID, TRUTH)
+
+
+@pytest.fixture
+def files(tmp_path: Path, mri: sitk.Image, pet: sitk.Image) -> tuple[Path, Path]:
+    mri_path, pet_path = tmp_path / "mri.nii.gz", tmp_path / "pet.nrrd"
+    sitk.WriteImage(mri, str(mri_path))
+    sitk.WriteImage(pet, str(pet_path))
+    return mri_path, pet_path
+
+
+def assert_on_grid(image: sitk.Image, reference: sitk.Image) -> None:
+    assert image.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(image.GetDirection(), reference.GetDirection(), atol=1e-6)
+
+
+def test_fuse_images_outputs_live_on_the_mri_grid(mri: sitk.Image, pet: sitk.Image) -> None:
+    fuser = FakeFuser()
+    result = pipeline.fuse_images(mri, pet, FuseOptions(batch_size=8), fuser=fuser)
+    for image in (result.fused, result.overlay, result.pet_on_mri):
+        assert_on_grid(image, mri)
+    assert result.fused.GetPixelID() == sitk.sitkFloat32
+    assert result.overlay.GetPixelID() == sitk.sitkVectorUInt8 and result.overlay.GetNumberOfComponentsPerPixel() == 3
+    fused = sitk.GetArrayFromImage(result.fused)
+    assert np.isfinite(fused).all() and fused.min() == 0.0 and 0.3 < fused.max() <= 1.0
+    corners = fused[[0, 0, -1, -1], [0, -1, 0, -1], [0, -1, -1, 0]]
+    assert np.all(corners == 0.0), "background must stay black"
+
+
+def test_slices_are_cropped_batched_and_empty_ones_skipped(mri: sitk.Image, pet: sitk.Image) -> None:
+    fuser = FakeFuser()
+    result = pipeline.fuse_images(mri, pet, FuseOptions(batch_size=8), fuser=fuser)
+    details = result.report["fusion"]
+    size_x, size_y, size_z = mri.GetSize()
+    assert all(n <= 8 for n, _h, _w in fuser.calls)
+    assert sum(n for n, _h, _w in fuser.calls) == details["slices_fused"] < size_z
+    _n, height, width = fuser.calls[0]
+    assert height < size_y and width < size_x
+    (z0, z1), (y0, y1), (x0, x1) = details["crop_zyx"]
+    assert (y1 - y0, x1 - x0) == (height, width)
+    fused = sitk.GetArrayFromImage(result.fused)
+    assert not fused[:z0].any() and not fused[z1:].any()
+
+
+def test_fuse_images_is_deterministic(mri: sitk.Image, pet: sitk.Image) -> None:
+    first = pipeline.fuse_images(mri, pet, fuser=FakeFuser())
+    second = pipeline.fuse_images(mri, pet, fuser=FakeFuser())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(first.fused), sitk.GetArrayFromImage(second.fused))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(first.overlay), sitk.GetArrayFromImage(second.overlay))
+
+
+def test_network_sees_aanlib_luminance_and_overlay_keeps_pet_colour(mri: sitk.Image, pet: sitk.Image) -> None:
+    from medfuse.colour import apply_colormap, rgb_to_ycbcr
+
+    seen: list[np.ndarray] = []
+
+    class Recorder(FakeFuser):
+        def fuse(self, mri_slices: np.ndarray, pet_slices: np.ndarray) -> np.ndarray:
+            seen.append(pet_slices)
+            return super().fuse(mri_slices, pet_slices)
+
+    result = pipeline.fuse_images(mri, pet, FuseOptions(pet_window=(0.0, 10.0), colormap="hot"), fuser=Recorder())
+    pet_values = sitk.GetArrayFromImage(result.pet_on_mri)
+    (z0, _z1), (y0, y1), (x0, x1) = result.report["fusion"]["crop_zyx"]
+    first = pet_values[z0 : z0 + seen[0].shape[0], y0:y1, x0:x1]
+    expected = rgb_to_ycbcr(apply_colormap(np.clip(first / 10.0, 0, 1), "aanlib"))[0]
+    np.testing.assert_allclose(seen[0], expected, atol=1e-5)
+    assert result.report["pet_window"] == {"low": 0.0, "high": 10.0, "source": "--pet-window", "units": None}
+    overlay = sitk.GetArrayFromImage(result.overlay).astype(float)
+    hot = pet_values > 6.0
+    assert (overlay[hot][:, 0] - overlay[hot][:, 2]).mean() > 40, "hot PET shows in warm colours"
+
+
+def test_default_pet_window_puts_the_hot_head_where_training_pet_had_it(pet: sitk.Image) -> None:
+    low, high, how = pipeline.pet_window(pet)
+    values = sitk.GetArrayFromImage(pet)
+    assert low == pytest.approx(np.percentile(values, 0.5), abs=1e-3)
+    assert 8.0 / high == pytest.approx(pipeline.TRAINING_PET_TOP, abs=0.1)  # grey matter uptake is 8
+    assert "percentiles" in how
+
+
+@pytest.mark.slow
+def test_same_anatomy_stored_ras_lps_or_oblique_fuses_to_the_same_physical_result(pet: sitk.Image) -> None:
+    results = []
+    for direction in (ORIENTATIONS["LPS"], ORIENTATIONS["RAS"], oblique_direction((4.0, -3.0, 6.0))):
+        grid = Grid((48, 56, 50), (3.0, 3.0, 3.0), direction)
+        mri = phantom_mri(grid, noise=0.0)
+        result = pipeline.fuse_images(mri, pet, FuseOptions(pet_window=(0.0, 12.0)), fuser=FakeFuser())
+        assert_on_grid(result.fused, mri)
+        results.append(result)
+    reference = results[0].fused
+    centre = np.zeros(3)
+    for result in results[1:]:
+        on_reference = sitk.Resample(result.fused, reference, sitk.Transform(), sitk.sitkLinear, 0.0)
+        a, b = sitk.GetArrayFromImage(reference), sitk.GetArrayFromImage(on_reference)
+        inner = np.linalg.norm(Grid((48, 56, 50), (3.0, 3.0, 3.0)).points() - centre, axis=-1) < 55.0
+        assert np.corrcoef(a[inner], b[inner])[0, 1] > 0.95
+        np.testing.assert_allclose(
+            result.transform.TransformPoint((10.0, 20.0, 30.0)),
+            results[0].transform.TransformPoint((10.0, 20.0, 30.0)),
+            atol=0.8,
+        )
+
+
+def test_register_none_refuses_pet_that_does_not_overlap(mri: sitk.Image) -> None:
+    far_pet = phantom_pet(
+        Grid((30, 30, 30), (4.0, 4.0, 4.0), centre=(0.0, 0.0, 500.0)), rigid(translation_mm=(0, 0, 500))
+    )
+    with pytest.raises(
+        InvalidInputError, match=r"under --register none the PET and MRI heads barely overlap \(0% overlap"
+    ):
+        pipeline.fuse_images(mri, far_pet, FuseOptions(register="none"), fuser=FakeFuser())
+
+
+def test_register_none_uses_scanner_coordinates(mri: sitk.Image) -> None:
+    aligned_pet = phantom_pet(PET_GRID)
+    result = pipeline.fuse_images(mri, aligned_pet, FuseOptions(register="none"), fuser=FakeFuser())
+    assert result.registration is None and result.report["registration"]["source"] == "none (scanner coordinates)"
+    assert result.transform.GetParameters() == (0.0,) * 6
+
+
+def test_fuse_files_writes_everything_and_the_transform_round_trips(files: tuple[Path, Path], tmp_path: Path) -> None:
+    mri_path, pet_path = files
+    out = tmp_path / "out" / "fused.nii.gz"
+    options = FuseOptions(
+        report=tmp_path / "out" / "report.json",
+        save_transform=tmp_path / "out" / "pet_to_mri.tfm",
+        preview=tmp_path / "out" / "preview.png",
+    )
+    with pytest.warns(MedfuseWarning, match="did not exist and was created"):
+        result = pipeline.fuse_files(mri_path, pet_path, out, options, fuser=FakeFuser())
+    names = sorted(p.name for p in out.parent.iterdir())
+    assert names == ["fused.nii.gz", "fused_overlay.nii.gz", "pet_to_mri.tfm", "preview.png", "report.json"]
+    mri = sitk.ReadImage(str(mri_path))
+    assert_on_grid(sitk.ReadImage(str(out)), mri)
+    overlay = sitk.ReadImage(str(tmp_path / "out" / "fused_overlay.nii.gz"))
+    assert_on_grid(overlay, mri)
+    assert overlay.GetNumberOfComponentsPerPixel() == 3 and overlay.GetPixelID() == sitk.sitkVectorUInt8
+    saved = sitk.ReadTransform(str(options.save_transform))
+    for point in ((0.0, 0.0, 0.0), (40.0, -30.0, 20.0)):
+        np.testing.assert_allclose(saved.TransformPoint(point), result.transform.TransformPoint(point), atol=1e-9)
+        np.testing.assert_allclose(saved.TransformPoint(point), TRUTH.TransformPoint(point), atol=1.0)
+    report = json.loads(options.report.read_text())
+    assert report["inputs"]["mri"]["path"] == str(mri_path) and report["inputs"]["pet"]["format"] == "NRRD"
+    assert report["inputs"]["mri"]["orientation"] == "RAS" and report["inputs"]["pet"]["orientation"] == "LPS"
+    assert report["registration"]["mode"] == "rigid" and report["registration"]["metric_value"] < -0.5
+    assert report["registration"]["transform"]["type"] == "Euler3DTransform"
+    assert set(report["timings_s"]) >= {"load_mri", "load_pet", "register", "resample", "fuse", "write", "total"}
+    assert report["fusion"]["method"] == "fake-mean" and report["fusion"]["device"] == "cpu"
+    assert report["versions"]["SimpleITK"] and report["outputs"]["fused"] == str(out)
+
+
+def test_saved_transform_is_reused_without_registering(
+    files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medfuse import registration
+
+    mri_path, pet_path = files
+    first = pipeline.fuse_files(
+        mri_path, pet_path, tmp_path / "a.nii", FuseOptions(save_transform=tmp_path / "t.tfm"), fuser=FakeFuser()
+    )
+
+    def no_registration(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("--transform must skip registration")
+
+    monkeypatch.setattr(registration, "register", no_registration)
+    second = pipeline.fuse_files(
+        mri_path, pet_path, tmp_path / "b.nii", FuseOptions(transform=tmp_path / "t.tfm"), fuser=FakeFuser()
+    )
+    assert second.report["registration"]["source"] == f"file {tmp_path / 't.tfm'}"
+    np.testing.assert_allclose(
+        sitk.GetArrayFromImage(second.fused), sitk.GetArrayFromImage(first.fused), rtol=0, atol=1e-6
+    )
+
+
+def test_transform_that_misses_the_head_is_refused(files: tuple[Path, Path], tmp_path: Path) -> None:
+    sitk.WriteTransform(rigid(translation_mm=(0.0, 400.0, 0.0)), str(tmp_path / "off.tfm"))
+    with pytest.raises(InvalidInputError, match=r"off\.tfm: with this transform the PET and MRI heads barely overlap"):
+        pipeline.fuse_files(
+            *files, tmp_path / "f.nii.gz", FuseOptions(transform=tmp_path / "off.tfm"), fuser=FakeFuser()
+        )
+
+
+def test_four_d_pet_and_nan_voxels(mri: sitk.Image, pet: sitk.Image, tmp_path: Path) -> None:
+    frames = np.stack([sitk.GetArrayFromImage(pet) * (i + 1) for i in range(3)]).astype(np.float32)
+    frames[1, 0, 0, :5] = np.nan
+    dynamic = sitk.GetImageFromArray(frames, isVector=False)
+    dynamic.SetSpacing((*pet.GetSpacing(), 300.0))
+    dynamic.SetOrigin((*pet.GetOrigin(), 0.0))
+    sitk.WriteImage(mri, str(tmp_path / "mri.nii.gz"))
+    sitk.WriteImage(dynamic, str(tmp_path / "dynamic.nii.gz"))
+    with pytest.raises(InvalidInputError, match="has 3 frames"), pytest.warns(MedfuseWarning, match="NaN"):
+        pipeline.fuse_files(
+            tmp_path / "mri.nii.gz", tmp_path / "dynamic.nii.gz", tmp_path / "f.nii.gz", fuser=FakeFuser()
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dynamic.nii.gz", "mri.nii.gz"]
+    with pytest.warns(MedfuseWarning, match="5 NaN or infinite voxels in the PET were set to 0"):
+        result = pipeline.fuse_files(
+            tmp_path / "mri.nii.gz",
+            tmp_path / "dynamic.nii.gz",
+            tmp_path / "f.nii.gz",
+            FuseOptions(frame="1"),
+            FakeFuser(),
+        )
+    assert np.isfinite(sitk.GetArrayFromImage(result.fused)).all()
+    assert result.report["inputs"]["pet"]["frame"] == "1"
+
+
+def test_outputs_are_checked_before_any_work(files: tuple[Path, Path], tmp_path: Path) -> None:
+    mri_path, pet_path = files
+    existing = tmp_path / "fused.nii.gz"
+    existing.write_bytes(b"keep me")
+    fuser = FakeFuser()
+    with pytest.raises(OutputError, match="already exists; pass --overwrite"):
+        pipeline.fuse_files(mri_path, pet_path, existing, fuser=fuser)
+    assert existing.read_bytes() == b"keep me" and fuser.calls == []
+    with pytest.raises(OutputError, match=r"unknown output extension '\.png'"):
+        pipeline.fuse_files(mri_path, pet_path, tmp_path / "fused.png", fuser=fuser)
+    with pytest.raises(OutputError, match="the output path is one of the inputs"):
+        pipeline.fuse_files(mri_path, pet_path, mri_path, FuseOptions(overwrite=True), fuser=fuser)
+    with pytest.raises(UsageError, match="--format nrrd does not match"):
+        pipeline.fuse_files(mri_path, pet_path, tmp_path / "f.nii.gz", FuseOptions(output_format="nrrd"), fuser=fuser)
+    with pytest.raises(UsageError, match="--pet-window 5 1: LOW must be a number below HIGH"):
+        pipeline.fuse_files(mri_path, pet_path, tmp_path / "f.nii.gz", FuseOptions(pet_window=(5, 1)), fuser=fuser)
+    with pytest.raises(UsageError, match="--register bspline: unknown mode"):
+        pipeline.fuse_files(mri_path, pet_path, tmp_path / "f.nii.gz", FuseOptions(register="bspline"), fuser=fuser)
+    with pytest.raises(UsageError, match="--colormap 'rainbow' is not a known colour map"):
+        pipeline.fuse_files(mri_path, pet_path, tmp_path / "f.nii.gz", FuseOptions(colormap="rainbow"), fuser=fuser)
+    assert fuser.calls == []
+
+
+def test_a_failed_write_leaves_nothing_behind(
+    files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medfuse import io
+
+    real_write = io.write_volume
+
+    def disk_full_on_overlay(image: sitk.Image, path: Path) -> None:
+        if image.GetNumberOfComponentsPerPixel() == 3:
+            raise OSError(28, "No space left on device")
+        real_write(image, path)
+
+    monkeypatch.setattr(io, "write_volume", disk_full_on_overlay)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    options = FuseOptions(report=out_dir / "r.json", save_transform=out_dir / "t.tfm")
+    with pytest.raises(OutputError, match="No space left on device"):
+        pipeline.fuse_files(*files, out_dir / "fused.nii.gz", options, fuser=FakeFuser())
+    assert list(out_dir.iterdir()) == []
+
+
+def test_inputs_are_never_modified(files: tuple[Path, Path], tmp_path: Path) -> None:
+    before = [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+    pipeline.fuse_files(*files, tmp_path / "fused.mha", FuseOptions(register="none"), fuser=FakeFuser())
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in files] == before
+
+
+def test_default_fuser_comes_from_the_method(mri: sitk.Image, pet: sitk.Image) -> None:
+    result = pipeline.fuse_images(mri, pet, FuseOptions(method="laplacian", register="none"))
+    assert result.report["fusion"]["method"] == "laplacian"
+    fused = sitk.GetArrayFromImage(result.fused)
+    assert np.isfinite(fused).all() and fused.max() > 0.2
+
+
+def test_dicom_folders_keep_their_series_info_and_patients_are_checked(
+    mri: sitk.Image, pet: sitk.Image, tmp_path: Path
+) -> None:
+    from dicom_factory import make_series
+
+    make_series(tmp_path / "mri", mri, modality="MR", patient_id="PAT-A", description="T1")
+    make_series(tmp_path / "pet", pet, modality="PT", patient_id="PAT-B", rescale="slice", description="FDG")
+    with pytest.raises(InvalidInputError, match="PatientID 'PAT-B' but the MRI to 'PAT-A'"):
+        pipeline.fuse_files(tmp_path / "mri", tmp_path / "pet", tmp_path / "f.nii.gz", fuser=FakeFuser())
+    assert not (tmp_path / "f.nii.gz").exists()
+    options = FuseOptions(allow_different_patients=True, register="none")
+    with pytest.warns(MedfuseWarning, match="allow-different-patients"):
+        result = pipeline.fuse_files(tmp_path / "mri", tmp_path / "pet", tmp_path / "f.nii.gz", options, FakeFuser())
+    assert_on_grid(result.fused, mri)
+    assert result.mri_info["dicom"]["patient_id"] == "PAT-A"
+    assert result.report["inputs"]["pet"]["dicom"]["modality"] == "PT"
+    assert result.report["inputs"]["mri"]["format"] == "DICOM"
+
+
+# ---- the registered PET (--save-pet) and the hotspot readout ------------------------------------------
+def test_save_pet_writes_the_registered_pet_and_the_report_reads_out_the_lesion(
+    files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from synthetic import LESION_CENTRE, LESION_RADIUS
+
+    mri_path, pet_path = files
+    out = tmp_path / "out"
+    options = FuseOptions(report=out / "report.json", save_pet=out / "pet_on_mri.nrrd")
+    with pytest.warns(MedfuseWarning, match="did not exist and was created"):
+        result = pipeline.fuse_files(mri_path, pet_path, out / "fused.nii.gz", options, fuser=FakeFuser())
+    saved = sitk.ReadImage(str(out / "pet_on_mri.nrrd"))
+    mri = sitk.ReadImage(str(mri_path))
+    assert_on_grid(saved, mri)
+    assert saved.GetPixelID() == sitk.sitkFloat32  # the PET's own values, for measuring
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(saved), sitk.GetArrayFromImage(result.pet_on_mri))
+    report = json.loads((out / "report.json").read_text())
+    assert report["outputs"]["pet"] == str(out / "pet_on_mri.nrrd")
+    hotspots = report["hotspots"]
+    assert hotspots["units"] == "image units" and hotspots["is_suv"] is False
+    assert hotspots["grid"] == "PET (native, not resampled)"
+    native = sitk.ReadImage(str(pet_path))
+    assert hotspots["max"]["value"] == pytest.approx(float(sitk.GetArrayFromImage(native).max()))
+    lesion = hotspots["regions"][0]  # the lesion (20 against grey matter's 8) is the hottest, in PET space...
+    np.testing.assert_allclose(lesion["centre_mm"], TRUTH.TransformPoint(LESION_CENTRE), atol=2.0)
+    assert lesion["volume_ml"] == pytest.approx(4 / 3 * np.pi * LESION_RADIUS**3 / 1000, rel=0.35)
+    # ... and falls in the MRI voxel of the lesion, through the registration
+    expected = mri.TransformPhysicalPointToIndex(LESION_CENTRE)
+    assert np.abs(np.subtract(lesion["mri_voxel"], expected)).max() <= 1
+    assert "hotspots" in report["timings_s"]
+
+
+def test_save_pet_is_checked_with_the_other_outputs(files: tuple[Path, Path], tmp_path: Path) -> None:
+    mri_path, pet_path = files
+    wrong = FuseOptions(save_pet=tmp_path / "pet.png")
+    with pytest.raises(OutputError, match=r"pet\.png: unknown output extension '\.png' for --save-pet"):
+        pipeline.fuse_files(mri_path, pet_path, tmp_path / "f.nii.gz", wrong)
+    same = FuseOptions(save_pet=tmp_path / "f.nii.gz")
+    with pytest.raises(UsageError, match="the fused and the pet outputs would be the same file"):
+        pipeline.fuse_files(mri_path, pet_path, tmp_path / "f.nii.gz", same)
+    assert sorted(tmp_path.iterdir()) == sorted([mri_path, pet_path])
+
+
+def test_dicom_pet_in_suv_with_a_dicom_export(mri: sitk.Image, pet: sitk.Image, tmp_path: Path) -> None:
+    """--suv --format dicom --save-pet: DICOM series out, the registered PET in SUV as a volume file."""
+    from dicom_factory import make_series, pet_suv_tags
+
+    make_series(tmp_path / "in" / "mri", mri, modality="MR", description="T1")
+    built = make_series(tmp_path / "in" / "pet", pet, modality="PT", rescale="slice", description="FDG",
+                        extra=pet_suv_tags())  # fmt: skip
+    options = FuseOptions(suv=True, output_format="dicom", save_pet=tmp_path / "pet_suv.nii.gz", register="none")
+    with pytest.warns(MedfuseWarning, match="was created"):
+        result = pipeline.fuse_files(tmp_path / "in" / "mri", tmp_path / "in" / "pet", tmp_path / "out", options,
+                                     FakeFuser())  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fused", "overlay"]
+    saved = sitk.ReadImage(str(tmp_path / "pet_suv.nii.gz"))
+    assert_on_grid(saved, result.fused)
+    factor = 2.960750161260463e-4  # 75 kg, 370 MBq, 1 h of F-18 decay (tests/unit/test_suv.py)
+    suv_max = float(built.values.max()) * factor
+    assert 0.5 * suv_max < float(sitk.GetArrayFromImage(saved).max()) <= suv_max * (1 + 1e-5)
+    hotspots = result.report["hotspots"]
+    assert hotspots["units"] == "SUVbw (g/mL)" and hotspots["is_suv"] is True
+    assert hotspots["max"]["value"] == pytest.approx(suv_max, rel=1e-5)
