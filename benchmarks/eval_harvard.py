@@ -1,9 +1,15 @@
-"""Validation table: fuse held-out Harvard series with the network and the Laplacian baseline, then score them.
+"""Score Harvard series with the network and the Laplacian baseline, fused and scored as the CLI does.
 
     python benchmarks/eval_harvard.py                       # PET-MRI series 41, net + laplacian, CDDFuse row
     python benchmarks/eval_harvard.py --series 25 30 41     # several series
     python benchmarks/eval_harvard.py --modality SPECT --series 13
+    python benchmarks/eval_harvard.py --weights fold.safetensors --series 41   # a cross-validation fold's weights
     python benchmarks/eval_harvard.py --methods laplacian --base-rule mean   # compare Laplacian base rules
+
+The bundled weights were trained on every series of ../shared/data/harvard, so their scores here are
+training-set figures; held-out figures come from ``medfuse train --data ../shared/data/harvard --cv``
+(leave-series-out, the model card's table), or from this script given a fold's weights (``medfuse train
+--holdout PET41 ... -o fold.safetensors``) and the series that fold left out.
 
 The chosen slices are copied into a temporary folder laid out as MRI/, PET/ and <method>/, fused with
 ``medfuse.fusion2d.fuse_image_folders`` (what ``medfuse fuse MRI_DIR PET_DIR -o OUT`` runs) and scored with

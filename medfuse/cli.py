@@ -372,12 +372,12 @@ def train(
     learning_rate: Annotated[float, typer.Option("--lr", min=0.0, help="Adam learning rate (cosine decay).")] = 2e-3,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (weights init, crops, augmentation).")] = 0,
     intensity_weight: Annotated[float, typer.Option("--intensity-weight", help="Weight of the intensity loss.")] = 1.0,
-    gradient_weight: Annotated[float, typer.Option("--gradient-weight", help="Weight of the gradient loss.")] = 1.0,
+    gradient_weight: Annotated[float, typer.Option("--gradient-weight", help="Weight of the gradient loss.")] = 4.0,
     ssim_weight: Annotated[float, typer.Option("--ssim-weight", help="Weight of the SSIM loss.")] = 1.0,
     ssim_range: Annotated[
         float, typer.Option("--ssim-range", min=1e-6, help="Data range L of the SSIM loss's constants.")
     ] = 0.0078,
-    scd_weight: Annotated[float, typer.Option("--scd-weight", help="Weight of the complementarity (SCD) loss.")] = 0.25,
+    scd_weight: Annotated[float, typer.Option("--scd-weight", help="Weight of the complementarity (SCD) loss.")] = 0.4,
     monotone_weight: Annotated[
         float, typer.Option("--monotone-weight", min=0.0, help="Weight of the monotonicity loss (0: off).")
     ] = 1.0,

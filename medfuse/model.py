@@ -3,16 +3,17 @@
 An MRI branch and a PET branch (separate weights) each encode their slice at several scales. At every
 scale an :class:`AttentionFusion` block concatenates the two feature maps and learns a per-pixel
 softmax weight for each modality, so PET can dominate where metabolism is high and MRI where anatomy
-is detailed. A decoder merges the fused maps from the coarsest scale up, and a last convolution gives
-the fused luminance, gated to exactly 0 where both inputs are black (a haze or halo there would only
-add noise to the background).
+is detailed. A decoder merges the fused maps from the coarsest scale up.
 
 Speed on a CPU comes from never convolving at full resolution: each input is first rearranged
 losslessly into four half-resolution channels (pixel unshuffle: every 2x2 block becomes one pixel
-with four values), the whole network runs at half resolution and below, and the head predicts the
-four pixels of each 2x2 block, rearranged back to full resolution (pixel shuffle). The head also sees
-the rearranged inputs themselves, so full-resolution detail of either source reaches the output
-through one convolution.
+with four values) and the whole network runs at half resolution and below. The head (a convolution
+over the finest fused features and both rearranged inputs) gives, for each of the four pixels of a
+2x2 block, a weight for the MRI, a weight for the PET and an offset; rearranged back to full
+resolution (pixel shuffle) they make the output ``w_mri * MRI + w_pet * PET + offset``. So the
+full-resolution detail of the sources reaches the output directly, with per-pixel weights: a
+per-pixel attention at full resolution that costs almost nothing. The result is gated to exactly 0
+where both inputs are black (a haze or halo there would only add noise to the background).
 
 Input and output are ``(N, 1, H, W)`` float32 tensors; H and W must be multiples of :attr:`FusionNet.stride`
 (:mod:`medfuse.inference` pads and crops). The output is not clamped here: training sees the raw
@@ -104,8 +105,8 @@ class FusionNet(nn.Module):
         # The head sees the finest fused features and both rearranged inputs; for each pixel of a 2x2 block it
         # gives the weights of the MRI and of the PET and an offset (three maps, rearranged to full resolution).
         self.head = nn.Conv2d(self.channels[0] + 2 * UNSHUFFLE**2, 3 * UNSHUFFLE**2, 3, padding=1)
-        with torch.no_grad():  # start as the mean of the two sources
-            self.head.bias.copy_(torch.tensor([0.5, 0.5, 0.0]).repeat_interleave(UNSHUFFLE**2))
+        # start as the mean of the two sources
+        self.head.bias = nn.Parameter(torch.tensor([0.5, 0.5, 0.0]).repeat_interleave(UNSHUFFLE**2))
 
     @property
     def stride(self) -> int:

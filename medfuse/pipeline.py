@@ -11,14 +11,16 @@ How the 3-D volumes meet the 2-D network (it was trained on AANLIB slices):
   of the MRI), in batches of ``options.batch_size``; slices without head voxels are skipped.
 * MRI intensities go to [0, 1] from the background level (0.5th percentile of all voxels) to the
   99.5th percentile of the head voxels.
-* The PET is windowed to [0, 1] and coloured with the ``aanlib`` map of the training PET, and the
-  network gets that colour image's luminance Y: the same kind of input it learned from. The window
-  is ``--pet-window LOW HIGH`` (image units) or, by default, starts at the PET's background level
-  (0.5th percentile of all voxels) and puts the 99.5th percentile of its head voxels at
-  :data:`TRAINING_PET_TOP` = 0.73 of the map: where the training PET puts it (inverting the aanlib
-  map on the 269 AANLIB PET-MRI slices, the 99.5th percentile of brain pixels lies at 0.73 of the
-  map, median over slices; so the hottest cortex is red, not saturated magenta).
-* The fused volume is the network's fused luminance, float32 in [0, 1], 0 outside the head.
+* The PET reaches the network as a brightness that rises with uptake (:func:`pet_input`), the kind of
+  input it was trained on for volumes (the atlas PET turned back into uptake by inverting its colour
+  map). The window is ``--pet-window LOW HIGH`` (image units, linear, clipped) or, by default, starts at
+  the PET's background level (0.5th percentile of all voxels) and puts the 99.5th percentile of its
+  head voxels at :data:`PET_KNEE` = 0.9; uptake above that is compressed smoothly towards 1, never
+  clipped, so the hottest spots stay the brightest and moderate uptake never saturates. (Before
+  network v2 the network got the luminance of the aanlib colour image, which peaks at half the window:
+  the hottest uptake came out darker than moderate uptake.)
+* The fused volume is the network's output, float32 in [0, 1], 0 outside the head: brighter where the
+  MRI is brighter and, at any MRI intensity, brighter where uptake is higher.
 * The overlay is RGB uint8: the fused luminance with the chroma (Cb, Cr) of the windowed PET in the
   ``--colormap`` map, i.e. MRI anatomy with PET hot spots in warm colours. Out-of-gamut colours are
   clipped per channel (the usual YCbCr conversion) so that hot spots stay saturated on bright anatomy;
@@ -57,8 +59,12 @@ __all__ = ["FuseOptions", "FusionResult", "fuse_files", "fuse_images"]
 
 MRI_PERCENTILES = (0.5, 99.5)
 PET_PERCENTILES = (0.5, 99.5)
-#: Position on the aanlib map of the 99.5th percentile of brain pixels in the training PET slices.
-TRAINING_PET_TOP = 0.73
+#: Default PET input: the 99.5th percentile of the PET's head voxels lands here (linear below). The atlas PET
+#: the network learned from, turned back into uptake, has it at 0.71-0.86 per slice (0.84 over a series).
+PET_KNEE = 0.9
+#: Above the knee uptake is compressed smoothly towards 1 with this scale (window units), never clipped:
+#: 1.5x the knee's uptake gives 0.96, 2.2x gives 0.99, so the hottest spots stay the brightest.
+PET_HEADROOM = 0.48
 _FORMAT_EXTENSIONS = {
     OutputFormat.NIFTI: (".nii.gz", ".nii"),
     OutputFormat.NRRD: (".nrrd",),
@@ -308,7 +314,13 @@ def _transform(
 
 
 def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> tuple[float, float, str]:
-    """The PET display window (low, high) in image units, and how it was chosen."""
+    """The PET window (low, high) in image units, and how it was chosen.
+
+    ``--pet-window LOW HIGH`` maps LOW..HIGH linearly to the network's 0..1 (clipped). By default LOW is
+    the background (0.5th percentile of all voxels) and HIGH is where the line through LOW and the 99.5th
+    percentile of the head voxels (placed at :data:`PET_KNEE`) reaches 1; uptake above the knee is
+    compressed towards 1 instead of clipped (:func:`pet_input`).
+    """
     import SimpleITK as sitk
 
     from medfuse.registration import head_mask
@@ -317,12 +329,28 @@ def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> tu
         return float(window[0]), float(window[1]), "--pet-window"
     head = sitk.GetArrayFromImage(head_mask(pet, fraction=0.15)).astype(bool)
     low, top = robust_range(sitk.GetArrayViewFromImage(pet), head, PET_PERCENTILES)
-    high = low + (top - low) / TRAINING_PET_TOP
+    high = low + (top - low) / PET_KNEE
     how = (
         f"percentiles: {PET_PERCENTILES[0]}th of all voxels to the {PET_PERCENTILES[1]}th of head voxels "
-        f"placed at {TRAINING_PET_TOP} of the window"
+        f"placed at {PET_KNEE} of the window, higher uptake compressed towards 1"
     )
     return low, high, how
+
+
+def pet_input(values: np.ndarray, window: tuple[float, float], knee: float | None = PET_KNEE) -> np.ndarray:
+    """PET values as the network's input, float32 in [0, 1], rising with uptake everywhere.
+
+    Linear from the window's low (0) to ``knee``; above it ``1 - (1 - knee) exp(-(v - knee) / PET_HEADROOM)``
+    (v the linear value), so very high uptake is compressed but still ordered. ``knee=None``: linear and
+    clipped at 1 (an explicit ``--pet-window``).
+    """
+    linear = (np.asarray(values, dtype=np.float32) - np.float32(window[0])) / np.float32(window[1] - window[0])
+    linear = np.maximum(linear, np.float32(0.0))
+    if knee is None:
+        return np.minimum(linear, np.float32(1.0))
+    excess = np.maximum(linear - np.float32(knee), np.float32(0.0))
+    compressed = np.float32(1.0) - np.float32(1.0 - knee) * np.exp(-excess / np.float32(PET_HEADROOM))
+    return np.where(linear <= knee, linear, compressed).astype(np.float32)
 
 
 def head_region(mri: sitk.Image) -> np.ndarray:
@@ -340,16 +368,19 @@ def mri_window(mri_values: np.ndarray, head: np.ndarray) -> tuple[float, float]:
 
 
 def network_inputs(
-    mri_values: np.ndarray, pet_values: np.ndarray, mri_window: tuple[float, float], pet_window: tuple[float, float]
+    mri_values: np.ndarray,
+    pet_values: np.ndarray,
+    mri_window: tuple[float, float],
+    pet_window: tuple[float, float],
+    pet_knee: float | None = PET_KNEE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """MRI and PET values (arrays of one shape) as the network gets them, float32 in [0, 1].
 
-    Each is windowed linearly to [0, 1]. The PET stays a brightness that rises with uptake: the network
-    was trained on this kind of input (the atlas PET turned back into uptake), so the fused volume
-    rises with uptake too (the hottest spots are the brightest).
+    The MRI is windowed linearly. The PET stays a brightness that rises with uptake (:func:`pet_input`):
+    the network was trained on this kind of input (the atlas PET turned back into uptake), so the fused
+    volume rises with uptake too and the hottest spots are the brightest.
     """
-
-    return normalise(mri_values, mri_window), normalise(pet_values, pet_window)
+    return normalise(mri_values, mri_window), pet_input(pet_values, pet_window, pet_knee)
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
@@ -391,6 +422,7 @@ def _fuse_volume(
                 pet_values[batch][:, box[1], box[2]],
                 (mri_low, mri_high),
                 (pet_low, pet_high),
+                None if options.pet_window is not None else PET_KNEE,
             )
             out = _checked(fuser.fuse(mri_in, pet_x), mri_in.shape, fuser)
             out = np.where(inside, out, np.float32(0.0))

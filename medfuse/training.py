@@ -5,8 +5,9 @@ There is no ground-truth fused image, so the loss asks the output F to keep what
 
 * **intensity**: L1 distance to the element-wise maximum of A and B, so bright anatomy and bright (hot)
   metabolism both survive at full strength and the black background stays black;
-* **gradient**: L1 distance between F's Sobel gradient magnitude and the larger of the two sources'
-  gradient magnitudes, so the sharper edge of either source is kept (MRI anatomy mostly);
+* **gradient**: L1 distance between F's Sobel gradient (Gx, Gy) and, pixel by pixel, the gradient of
+  whichever source has the stronger edge there, so the sharper edge of either source is kept with its
+  direction and sign (what edge-transfer metrics such as Qabf look for), not only its strength;
 * **structure**: one minus the mean SSIM of F with each source (the metric's 7x7 window and near-zero
   constants), which keeps local contrast and structure close to both at once;
 * **complementarity**: one minus half the sum of corr(F - B, A) and corr(F - A, B) (the SCD idea): what
@@ -75,7 +76,7 @@ class PairSet:
     @property
     def series(self) -> list[str]:
         """The series number of each pair (the group without its modality)."""
-        return [group.lstrip("PETSC") for group in self.groups]
+        return [group.removeprefix("SPECT").removeprefix("PET") for group in self.groups]
 
     def subset(self, keep: np.ndarray) -> PairSet:
         """The pairs where ``keep`` (a boolean mask) is true."""
@@ -165,7 +166,6 @@ VALIDATION_SETS = (
     ("T2 + PET map colour", "SPECT", "pet-map"),
     ("SPECT (T2) colour", "SPECT", "colour"),
 )
-INPUT_KINDS = ("colour", "uptake", "pet-map")
 
 
 @dataclass
@@ -182,10 +182,10 @@ class TrainConfig:
     seed: int = 0
     holdout: tuple[str, ...] = ()
     intensity_weight: float = 1.0
-    gradient_weight: float = 1.0
+    gradient_weight: float = 4.0
     ssim_weight: float = 1.0
     ssim_range: float = 0.0078
-    scd_weight: float = 0.25
+    scd_weight: float = 0.4
     monotone_weight: float = 1.0
     monotone_slope: float = 0.1
     uptake_share: float = 0.4
@@ -221,14 +221,14 @@ def training_split(pairs: PairSet, holdout: Iterable[str]) -> tuple[PairSet, Pai
     return pairs.subset(~is_held), pairs.subset(is_held)
 
 
-def functional_input(pairs: PairSet, kind: str, index: np.ndarray | slice = slice(None)) -> np.ndarray:
-    """The functional input of ``kind`` (see :data:`VALIDATION_SETS`) for the selected pairs."""
+def functional_input(pairs: PairSet, kind: str) -> np.ndarray:
+    """The functional input of ``kind`` (see :data:`VALIDATION_SETS`) for every pair."""
     if kind == "colour":
-        return pairs.functional[index]
+        return pairs.functional
     if kind == "uptake":
-        return pairs.uptake[index]
+        return pairs.uptake
     if kind == "pet-map":
-        return colour_luminance(pairs.uptake[index], "aanlib")
+        return colour_luminance(pairs.uptake, "aanlib")
     raise ValueError(f"unknown functional input kind {kind!r}")
 
 
@@ -238,12 +238,18 @@ def colour_luminance(uptake: np.ndarray, colormap: str) -> np.ndarray:
 
 
 # ---- losses ----------------------------------------------------------------------------------------------------
-def sobel_magnitude(image: torch.Tensor) -> torch.Tensor:
-    """|Gx| + |Gy| of the 3x3 Sobel operator (replicate-padded), for (N, 1, H, W) tensors."""
+def sobel_gradients(image: torch.Tensor) -> torch.Tensor:
+    """(Gx, Gy) of the 3x3 Sobel operator (replicate-padded): (N, 1, H, W) -> (N, 2, H, W)."""
     kernel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=image.device)
     kernels = torch.stack((kernel_x, kernel_x.t())).unsqueeze(1)
-    gradients = F.conv2d(F.pad(image, (1, 1, 1, 1), mode="replicate"), kernels)
-    return gradients.abs().sum(dim=1, keepdim=True)
+    return F.conv2d(F.pad(image, (1, 1, 1, 1), mode="replicate"), kernels)
+
+
+def dominant_gradient(mri: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+    """At each pixel the Sobel gradient (Gx, Gy) of the source whose gradient is stronger there."""
+    mri_gradient, pet_gradient = sobel_gradients(mri), sobel_gradients(pet)
+    mri_stronger = mri_gradient.abs().sum(dim=1, keepdim=True) >= pet_gradient.abs().sum(dim=1, keepdim=True)
+    return torch.where(mri_stronger, mri_gradient, pet_gradient)
 
 
 def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -276,7 +282,8 @@ def fusion_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted unsupervised loss (module docstring, all terms but monotonicity) and its parts."""
     intensity = F.l1_loss(fused, torch.maximum(mri, pet))
-    gradient = F.l1_loss(sobel_magnitude(fused), torch.maximum(sobel_magnitude(mri), sobel_magnitude(pet)))
+    # |Gx| + |Gy| of the difference, like the magnitudes the Sobel-based metrics (Qabf, SF) compare
+    gradient = 2.0 * F.l1_loss(sobel_gradients(fused), dominant_gradient(mri, pet))
     similarity = ssim_map(fused, mri, config.ssim_range).mean() + ssim_map(fused, pet, config.ssim_range).mean()
     structure = 1.0 - 0.5 * similarity
     complementarity = 1.0 - 0.5 * (_correlation(fused - pet, mri) + _correlation(fused - mri, pet)).mean()

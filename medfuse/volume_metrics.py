@@ -192,7 +192,7 @@ def evaluate_volume_images(
     import SimpleITK as sitk
 
     from medfuse.metrics import compute_metrics, luminance_255
-    from medfuse.pipeline import head_region, mri_window, network_inputs, pet_window
+    from medfuse.pipeline import PET_KNEE, head_region, mri_window, network_inputs, pet_window
 
     check_same_grid({"the fused volume": fused, "the MRI": mri, "the PET": pet})
     mask = head_region(mri)
@@ -200,7 +200,8 @@ def evaluate_volume_images(
         raise InvalidInputError("the MRI shows no head or body (too few voxels above its background).")
     mri_values = sitk.GetArrayViewFromImage(mri)
     windows = {"mri": mri_window(mri_values, mask), "pet": pet_window(pet)[:2]}
-    mri_in, pet_in = network_inputs(mri_values, sitk.GetArrayViewFromImage(pet), windows["mri"], windows["pet"])
+    pet_values = sitk.GetArrayViewFromImage(pet)
+    mri_in, pet_in = network_inputs(mri_values, pet_values, windows["mri"], windows["pet"], PET_KNEE)
     fused_values = sitk.GetArrayFromImage(fused).astype(np.float32)
     fused_values = np.nan_to_num(fused_values)
     if fused_values.min() < 0.0 or fused_values.max() > 1.0:  # not medfuse's [0, 1]: take its own range
@@ -222,14 +223,15 @@ def evaluate_volumes(fused: str | Path, mri: str | Path, pet: str | Path) -> Vol
     from medfuse import io
 
     images = {
-        "fused": io.load_volume(Path(fused), role="fused").image,
+        "fused": io.load_volume(Path(fused), role="MRI").image,  # a grey volume, read like the MRI
         "mri": io.load_volume(Path(mri), role="MRI").image,
         "pet": io.load_volume(Path(pet), role="PET").image,
     }
+    check_same_grid({str(fused): images["fused"], str(mri): images["mri"], str(pet): images["pet"]})
     try:
         per_slice, fidelity, windows = evaluate_volume_images(images["fused"], images["mri"], images["pet"])
     except InvalidInputError as exc:
-        raise InvalidInputError(f"{fused}: {exc.message}") from exc
+        raise InvalidInputError(f"{mri}: {exc.message}") from exc
     if not per_slice:
         raise InvalidInputError(f"{mri}: no axial slice shows enough of the head to be scored.")
     return VolumeEvaluation(Path(fused), Path(mri), Path(pet), per_slice, fidelity, windows)

@@ -39,7 +39,7 @@ def test_apply_colormap_clips_handles_nan_and_keeps_shape() -> None:
 
 
 def test_unknown_colormap_names_the_option_and_lists_the_maps() -> None:
-    with pytest.raises(UsageError, match=r"--colormap 'jet' is not a known colour map; use one of aanlib, fire"):
+    with pytest.raises(UsageError, match=r"--colormap 'jet' is not a known colour map; use one of aanlib, aanlib-spect, fire"):
         colour.apply_colormap(np.zeros(3), "jet")
     assert UsageError("x").exit_code == 2
 
@@ -103,3 +103,38 @@ def test_aanlib_map_reproduces_the_training_pet(harvard_dir: Path) -> None:
     assert nearest.max() < 2.0
     assert np.average(nearest, weights=counts) < 0.5
     assert colour.fit_colormap_from_folder(folder) == colour.AANLIB_POINTS
+
+
+@pytest.mark.parametrize("name", ["aanlib", "aanlib-spect", "hot"])
+def test_colormap_values_invert_the_map(name: str) -> None:
+    values = np.linspace(0.0, 1.0, 101, dtype=np.float32).reshape(1, 101)
+    rgb = np.round(colour.apply_colormap(values, name) * 255) / 255  # as an 8-bit image stores it
+    recovered = colour.colormap_values(rgb, name)
+    assert recovered.shape == values.shape and recovered.dtype == np.float32
+    np.testing.assert_allclose(recovered, values, atol=0.01)
+    assert colour.colormap_values(np.zeros((2, 2, 3)), name).max() == 0.0  # black is no uptake
+
+
+def test_colormap_values_gives_uptake_rising_where_aanlib_luminance_falls() -> None:
+    values = np.array([0.5, 0.75, 1.0], np.float32)  # yellow, red, magenta: Y falls, uptake rises
+    rgb = colour.apply_colormap(values, "aanlib")
+    assert np.all(np.diff(colour.rgb_to_ycbcr(rgb)[0][:2]) < 0)
+    np.testing.assert_allclose(colour.colormap_values(rgb, "aanlib"), values, atol=2e-3)
+
+
+def test_colormap_values_needs_rgb() -> None:
+    with pytest.raises(ValueError, match="3 channels last"):
+        colour.colormap_values(np.zeros((4, 4)), "aanlib")
+
+
+@pytest.mark.slow
+def test_aanlib_spect_map_reproduces_the_training_spect(harvard_dir: Path) -> None:
+    """Every real SPECT colour lies within 6/255 of the fitted SPECT map; refitting gives the committed points."""
+    folder = harvard_dir / "SPECT-MRI" / "SPECT"
+    colours, _counts = colour.distinct_colours(
+        [np.asarray(Image.open(path).convert("RGB")) for path in sorted(folder.glob("*.png"))]
+    )
+    lut = colour.lut_from_points(colour.AANLIB_SPECT_POINTS, size=4096)
+    nearest = np.linalg.norm(colours[:, None, :] / 255.0 - lut[None], axis=-1).min(axis=1) * 255
+    assert nearest.max() < 6.0
+    assert colour.fit_colormap_from_folder(folder, tolerance=6 / 255) == colour.AANLIB_SPECT_POINTS

@@ -22,8 +22,9 @@ def test_output_shape_matches_input_for_any_batch(small_net: FusionNet) -> None:
 
 
 def test_stride_follows_number_of_scales() -> None:
-    assert FusionNet((4, 8, 16)).stride == 4
-    assert FusionNet((4, 8, 16, 32)).stride == 8
+    # the inputs are halved once by the pixel unshuffle, then once per further scale
+    assert FusionNet((4, 8, 16)).stride == 8
+    assert FusionNet((4, 8, 16, 32)).stride == 16
 
 
 def test_fewer_than_three_scales_is_refused() -> None:
@@ -42,7 +43,8 @@ def test_fused_features_exist_at_every_scale(small_net: FusionNet) -> None:
     mri, pet = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
     with torch.inference_mode():
         features = small_net.fused_features(mri, pet)
-    assert [tuple(f.shape) for f in features] == [(1, 4, 32, 32), (1, 8, 16, 16), (1, 16, 8, 8)]
+    # nothing runs at full resolution: the finest fused features are at half the input's size
+    assert [tuple(f.shape) for f in features] == [(1, 4, 16, 16), (1, 8, 8, 8), (1, 16, 4, 4)]
 
 
 @pytest.mark.slow
@@ -87,3 +89,24 @@ def test_output_is_exactly_black_where_both_inputs_are_black(small_net: FusionNe
     background = (mri == 0) & (pet == 0)
     assert torch.all(fused[background] == 0)
     assert torch.all(FusionNet.support(mri, pet)[~background] == 1)
+
+
+def test_output_is_a_per_pixel_weighting_of_the_sources() -> None:
+    torch.manual_seed(3)
+    net = FusionNet((4, 8, 16)).eval()
+    with torch.no_grad():  # head weights zero: only its biases act, which start as the mean of the sources
+        net.head.weight.zero_()
+    mri, pet = torch.rand(2, 1, 16, 24), torch.rand(2, 1, 16, 24)
+    with torch.inference_mode():
+        torch.testing.assert_close(net(mri, pet), (mri + pet) / 2 * FusionNet.support(mri, pet))
+
+
+def test_full_resolution_detail_reaches_the_output(small_net: FusionNet) -> None:
+    """A one-pixel change of either source changes the output at that pixel (no half-resolution blur)."""
+    mri, pet = torch.full((1, 1, 32, 32), 0.4), torch.full((1, 1, 32, 32), 0.3)
+    with torch.inference_mode():
+        base = small_net(mri, pet)
+        mri[..., 13, 18] = 0.9
+        changed = (small_net(mri, pet) - base).abs()[0, 0]
+    assert changed[13, 18] > 0
+    assert changed[13, 18] >= changed.max() * 0.5

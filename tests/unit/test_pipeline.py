@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,9 +82,7 @@ def test_fuse_images_is_deterministic(mri: sitk.Image, pet: sitk.Image) -> None:
     np.testing.assert_array_equal(sitk.GetArrayFromImage(first.overlay), sitk.GetArrayFromImage(second.overlay))
 
 
-def test_network_sees_aanlib_luminance_and_overlay_keeps_pet_colour(mri: sitk.Image, pet: sitk.Image) -> None:
-    from medfuse.colour import apply_colormap, rgb_to_ycbcr
-
+def _recorded_pet_inputs(mri: sitk.Image, pet: sitk.Image, options: FuseOptions) -> tuple[list[np.ndarray], Any]:
     seen: list[np.ndarray] = []
 
     class Recorder(FakeFuser):
@@ -91,23 +90,48 @@ def test_network_sees_aanlib_luminance_and_overlay_keeps_pet_colour(mri: sitk.Im
             seen.append(pet_slices)
             return super().fuse(mri_slices, pet_slices)
 
-    result = pipeline.fuse_images(mri, pet, FuseOptions(pet_window=(0.0, 10.0), colormap="hot"), fuser=Recorder())
+    return seen, pipeline.fuse_images(mri, pet, options, fuser=Recorder())
+
+
+def test_network_sees_the_windowed_uptake_and_overlay_keeps_pet_colour(mri: sitk.Image, pet: sitk.Image) -> None:
+    seen, result = _recorded_pet_inputs(mri, pet, FuseOptions(pet_window=(0.0, 10.0), colormap="hot"))
     pet_values = sitk.GetArrayFromImage(result.pet_on_mri)
     (z0, _z1), (y0, y1), (x0, x1) = result.report["fusion"]["crop_zyx"]
     first = pet_values[z0 : z0 + seen[0].shape[0], y0:y1, x0:x1]
-    expected = rgb_to_ycbcr(apply_colormap(np.clip(first / 10.0, 0, 1), "aanlib"))[0]
-    np.testing.assert_allclose(seen[0], expected, atol=1e-5)
+    # an explicit window: linear from LOW to HIGH, clipped (no colour map: brightness rises with uptake)
+    np.testing.assert_allclose(seen[0], np.clip(first / 10.0, 0, 1), atol=1e-6)
     assert result.report["pet_window"] == {"low": 0.0, "high": 10.0, "source": "--pet-window", "units": None}
+    assert result.report["fusion"]["network_pet_input"].startswith("PET windowed")
     overlay = sitk.GetArrayFromImage(result.overlay).astype(float)
     hot = pet_values > 6.0
     assert (overlay[hot][:, 0] - overlay[hot][:, 2]).mean() > 40, "hot PET shows in warm colours"
 
 
-def test_default_pet_window_puts_the_hot_head_where_training_pet_had_it(pet: sitk.Image) -> None:
+def test_default_pet_input_rises_with_uptake_without_clipping(mri: sitk.Image, pet: sitk.Image) -> None:
+    seen, result = _recorded_pet_inputs(mri, pet, FuseOptions())
+    pet_values = sitk.GetArrayFromImage(result.pet_on_mri)
+    (z0, _z1), (y0, y1), (x0, x1) = result.report["fusion"]["crop_zyx"]
+    uptake = np.concatenate([v.ravel() for v in seen])
+    original = pet_values[z0 : z0 + sum(len(v) for v in seen), y0:y1, x0:x1].ravel()
+    order = np.argsort(original, kind="stable")
+    assert np.all(np.diff(uptake[order]) >= -1e-6), "the network input never falls as uptake rises"
+    assert uptake.max() < 1.0, "the hottest voxels are compressed, not clipped to one value"
+
+
+def test_pet_input_is_linear_to_the_knee_then_compressed() -> None:
+    values = np.array([0.0, 4.5, 9.0, 10.0, 15.0, 30.0, 1e6])
+    mapped = pipeline.pet_input(values, (0.0, 10.0), knee=0.9)
+    np.testing.assert_allclose(mapped[:3], [0.0, 0.45, 0.9], atol=1e-6)
+    assert np.all(np.diff(mapped[:-1]) > 0)
+    assert 0.9 < mapped[3] < mapped[4] < mapped[5] < 1.0 and mapped[-1] == pytest.approx(1.0)
+    np.testing.assert_allclose(pipeline.pet_input(values, (0.0, 10.0), knee=None), [0, 0.45, 0.9, 1, 1, 1, 1])
+
+
+def test_default_pet_window_puts_the_hot_head_at_the_knee(pet: sitk.Image) -> None:
     low, high, how = pipeline.pet_window(pet)
     values = sitk.GetArrayFromImage(pet)
     assert low == pytest.approx(np.percentile(values, 0.5), abs=1e-3)
-    assert 8.0 / high == pytest.approx(pipeline.TRAINING_PET_TOP, abs=0.1)  # grey matter uptake is 8
+    assert 8.0 / high == pytest.approx(pipeline.PET_KNEE, abs=0.1)  # grey matter uptake is 8
     assert "percentiles" in how
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,18 +13,25 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medfuse.cli import app
-from medfuse.colour import rgb_to_ycbcr
+from medfuse.colour import colormap_values, rgb_to_ycbcr
 from medfuse.errors import OutputError, UnreadableInputError, UsageError
 from medfuse.inference import load_model
 from medfuse.training import (
+    CV_FOLDS,
     PairSet,
     TrainConfig,
+    colour_luminance,
+    dominant_gradient,
+    cross_validate,
     fusion_loss,
+    load_harvard,
     load_pairs,
+    monotone_shortfall,
+    pet_bumps,
     sample_batch,
-    sobel_magnitude,
-    split_by_series,
+    sobel_gradients,
     train,
+    training_split,
 )
 
 SIZE = 32
@@ -54,7 +62,7 @@ def _quick_validate(fused: np.ndarray, mri: np.ndarray, pet: np.ndarray) -> dict
     return {"MAE": float(np.abs(fused - np.maximum(mri, pet)).mean())}
 
 
-def _config(data: Path, output: Path, **changes: object) -> TrainConfig:
+def _config(data: Path, output: Path | None, **changes: object) -> TrainConfig:
     settings: dict[str, object] = {
         "epochs": 2,
         "steps_per_epoch": 2,
@@ -67,14 +75,19 @@ def _config(data: Path, output: Path, **changes: object) -> TrainConfig:
     return TrainConfig(data=data, output=output, **settings)  # type: ignore[arg-type]
 
 
-def test_load_pairs_reads_grey_mri_and_functional_luminance(harvard_like: Path) -> None:
+def test_load_pairs_reads_mri_functional_luminance_and_uptake(harvard_like: Path) -> None:
     pairs = load_pairs(harvard_like, "PET")
     assert pairs.names == ["25001.png", "25002.png", "41001.png", "41002.png"]
+    assert pairs.groups == ["PET25", "PET25", "PET41", "PET41"]
     assert pairs.series == ["25", "25", "41", "41"]
-    assert pairs.mri.shape == pairs.functional.shape == (4, SIZE, SIZE)
+    assert pairs.mri.shape == pairs.functional.shape == pairs.uptake.shape == (4, SIZE, SIZE)
     rgb = np.asarray(Image.open(harvard_like / "PET-MRI" / "PET" / "41002.png"), np.float32) / 255
     np.testing.assert_allclose(pairs.functional[3], np.clip(rgb_to_ycbcr(rgb)[0], 0, 1), atol=1e-6)
-    assert load_pairs(harvard_like, "SPECT").series == ["3", "3"]
+    np.testing.assert_array_equal(pairs.uptake[3], colormap_values(rgb, "aanlib"))
+    spect = load_pairs(harvard_like, "SPECT")
+    assert spect.groups == ["SPECT3", "SPECT3"] and spect.series == ["3", "3"]
+    rgb = np.asarray(Image.open(harvard_like / "SPECT-MRI" / "SPECT" / "3001.png"), np.float32) / 255
+    np.testing.assert_array_equal(spect.uptake[0], colormap_values(rgb, "aanlib-spect"))
 
 
 def test_missing_data_folder_names_it(tmp_path: Path) -> None:
@@ -82,25 +95,46 @@ def test_missing_data_folder_names_it(tmp_path: Path) -> None:
         load_pairs(tmp_path, "PET")
 
 
-def test_split_is_by_series(harvard_like: Path) -> None:
-    train_pairs, val_pairs = split_by_series(load_pairs(harvard_like, "PET"), "41")
+def test_split_keeps_whole_series_apart(harvard_like: Path) -> None:
+    train_pairs, held_out = training_split(load_harvard(harvard_like), ["PET41", "SPECT3"])
     assert train_pairs.names == ["25001.png", "25002.png"]
-    assert val_pairs.names == ["41001.png", "41002.png"]
-    with pytest.raises(UsageError, match=r"--val-series 99: no PET-MRI slices of that series; choose one of 25, 41"):
-        split_by_series(load_pairs(harvard_like, "PET"), "99")
+    assert held_out.groups == ["PET41", "PET41", "SPECT3", "SPECT3"]
+    with pytest.raises(UsageError, match=r"--holdout PET99: no such series; choose from PET25, PET41, SPECT3"):
+        training_split(load_harvard(harvard_like), ["PET99"])
 
 
-def test_sobel_magnitude_of_a_vertical_step() -> None:
+def test_cross_validation_folds_hold_out_every_series_once() -> None:
+    pet = {"PET25", "PET30", "PET41"}
+    spect = {f"SPECT{n}" for n in (3, 4, 10, 11, 15, 18, 21, 22, 25, 28, 29, 35, 40)}
+    held = [group for fold in CV_FOLDS for group in fold]
+    assert len(held) == len(set(held)), "no series is held out twice"
+    assert set(held) == pet | spect, "every series is held out once"
+    for fold in CV_FOLDS:  # one PET-MRI (T1) series and some SPECT-MRI (T2) series in each fold
+        assert len(set(fold) & pet) == 1 and set(fold) & spect
+
+
+def test_sobel_gradients_of_a_vertical_step() -> None:
     image = torch.zeros(1, 1, 5, 6)
     image[..., 3:] = 1.0
-    magnitude = sobel_magnitude(image)[0, 0]
-    # columns 2 and 3 straddle the step: |Gx| = 1 + 2 + 1 = 4; flat areas give 0
-    assert torch.all(magnitude[:, 2:4] == 4.0)
-    assert torch.all(magnitude[:, :2] == 0.0) and torch.all(magnitude[:, 4:] == 0.0)
+    gx, gy = sobel_gradients(image)[0]
+    # columns 2 and 3 straddle the step: Gx = 1 + 2 + 1 = 4; no vertical change; flat areas give 0
+    assert torch.all(gx[:, 2:4] == 4.0) and torch.all(gy == 0.0)
+    assert torch.all(gx[:, :2] == 0.0) and torch.all(gx[:, 4:] == 0.0)
+
+
+def test_gradient_target_is_the_stronger_edge_with_its_sign() -> None:
+    mri = torch.zeros(1, 1, 6, 6)
+    mri[..., 3:] = 0.2  # weak edge rising to the right
+    pet = torch.zeros(1, 1, 6, 6)
+    pet[..., :3, :] = 0.9  # strong edge falling downwards, on the top half
+    target = dominant_gradient(mri, pet)[0]
+    assert target[1, 2, 0] == pytest.approx(-3.6)  # PET's edge wins where it exists (rows 2-3)
+    assert target[0, 2, 0] == 0.0
+    assert target[0, 0, 2] == pytest.approx(0.8) and target[1, 0, 2] == 0.0  # elsewhere the MRI's edge
 
 
 def test_loss_terms_vanish_for_the_ideal_output() -> None:
-    config = TrainConfig(data=Path(), output=Path())
+    config = TrainConfig(data=Path(), output=None)
     torch.manual_seed(0)
     image = torch.rand(2, 1, 16, 16)
     _, parts = fusion_loss(image.clone(), image, image, config)
@@ -110,7 +144,7 @@ def test_loss_terms_vanish_for_the_ideal_output() -> None:
 
 
 def test_intensity_term_pulls_towards_the_brighter_source() -> None:
-    config = TrainConfig(data=Path(), output=Path(), gradient_weight=0.0, ssim_weight=0.0, scd_weight=0.0)
+    config = TrainConfig(data=Path(), output=None, gradient_weight=0.0, ssim_weight=0.0, scd_weight=0.0)
     mri = torch.full((1, 1, 8, 8), 0.2)
     pet = torch.full((1, 1, 8, 8), 0.8)
     loss_at_max, _ = fusion_loss(pet.clone(), mri, pet, config)
@@ -119,55 +153,121 @@ def test_intensity_term_pulls_towards_the_brighter_source() -> None:
     assert float(loss_at_mean) == pytest.approx(0.3, abs=1e-6)
 
 
+def test_monotone_shortfall_penalises_only_an_output_that_does_not_rise_with_the_pet() -> None:
+    fused = torch.full((1, 1, 4, 4), 0.5)
+    rise = torch.full((1, 1, 4, 4), 0.2)
+    assert float(monotone_shortfall(fused, fused + 0.1 * rise, rise, slope=0.1)) == pytest.approx(0.0, abs=1e-6)
+    assert float(monotone_shortfall(fused, fused + 0.5 * rise, rise, slope=0.1)) == 0.0
+    # flat: short by 0.1 of the rise everywhere; falling by half the rise: short by 0.6 of it
+    assert float(monotone_shortfall(fused, fused, rise, slope=0.1)) == pytest.approx(0.1)
+    assert float(monotone_shortfall(fused, fused - 0.5 * rise, rise, slope=0.1)) == pytest.approx(0.6)
+
+
+def test_pet_bumps_are_positive_smooth_and_keep_the_pet_in_range(rng: np.random.Generator) -> None:
+    pet = rng.random((3, 1, 32, 32), dtype=np.float32)
+    pet[:, :, :, :8] = 0.0  # black: no bump there (the network keeps black pixels black)
+    rise = pet_bumps(pet, np.random.default_rng(0))
+    assert rise.shape == pet.shape and rise.dtype == np.float32
+    assert rise.min() >= 0.0 and (pet + rise).max() <= 1.0 + 1e-6
+    assert np.all(rise[:, :, :, :8] == 0.0) and rise.max() > 0.0
+
+
 def test_sample_batch_crops_come_from_the_slices(rng: np.random.Generator) -> None:
     mri = rng.random((3, 20, 20), dtype=np.float32)
-    pairs = PairSet(["a", "b", "c"], ["1", "1", "1"], mri, 1 - mri)
+    pairs = PairSet(["a", "b", "c"], ["PET1", "PET1", "PET1"], mri, 1 - mri, mri.copy())
     mri_batch, pet_batch = sample_batch(pairs, np.random.default_rng(5), batch_size=6, crop=8)
     assert mri_batch.shape == pet_batch.shape == (6, 1, 8, 8)
-    # the PET crop is taken at the same place with the same flips and turns as the MRI crop
+    # without augmentation the PET crop is taken at the same place with the same flips and turns
     np.testing.assert_allclose(pet_batch, 1 - mri_batch, atol=1e-6)
     values = set(np.round(mri.ravel(), 6))
     assert set(np.round(mri_batch.ravel(), 6)) <= values
 
 
+def test_sample_batch_mixes_the_input_kinds(rng: np.random.Generator) -> None:
+    uptake = np.tile(np.linspace(0.0, 1.0, 16, dtype=np.float32), (2, 16, 1))
+    mri = np.full((2, 16, 16), 0.5, np.float32)
+    spect_y = colour_luminance(uptake, "aanlib-spect")
+    pairs = PairSet(["p", "s"], ["PET1", "SPECT1"], mri, spect_y, uptake)
+    config = TrainConfig(data=Path(), output=None, uptake_share=0.5, pet_map_share=0.5, uptake_scale=1.0)
+    config.spect_share, config.mri_gamma = 1.0, 1.0  # SPECT only, MRI untouched
+    _, pet_batch = sample_batch(pairs, np.random.default_rng(3), batch_size=40, crop=16, config=config)
+    kinds = {"uptake": uptake[1], "pet-map": colour_luminance(uptake[1], "aanlib"), "colour": spect_y[1]}
+    seen = set()
+    for crop in pet_batch[:, 0]:
+        for kind, image in kinds.items():
+            if any(np.allclose(crop, np.rot90(flipped, k)) for flipped in _flips(image) for k in range(4)):
+                seen.add(kind)
+    assert seen == {"uptake", "pet-map", "colour"}
+
+
+def _flips(image: np.ndarray) -> list[np.ndarray]:
+    return [image, image[::-1], image[:, ::-1], image[::-1, ::-1]]
+
+
 def test_smoke_training_writes_loadable_reproducible_weights(harvard_like: Path, tmp_path: Path) -> None:
-    first = train(_config(harvard_like, tmp_path / "a.safetensors"), validate=_quick_validate)
-    assert first.output.is_file()
-    assert len(first.history) == 2 and "MAE" in first.validation
+    first = train(_config(harvard_like, tmp_path / "a.safetensors"))
+    assert first.output is not None and first.output.is_file()
+    assert len(first.history) == 2 and "monotone" in first.history[0]
     sidecar = tmp_path / "a.safetensors.sha256"
     assert sidecar.read_text().split() == [first.sha256, "a.safetensors"]
     assert hashlib.sha256(first.output.read_bytes()).hexdigest() == first.sha256
     model, digest = load_model(first.output)  # sidecar checked on load
     assert model.channels == (4, 8, 16) and digest == first.sha256
-    second = train(_config(harvard_like, tmp_path / "b.safetensors"), validate=_quick_validate)
+    second = train(_config(harvard_like, tmp_path / "b.safetensors"))
     assert second.sha256 == first.sha256, "same seed, same data, same threads: same weights"
     assert not list(tmp_path.glob(".*medfuse-tmp*"))
+
+
+def test_cross_validation_scores_each_held_out_series(harvard_like: Path, tmp_path: Path) -> None:
+    folds = [("PET25",), ("PET41", "SPECT3")]
+    result = cross_validate(
+        _config(harvard_like, None), folds, validate=_quick_validate, json_path=tmp_path / "cv.json"
+    )
+    assert list(result.folds[0]) == ["PET (T1) colour", "PET (T1) uptake"]
+    assert list(result.folds[1]) == ["PET (T1) colour", "PET (T1) uptake", "T2 + PET map colour", "SPECT (T2) colour"]
+    summary = result.summary()
+    mean, spread = summary["PET (T1) colour"]["MAE"]
+    values = [fold["PET (T1) colour"]["MAE"] for fold in result.folds]
+    assert mean == pytest.approx(np.mean(values)) and spread == pytest.approx(np.std(values))
+    assert summary["SPECT (T2) colour"]["MAE"][1] == 0.0, "one fold only: no spread"
+    written = json.loads((tmp_path / "cv.json").read_text())
+    assert written["folds"][1]["held_out"] == ["PET41", "SPECT3"] and "recipe" in written
 
 
 def test_existing_output_is_refused_before_training(harvard_like: Path, tmp_path: Path) -> None:
     output = tmp_path / "w.safetensors"
     output.write_bytes(b"keep me")
     with pytest.raises(OutputError, match=r"w\.safetensors: the output already exists; pass --overwrite"):
-        train(_config(harvard_like, output), validate=_quick_validate)
+        train(_config(harvard_like, output))
     assert output.read_bytes() == b"keep me"
 
 
 def test_wrong_extension_and_bad_crop_are_refused(harvard_like: Path, tmp_path: Path) -> None:
     with pytest.raises(OutputError, match=r"unknown output extension '\.pt' for --output"):
-        train(_config(harvard_like, tmp_path / "w.pt"), validate=_quick_validate)
-    with pytest.raises(UsageError, match=r"--crop 20: use a multiple of 8"):
-        train(_config(harvard_like, tmp_path / "w.safetensors", crop=20), validate=_quick_validate)
+        train(_config(harvard_like, tmp_path / "w.pt"))
+    with pytest.raises(UsageError, match=r"--crop 24: use a multiple of 16"):
+        train(_config(harvard_like, tmp_path / "w.safetensors", crop=24))
 
 
 def test_train_command(harvard_like: Path, tmp_path: Path) -> None:
     output = tmp_path / "cli.safetensors"
     args = ["train", "--data", str(harvard_like), "-o", str(output), "--epochs", "1", "--steps-per-epoch", "1"]
-    result = CliRunner().invoke(app, [*args, "--batch-size", "1", "--crop", "16", "--threads", "1", "--no-spect"])
+    result = CliRunner().invoke(app, [*args, "--batch-size", "2", "--crop", "16", "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert output.is_file() and (tmp_path / "cli.safetensors.sha256").is_file()
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 5
     assert "the output already exists; pass --overwrite" in again.output
+
+
+def test_train_command_needs_output_or_cv(harvard_like: Path, tmp_path: Path) -> None:
+    neither = CliRunner().invoke(app, ["train", "--data", str(harvard_like)])
+    both = CliRunner().invoke(
+        app, ["train", "--data", str(harvard_like), "--cv", "-o", str(tmp_path / "w.safetensors")]
+    )
+    for result in (neither, both):
+        assert result.exit_code == 2
+        assert "give either --output FILE (train and write weights) or --cv" in result.output
 
 
 def test_train_command_bad_data_folder(tmp_path: Path) -> None:
@@ -177,16 +277,19 @@ def test_train_command_bad_data_folder(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_real_data_split_holds_out_series_41(harvard_dir: Path) -> None:
-    train_pairs, val_pairs = split_by_series(load_pairs(harvard_dir, "PET"), "41")
-    assert set(train_pairs.series) == {"25", "30"} and set(val_pairs.series) == {"41"}
-    assert len(train_pairs.names) + len(val_pairs.names) == 269
-    assert not set(train_pairs.names) & set(val_pairs.names)
-    assert val_pairs.functional.min() >= 0.0 and val_pairs.functional.max() <= 1.0
+def test_real_data_cross_validation_split(harvard_dir: Path) -> None:
+    pairs = load_harvard(harvard_dir)
+    assert len(pairs.names) == 269 + 293
+    for fold in CV_FOLDS:
+        train_pairs, held_out = training_split(pairs, fold)
+        assert set(held_out.groups) == set(fold) and not set(train_pairs.groups) & set(fold)
+        assert len(train_pairs.names) + len(held_out.names) == len(pairs.names)
+    assert pairs.uptake.min() >= 0.0 and pairs.uptake.max() <= 1.0
+    assert pairs.functional.min() >= 0.0 and pairs.functional.max() <= 1.0
 
 
 def test_complementarity_term_prefers_carrying_both_sources() -> None:
-    config = TrainConfig(data=Path(), output=Path())
+    config = TrainConfig(data=Path(), output=None)
     torch.manual_seed(2)
     mri, pet = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
     _, additive = fusion_loss(mri + pet, mri, pet, config)
