@@ -124,8 +124,13 @@ def _fusion_options(
         ),
     ] = None,
     register: Annotated[
-        str, typer.Option("--register", help=f"PET to MRI registration: {RegisterMode.choices()}.")
-    ] = RegisterMode.RIGID,
+        str,
+        typer.Option(
+            "--register",
+            help=f"PET to MRI registration: {RegisterMode.choices()}; auto = none when both are DICOM series with "
+            "one FrameOfReferenceUID (already in one space), else rigid.",
+        ),
+    ] = RegisterMode.AUTO,
     frame: Annotated[str | None, typer.Option("--frame", help="For 4-D PET: frame index N or 'sum'.")] = None,
     pet_window: Annotated[
         tuple[float, float] | None,

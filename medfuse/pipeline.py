@@ -7,18 +7,19 @@ How the 3-D volumes meet the 2-D network (it was trained on AANLIB slices):
 
 * The PET is registered to the MRI and resampled onto the MRI's grid, so every output has exactly the
   MRI's size, spacing, origin and direction.
-* Slices are taken along the MRI grid's third axis, cropped to the bounding box of the head (a mask
-  of the MRI), in batches of ``options.batch_size``; slices without head voxels are skipped.
+* Slices are taken along the MRI grid's third axis, cropped to the bounding box of the body (the
+  MRI's foreground: head, trunk or limbs), in batches of ``options.batch_size``; slices without
+  foreground voxels are skipped.
 * MRI intensities go to [0, 1] from the background level (0.5th percentile of all voxels) to the
-  99.5th percentile of the head voxels.
+  99.5th percentile of the foreground voxels.
 * The PET is windowed to [0, 1] and coloured with the ``aanlib`` map of the training PET, and the
   network gets that colour image's luminance Y: the same kind of input it learned from. The window
   is ``--pet-window LOW HIGH`` (image units) or, by default, starts at the PET's background level
-  (0.5th percentile of all voxels) and puts the 99.5th percentile of its head voxels at
+  (0.5th percentile of all voxels) and puts the 99.5th percentile of its foreground voxels at
   :data:`TRAINING_PET_TOP` = 0.73 of the map: where the training PET puts it (inverting the aanlib
   map on the 269 AANLIB PET-MRI slices, the 99.5th percentile of brain pixels lies at 0.73 of the
   map, median over slices; so the hottest cortex is red, not saturated magenta).
-* The fused volume is the network's fused luminance, float32 in [0, 1], 0 outside the head.
+* The fused volume is the network's fused luminance, float32 in [0, 1], 0 outside the body.
 * The overlay is RGB uint8: the fused luminance with the chroma (Cb, Cr) of the windowed PET in the
   ``--colormap`` map, i.e. MRI anatomy with PET hot spots in warm colours. Out-of-gamut colours are
   clipped per channel (the usual YCbCr conversion) so that hot spots stay saturated on bright anatomy;
@@ -42,16 +43,16 @@ import numpy as np
 from medfuse import __version__
 from medfuse.atomic import VOLUME_EXTENSIONS, check_output_path, full_suffix, output_transaction, sibling
 from medfuse.console import info, make_progress, stage
-from medfuse.errors import InvalidInputError, ProcessingError, UsageError
+from medfuse.errors import ProcessingError, UsageError
 from medfuse.intensity import normalise, robust_range
-from medfuse.options import FuseOptions, OutputFormat, RegisterMode, check_options
+from medfuse.options import FuseOptions, OutputFormat, check_options
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
     from medfuse.inference import Fuser
     from medfuse.io import Volume
-    from medfuse.registration import RegistrationResult
+    from medfuse.registration import Placement, RegistrationResult
 
 __all__ = ["FuseOptions", "FusionResult", "fuse_files", "fuse_images"]
 
@@ -237,62 +238,47 @@ def _fuse(
 
                 fuser = load_fuser(options)
         with _timed(timings, "register"), stage("Registering the PET to the MRI"):
-            transform, registered, source = _transform(mri, pet, options, pet_name)
+            placement = _transform(mri, pet, options, inputs, pet_name)
         with _timed(timings, "resample"), stage("Resampling the PET onto the MRI grid"):
-            pet_on_mri = registration.resample_to(pet, mri, transform)
+            pet_on_mri = registration.resample_to(pet, mri, placement.transform)
         with _timed(timings, "fuse"):
             fused, overlay, details = _fuse_volume(mri, pet_on_mri, pet, options, fuser)
-    report = _report(inputs, mri, options, fuser, transform, registered, source, details, timings)
-    return FusionResult(fused, overlay, pet_on_mri, transform, report, registered)
+    report = _report(inputs, mri, options, fuser, placement.record, details, timings)
+    return FusionResult(fused, overlay, pet_on_mri, placement.transform, report, placement.registered)
 
 
 def _transform(
-    mri: sitk.Image, pet: sitk.Image, options: FuseOptions, pet_name: str
-) -> tuple[sitk.Transform, RegistrationResult | None, str]:
-    """The MRI -> PET transform: read from --transform, identity under --register none, or registered.
+    mri: sitk.Image, pet: sitk.Image, options: FuseOptions, inputs: dict[str, Any], pet_name: str
+) -> Placement:
+    """How the PET goes on the MRI (:func:`medfuse.registration.place_pet`): ``--transform``, or
+    ``--register`` (``auto``: none when both DICOM inputs share a FrameOfReferenceUID, else rigid).
 
-    ``pet_name`` (the PET's path as given) names the culprit when registration fails or the heads do
-    not overlap under ``--register none`` (with ``--transform`` the transform file is named).
+    ``pet_name`` (the PET's path as given) names the culprit when registration fails or the bodies
+    do not overlap unregistered (with ``--transform`` the transform file is named).
     """
-    import SimpleITK as sitk
+    from medfuse.registration import place_pet
 
-    from medfuse import registration
+    frames = (_frame_of_reference(inputs["mri"]), _frame_of_reference(inputs["pet"]))
+    return place_pet(mri, pet, options.register, options.transform, frames, pet_name)
 
-    if options.register != RegisterMode.NONE and options.transform is None:
-        mode: registration.Mode = "affine" if options.register == RegisterMode.AFFINE else "rigid"
-        try:
-            result = registration.register(mri, pet, mode)
-        except (InvalidInputError, ProcessingError) as exc:
-            raise type(exc)(f"{pet_name}: {exc}") from exc
-        return result.transform, result, options.register.value
-    if options.transform is not None:
-        transform = registration.read_transform(options.transform)
-        where, advice = f"{options.transform}: with this transform", "check that the transform belongs to these images"
-    else:
-        transform = sitk.Euler3DTransform()
-        where, advice = f"{pet_name}: under --register none", "register them with --register rigid, or check the inputs"
-    overlap = registration.overlap_fraction(mri, pet, transform)
-    if overlap < registration.MIN_OVERLAP:
-        raise InvalidInputError(
-            f"{where} the PET and MRI heads barely overlap ({overlap:.0%} overlap of the smaller head); {advice}."
-        )
-    source = f"file {options.transform}" if options.transform is not None else "none (scanner coordinates)"
-    return transform, None, source
+
+def _frame_of_reference(record: dict[str, Any]) -> str | None:
+    return record.get("dicom", {}).get("frame_of_reference_uid") or None
 
 
 def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> tuple[float, float, str]:
     """The PET display window (low, high) in image units, and how it was chosen."""
     import SimpleITK as sitk
 
-    from medfuse.registration import head_mask
+    from medfuse.registration import foreground_mask
 
     if window is not None:
         return float(window[0]), float(window[1]), "--pet-window"
-    head = sitk.GetArrayFromImage(head_mask(pet, fraction=0.15)).astype(bool)
-    low, top = robust_range(sitk.GetArrayViewFromImage(pet), head, PET_PERCENTILES)
+    body = sitk.GetArrayFromImage(foreground_mask(pet, "PET")).astype(bool)
+    low, top = robust_range(sitk.GetArrayViewFromImage(pet), body, PET_PERCENTILES)
     high = low + (top - low) / TRAINING_PET_TOP
     how = (
-        f"percentiles: {PET_PERCENTILES[0]}th of all voxels to the {PET_PERCENTILES[1]}th of head voxels "
+        f"percentiles: {PET_PERCENTILES[0]}th of all voxels to the {PET_PERCENTILES[1]}th of foreground voxels "
         f"placed at {TRAINING_PET_TOP} of the window"
     )
     return low, high, how
@@ -311,13 +297,13 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
 def _fuse_volume(
     mri: sitk.Image, pet_on_mri: sitk.Image, pet: sitk.Image, options: FuseOptions, fuser: Fuser
 ) -> tuple[sitk.Image, sitk.Image | None, dict[str, Any]]:
-    """Fuse slice by slice along the MRI grid's third axis inside the head's bounding box."""
+    """Fuse slice by slice along the MRI grid's third axis inside the body's bounding box."""
     import SimpleITK as sitk
 
     from medfuse.colour import apply_colormap, rgb_to_ycbcr, ycbcr_to_rgb
-    from medfuse.registration import head_mask
+    from medfuse.registration import foreground_mask
 
-    mask = sitk.GetArrayFromImage(head_mask(mri, fraction=0.1, dilate_mm=3.0)).astype(bool)
+    mask = sitk.GetArrayFromImage(foreground_mask(mri, "MRI", dilate_mm=3.0)).astype(bool)
     mri_values = sitk.GetArrayViewFromImage(mri)
     mri_low, mri_high = robust_range(mri_values, mask, MRI_PERCENTILES)
     pet_low, pet_high, window_source = pet_window(pet, options.pet_window)
@@ -388,7 +374,17 @@ def _input_record(
         record["frame"] = frame
     if "dicom" in source_info:
         dicom_info = source_info["dicom"]
-        keys = ("series_uid", "modality", "description", "patient_id", "units", "reason", "suv")
+        keys = (
+            "series_uid",
+            "modality",
+            "description",
+            "patient_id",
+            "frame_of_reference_uid",
+            "units",
+            "reason",
+            "suv",
+            "resampled_slices",
+        )
         record["dicom"] = {key: dicom_info.get(key) for key in keys if dicom_info.get(key) is not None}
     return record
 
@@ -414,26 +410,12 @@ def _report(
     mri: sitk.Image,
     options: FuseOptions,
     fuser: Fuser,
-    transform: sitk.Transform,
-    registered: RegistrationResult | None,
-    source: str,
+    registration_record: dict[str, Any],
     details: dict[str, Any],
     timings: dict[str, float],
 ) -> dict[str, Any]:
     from medfuse.io import geometry
-    from medfuse.registration import describe_transform
 
-    registration_record: dict[str, Any] = {"source": source, "transform": describe_transform(transform)}
-    if registered is not None:
-        registration_record.update(
-            mode=registered.mode,
-            metric="Mattes mutual information (negative; lower is better)",
-            metric_value=registered.metric,
-            initialisation=registered.initialisation,
-            iterations_last_level=registered.iterations,
-            stop_condition=registered.stop_condition,
-            head_overlap=round(registered.overlap, 4),
-        )
     return {
         "medfuse_version": __version__,
         "inputs": inputs,
@@ -514,8 +496,8 @@ def _summarise(result: FusionResult, mri: Path, pet: Path, targets: dict[str, Pa
     fusion = result.report["fusion"]
     registration = result.report["registration"]
     how = registration["source"]
-    if "metric_value" in registration:
-        how += f" (Mattes MI {registration['metric_value']:.3f})"
+    if registration.get("metric_value") is not None:
+        how += f" (moved {registration['moved_mm']:.1f} mm, confidence {registration['confidence']['level']})"
     extras = [kind for kind in ("overlay", "preview", "report", "transform") if kind in targets]
     info(
         f"Fused {mri} + {pet} -> {targets['fused']}{' (+ ' + ', '.join(extras) + ')' if extras else ''} "

@@ -57,15 +57,21 @@ from synthetic import Grid, rigid
 __all__ = [
     "BQ_ML_PER_SUV",
     "FDG_SUV",
+    "REGIONS",
     "T1_INTENSITY",
     "TISSUES",
+    "Bend",
+    "Pair",
     "Tumour",
     "body_labels",
     "body_mri",
+    "body_pair",
     "body_pet",
     "multibed_positions",
+    "random_rigid",
     "rigid",
     "tumour_points",
+    "wholebody_pair",
 ]
 
 TISSUES = (
@@ -364,11 +370,14 @@ def body_pet(
     seed: int = 1,
     supersample: int = 2,
     bq_ml: bool = False,
+    uptake: dict[str, float] | None = None,
+    bend: Bend | None = None,
 ) -> sitk.Image:
     """An FDG PET of the body on ``grid``, moved by ``transform`` (MRI points -> PET points).
 
-    Uptake (:data:`FDG_SUV`) is drawn at ``supersample``³ points per PET voxel (partial volume), at
-    ``transform``⁻¹ of each PET point, blurred to ``fwhm_mm``; noise is Poisson-like, standard
+    Uptake (:data:`FDG_SUV`, with ``uptake`` overriding some tissues) is drawn at ``supersample``³
+    points per PET voxel (partial volume), at ``transform``⁻¹ of each PET point (and, with ``bend``,
+    the body bent between the two scans), blurred to ``fwhm_mm``; noise is Poisson-like, standard
     deviation ``noise`` × √SUV (0.15: about 17 % in muscle, 5 % in the tumour), smoothed over one
     voxel as reconstructed noise is. Values are SUV, or Bq/mL when ``bq_ml``.
     """
@@ -388,8 +397,10 @@ def body_pet(
         else:
             flat = [inverse.TransformPoint(tuple(p)) for p in points.reshape(-1, 3)]
             points = np.asarray(flat).reshape(points.shape)
-    uptake = _table(FDG_SUV)[body_labels(points, tumour)]
-    image = fine.image(uptake)
+    if bend is not None:
+        points = points - bend.displacement(points)  # first-order inverse of a small smooth bend
+    values = _table({**FDG_SUV, **(uptake or {})})[body_labels(points, tumour)]
+    image = fine.image(values)
     if factor > 1:
         image = sitk.BinShrink(image, [factor] * 3)
         image.SetOrigin(tuple(float(v) for v in grid.origin))  # type: ignore[arg-type]
@@ -404,6 +415,22 @@ def body_pet(
     if bq_ml:
         values = values * BQ_ML_PER_SUV
     return grid.image(values.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class Bend:
+    """A smooth bend of the body between the MRI and the PET scan (a leg lying differently): points
+    move sideways by ``mm`` × ((z - ``centre_z``) / ``length``)², along ``towards`` (unit, LPS)."""
+
+    mm: float = 3.0
+    centre_z: float = 0.0
+    length: float = 100.0
+    towards: tuple[float, float, float] = (0.8, 0.6, 0.0)
+
+    def displacement(self, points: np.ndarray) -> np.ndarray:
+        """How far each point (..., 3) of the MRI's body sits elsewhere in the PET's body."""
+        along = ((points[..., 2] - self.centre_z) / self.length) ** 2
+        return self.mm * along[..., None] * np.asarray(self.towards)
 
 
 def tumour_points(tumour: Tumour = RIGHT_THIGH_SARCOMA, step_mm: float = 4.0) -> np.ndarray:
@@ -428,3 +455,135 @@ def multibed_positions(
     for index, gap in junctions:
         gaps[index] = gap
     return start_mm + np.concatenate([[0.0], np.cumsum(gaps)])
+
+
+# ---- registration cases ------------------------------------------------------------------------------
+@dataclass
+class Pair:
+    """An MRI and a PET of one body, and the truth: ``truth`` maps MRI points to PET points (the PET
+    was drawn through it, and through ``bend`` if any), ``tumour`` is where the tumour is in the MRI."""
+
+    name: str
+    mri: sitk.Image
+    pet: sitk.Image
+    truth: sitk.Euler3DTransform
+    tumour: Tumour
+    bend: Bend | None = None
+
+    def tumour_in_pet(self, points: np.ndarray) -> np.ndarray:
+        """Where tumour points (MRI physical space) really are in the PET."""
+        moved = points + self.bend.displacement(points) if self.bend is not None else points
+        return np.array([self.truth.TransformPoint(tuple(float(v) for v in p)) for p in moved])
+
+    def tumour_error(self, transform: sitk.Transform, step_mm: float = 3.0) -> float:
+        """Mean distance (mm) over the tumour between where ``transform`` and the truth put it in the PET."""
+        points = tumour_points(self.tumour, step_mm)
+        found = np.array([transform.TransformPoint(tuple(float(v) for v in p)) for p in points])
+        return float(np.mean(np.linalg.norm(found - self.tumour_in_pet(points), axis=1)))
+
+    def header_error(self) -> float:
+        """:meth:`tumour_error` of the header pose (the scanners' coordinates, no registration)."""
+        return self.tumour_error(sitk.Euler3DTransform())
+
+
+#: Body regions of the registration cases: MRI grid and PET grid (size, spacing mm, centre), tumour.
+#: ``thigh``: a thigh MRI of 40 slices 5.2 mm apart (200 mm field of view, one leg and a bit of the
+#: other) in a 224 mm PET crop; ``thighs``: both thighs cropped together; ``pelvis``: bladder, hips and
+#: pelvic bones with a hot node; ``cropped-thigh``: a tight 144 mm crop that cuts the skin off.
+REGIONS: dict[str, tuple[tuple[tuple[int, int, int], tuple[float, float, float], tuple[float, float, float]], ...]] = {
+    "thigh": (((128, 128, 40), (1.5625, 1.5625, 5.2), (-85.0, 10.0, -240.0)),
+              ((56, 56, 64), (4.0, 4.0, 4.0), (-80.0, 10.0, -235.0))),
+    "thighs": (((160, 110, 44), (2.2, 2.2, 5.0), (0.0, 10.0, -200.0)),
+               ((80, 56, 60), (4.7, 4.7, 3.27), (0.0, 10.0, -200.0))),
+    "pelvis": (((150, 110, 50), (2.4, 2.4, 4.0), (0.0, 0.0, 80.0)),
+               ((80, 60, 70), (4.7, 4.7, 3.27), (0.0, 0.0, 80.0))),
+    "cropped-thigh": (((96, 96, 36), (1.5, 1.5, 5.0), (-90.0, 15.0, -250.0)),
+                      ((40, 40, 50), (4.0, 4.0, 4.0), (-90.0, 15.0, -250.0))),
+}  # fmt: skip
+REGION_TUMOURS = {
+    "pelvis": Tumour(centre=(60.0, -30.0, 60.0), radii=(18.0, 16.0, 20.0)),  # a hot iliac node
+    "cropped-thigh": Tumour(centre=(-75.0, -20.0, -260.0), radii=(18.0, 18.0, 35.0)),  # anterior compartment
+}
+#: The "hard" variant: soft tissue of nearly equal uptake, noisier PET, stronger coil shading, a bend.
+HARD_PET_UPTAKE = {"fat": 0.45, "muscle": 0.6}
+
+
+def random_rigid(
+    rng: np.random.Generator, degrees: tuple[float, float], mm: tuple[float, float], centre: Sequence[float]
+) -> sitk.Euler3DTransform:
+    """A rigid transform: a rotation of ``degrees`` (range) about a random axis through ``centre``, then a
+    translation of ``mm`` (range) in a random direction."""
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    versor = sitk.VersorRigid3DTransform()
+    versor.SetCenter(tuple(float(c) for c in centre))
+    versor.SetRotation(tuple(float(a) for a in axis), float(np.deg2rad(rng.uniform(*degrees))))
+    direction = rng.normal(size=3)
+    versor.SetTranslation(tuple(float(t) for t in direction / np.linalg.norm(direction) * rng.uniform(*mm)))
+    euler = sitk.Euler3DTransform()
+    euler.SetCenter(versor.GetCenter())
+    euler.SetMatrix(versor.GetMatrix())
+    euler.SetTranslation(versor.GetTranslation())
+    return euler
+
+
+def body_pair(region: str, seed: int, *, hard: bool = False, shrink: int = 1, aligned: bool = False) -> Pair:
+    """An MRI and PET crop of one body ``region`` (:data:`REGIONS`) misaligned by a known rigid offset
+    of 3–6° (about an axis through a point within ~40 mm of the MRI's centre) and 6–12 mm, as the
+    curated real pairs of issue 10 were (``aligned``: not misaligned, as an MRI resampled into the
+    PET's frame). ``hard``: :data:`HARD_PET_UPTAKE`, PET noise 0.25, MRI shading ±25 %, the leg
+    bent by 3 mm between the scans. ``shrink`` divides the MRI's matrix."""
+    (mri_size, mri_spacing, mri_centre), (pet_size, pet_spacing, pet_centre) = REGIONS[region]
+    tumour = REGION_TUMOURS.get(region, RIGHT_THIGH_SARCOMA)
+    mri_grid = Grid(
+        (mri_size[0] // shrink, mri_size[1] // shrink, mri_size[2]),
+        (mri_spacing[0] * shrink, mri_spacing[1] * shrink, mri_spacing[2]),
+        centre=mri_centre,
+    )
+    rng = np.random.default_rng(seed)
+    truth = random_rigid(rng, (3.0, 6.0), (6.0, 12.0), np.asarray(mri_centre) + rng.normal(size=3) * 40.0)
+    if aligned:
+        truth = sitk.Euler3DTransform()
+    bend = Bend(3.0, centre_z=mri_centre[2]) if hard else None
+    mri = body_mri(mri_grid, tumour=tumour, seed=seed, bias=0.25 if hard else 0.15, noise=0.03 if hard else 0.02)
+    pet = body_pet(
+        Grid(pet_size, pet_spacing, centre=pet_centre),
+        truth,
+        tumour=tumour,
+        seed=seed + 100,
+        noise=0.25 if hard else 0.15,
+        uptake=HARD_PET_UPTAKE if hard else None,
+        bend=bend,
+    )
+    return Pair(f"{region}{' (hard)' if hard else ''} seed {seed}", mri, pet, truth, tumour, bend)
+
+
+#: The thigh MRI of issue 10 (in the MRI scanner's frame) and the whole-body PET of overlapping beds.
+THIGH_MRI = ((128, 128, 40), (1.5625, 1.5625, 5.2), (-85.0, 10.0, -240.0))
+WHOLE_BODY_SLICES, WHOLE_BODY_SPACING_MM = 267, 3.27
+
+
+def wholebody_pair(seed: int, *, pet_matrix: int = 128, mri_shrink: int = 1) -> Pair:
+    """A thigh MRI and a whole-body PET (feet to chest, 873 mm: :data:`WHOLE_BODY_SLICES` slices) in
+    different frames: the PET scanner's table puts the body 500–700 mm lower, 0–40 mm higher or
+    lower and 0–20 mm sideways, rotated by 1–4°. The PET is drawn on a regular grid (600 mm across
+    ``pet_matrix`` pixels); write it with :func:`multibed_positions` to get a bed junction."""
+    size, spacing, centre = THIGH_MRI
+    mri_grid = Grid(
+        (size[0] // mri_shrink, size[1] // mri_shrink, size[2]),
+        (spacing[0] * mri_shrink, spacing[1] * mri_shrink, spacing[2]),
+        centre=centre,
+    )
+    rng = np.random.default_rng(seed)
+    truth = random_rigid(rng, (1.0, 4.0), (5.0, 15.0), centre)
+    table = (rng.uniform(-20.0, 20.0), rng.uniform(-40.0, 40.0), rng.uniform(-700.0, -500.0))
+    truth.SetTranslation(tuple(float(v) for v in np.add(truth.GetTranslation(), table)))
+    pet_centre = truth.TransformPoint((0.0, 0.0, 60.0))  # feet to chest around the hips
+    pet_grid = Grid(
+        (pet_matrix, pet_matrix, WHOLE_BODY_SLICES),
+        (600.0 / pet_matrix, 600.0 / pet_matrix, WHOLE_BODY_SPACING_MM),
+        centre=pet_centre,
+    )
+    mri = body_mri(mri_grid, seed=seed)
+    pet = body_pet(pet_grid, truth, seed=seed + 100, supersample=1)
+    return Pair(f"thigh MRI in whole-body PET seed {seed}", mri, pet, truth, RIGHT_THIGH_SARCOMA)

@@ -24,7 +24,7 @@ from medfuse.console import info as say
 from medfuse.console import track, warn
 from medfuse.dicom.headers import PATIENT_STUDY_KEYWORDS, quiet_dcmread, read_header
 from medfuse.dicom.series import ROLE_MODALITIES, SERIES_OPTION, Role, choose_series, list_series
-from medfuse.dicom.stack import Stack, analyse_stack
+from medfuse.dicom.stack import Stack, analyse_stack, resample_slices
 from medfuse.dicom.suv import suv_factors
 from medfuse.errors import InvalidInputError, UnreadableInputError
 from medfuse.memory import check_memory
@@ -176,7 +176,18 @@ def read_dicom_series(
         factors, suv_details = suv_factors(chosen, stack.slices)
         units = "SUVbw"
     say(f"{role}: series {chosen.label()} from {folder}: {reason}.")
-    image = _to_image(_real_world(stack, folder, factors), stack)
+    volume = _real_world(stack, folder, factors)
+    resampled: dict[str, Any] | None = None
+    if stack.uneven is not None:
+        volume = resample_slices(volume, stack)
+        resampled = {"slices_read": len(stack.slices), "slices": int(volume.shape[0]), "spacing_mm": stack.spacing[2]}
+        resampled["why"] = stack.uneven
+        warn(
+            f"{folder}: series {chosen.uid}: {stack.uneven} (as in a PET stitched from bed positions); "
+            f"resampled onto {volume.shape[0]} slices {stack.spacing[2]:.4f} mm apart along the slice normal "
+            "(linear interpolation)."
+        )
+    image = _to_image(volume, stack)
     reference = quiet_dcmread(stack.slices[0].path, stop_before_pixels=True)
     return DicomVolume(
         image=image,
@@ -192,6 +203,7 @@ def read_dicom_series(
             "units": units,
             "reason": reason,
             "slice_count": chosen.slice_count,
+            "resampled_slices": resampled,
             "suv": suv_details,
             "reference_file": str(stack.slices[0].path),
             "files": [str(p) for p in dict.fromkeys(r.path for r in stack.slices)],

@@ -25,6 +25,8 @@ How registration works, and why (one module per step):
   is not better is replaced by the header pose), how far the MRI's foreground centre moved, the
   rotation, the overlap of the foregrounds, the agreement of edges at both poses, and the spread of
   restarts as a confidence level; doubtful results warn.
+* **Placement** (:mod:`.placement`): whether to register at all (``--register auto``: not when
+  both DICOM series share a FrameOfReferenceUID) and the report's ``registration`` record.
 * **Determinism.** With more than one work unit ITK adds the metric derivative's partial sums in an
   order that varies between runs. The optimisation therefore runs as one work unit; its grids are
   small, so this costs little, and the filters that prepare them compute each voxel on its own.
@@ -34,6 +36,7 @@ from medfuse.registration.assess import Confidence
 from medfuse.registration.core import Mode, RegistrationResult, register
 from medfuse.registration.grids import LEVEL_SPACINGS_MM, WORK_SPACING_MM, check_work_grid, resample_to
 from medfuse.registration.masks import MIN_OVERLAP, foreground_mask, overlap_fraction
+from medfuse.registration.placement import Placement, place_pet, shared_frame
 from medfuse.registration.transforms import describe_transform, read_transform, transform_matrix, write_transform
 
 __all__ = [
@@ -42,14 +45,17 @@ __all__ = [
     "WORK_SPACING_MM",
     "Confidence",
     "Mode",
+    "Placement",
     "RegistrationResult",
     "check_work_grid",
     "describe_transform",
     "foreground_mask",
     "overlap_fraction",
+    "place_pet",
     "read_transform",
     "register",
     "resample_to",
+    "shared_frame",
     "transform_matrix",
     "write_transform",
 ]

@@ -47,31 +47,41 @@ def _gradients(values: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
     return np.stack([dx, dy, dz], axis=-1)
 
 
-def edge_agreement(level: Level, transform: sitk.Transform) -> float | None:
-    """Normalised-gradient-field agreement of the MRI and the PET placed by ``transform`` (0..1, higher
-    is better) over the MRI's foreground on ``level``, away from the PET's field-of-view border;
-    ``None`` when too little of the foreground lies inside the PET."""
-    import SimpleITK as sitk
-    from scipy import ndimage
+class EdgeAgreement:
+    """Normalised-gradient-field agreement of the MRI and the PET placed by a transform (0..1, higher is
+    better) over the MRI's foreground on ``level``, away from the PET's field-of-view border."""
 
-    pet = sitk.GetArrayFromImage(sitk.Resample(level.moving, level.fixed, transform, sitk.sitkLinear, 0.0))
-    ones = sitk.Image(level.moving.GetSize(), sitk.sitkUInt8) + 1
-    ones.CopyInformation(level.moving)
-    inside = sitk.GetArrayViewFromImage(sitk.Resample(ones, level.fixed, transform, sitk.sitkNearestNeighbor, 0)) > 0
-    inside = ndimage.binary_erosion(inside, iterations=2)
-    region = (sitk.GetArrayViewFromImage(level.mask) > 0) & inside
-    if np.count_nonzero(region) < 100:
-        return None
-    spacing = level.fixed.GetSpacing()
-    mri_gradient = _gradients(sitk.GetArrayViewFromImage(level.fixed), spacing)[region]
-    pet_gradient = _gradients(pet, spacing)[region]
-    mri_norm = np.einsum("ij,ij->i", mri_gradient, mri_gradient)
-    pet_norm = np.einsum("ij,ij->i", pet_gradient, pet_gradient)
-    mri_damping, pet_damping = float(np.median(mri_norm)), float(np.median(pet_norm))
-    if mri_damping <= 0 or pet_damping <= 0:
-        return None
-    dot = np.einsum("ij,ij->i", mri_gradient, pet_gradient)
-    return float(np.mean(dot**2 / ((mri_norm + mri_damping) * (pet_norm + pet_damping))))
+    def __init__(self, level: Level) -> None:
+        import SimpleITK as sitk
+
+        self.level = level
+        self.mri_gradient = _gradients(sitk.GetArrayViewFromImage(level.fixed), level.fixed.GetSpacing())
+        self.mask = sitk.GetArrayViewFromImage(level.mask) > 0
+        ones = sitk.Image(level.moving.GetSize(), sitk.sitkUInt8) + 1
+        ones.CopyInformation(level.moving)
+        self.ones = ones
+
+    def __call__(self, transform: sitk.Transform) -> float | None:
+        """The agreement at ``transform``; ``None`` when too little of the foreground lies inside the PET."""
+        import SimpleITK as sitk
+        from scipy import ndimage
+
+        level = self.level
+        pet = sitk.GetArrayFromImage(sitk.Resample(level.moving, level.fixed, transform, sitk.sitkLinear, 0.0))
+        placed = sitk.Resample(self.ones, level.fixed, transform, sitk.sitkNearestNeighbor, 0)
+        inside = ndimage.binary_erosion(sitk.GetArrayViewFromImage(placed) > 0, iterations=2)
+        region = self.mask & inside
+        if np.count_nonzero(region) < 100:
+            return None
+        mri_gradient = self.mri_gradient[region]
+        pet_gradient = _gradients(pet, level.fixed.GetSpacing())[region]
+        mri_norm = np.einsum("ij,ij->i", mri_gradient, mri_gradient)
+        pet_norm = np.einsum("ij,ij->i", pet_gradient, pet_gradient)
+        mri_damping, pet_damping = float(np.median(mri_norm)), float(np.median(pet_norm))
+        if mri_damping <= 0 or pet_damping <= 0:
+            return None
+        dot = np.einsum("ij,ij->i", mri_gradient, pet_gradient)
+        return float(np.mean(dot**2 / ((mri_norm + mri_damping) * (pet_norm + pet_damping))))
 
 
 def confidence(result: Any, pet_voxel_mm: float) -> Confidence:

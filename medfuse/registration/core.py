@@ -22,14 +22,16 @@ Mode = Literal["rigid", "affine"]
 
 #: A relative metric gain below this, for a move of more than two PET voxels, is "little gain".
 LITTLE_GAIN = 0.02
-#: The header pose guides directions the images do not determine only when, along those they do,
-#: it lies within this distance of the result (same patient position, not another scanner's frame).
+#: The header pose guides directions the images do not determine only when it lies within this
+#: distance (RMS over the foreground) of the result: the same patient position, not another frame.
 HEADER_GUIDE_MM = 50.0
 #: Restarts along a flat direction the header cannot guide: this many steps each way, this long.
-SCAN_STEPS = 3
-SCAN_STEP_MM = 12.0
+SCAN_STEPS = 4
+SCAN_STEP_MM = 8.0
 #: Candidate starts optimised on the coarsest level before the best one goes on to the finer levels.
-STARTS_REFINED = 4
+STARTS_REFINED = 8
+#: ... if their coarse metric is within this fraction of the best one's (mutual information is negative).
+REFINE_MARGIN = 0.25
 
 
 @dataclass
@@ -108,16 +110,16 @@ def register(fixed_mri: sitk.Image, moving_pet: sitk.Image, mode: Mode = "rigid"
         starts = candidate_starts(coarse, moving_pet)
         scales = parameter_scales(middle.mask, starts[0].transform)
         refined = []
-        for start in _distinct(starts, coarse.spacing)[:STARTS_REFINED]:
+        promising = [start for start in starts if start.metric <= starts[0].metric * (1.0 - REFINE_MARGIN)]
+        for start in _distinct(promising, coarse.spacing)[:STARTS_REFINED]:
             transform, _ = optimise(coarse, start.transform, scales)
-            refined.append((_score(sampled, transform), start.name, transform))
+            refined.append((_score(middle, transform), start.name, transform))
         _, initialisation, transform = min(refined, key=lambda found: found[0])
         transform, method = _refine(levels, transform, scales)
         analysis = _analyse(middle, sampled, transform, scales)
+        transform = analysis.transform
         if analysis.unanchored:
-            transform, method = _scan(levels, middle, sampled, analysis, scales, method)
-        else:
-            transform = analysis.transform
+            transform, method = _scan(levels, middle, analysis, scales, method)
         if mode == "affine":
             rigid = sitk.Euler3DTransform(transform)
             transform = sitk.AffineTransform(rigid.GetMatrix(), rigid.GetTranslation(), rigid.GetCenter())
@@ -132,8 +134,9 @@ def register(fixed_mri: sitk.Image, moving_pet: sitk.Image, mode: Mode = "rigid"
     return _assessed(levels, middle, transform, method, mode, initialisation, analysis)
 
 
-def _score(sampled: local.SampledMetric, transform: sitk.Transform) -> float:
-    found = sampled.value(transform)
+def _score(level: Level, transform: sitk.Transform) -> float:
+    """The metric over all of ``level``'s sampled voxels (infinite when they miss the PET)."""
+    found = level.evaluate(transform)
     return np.inf if found is None else found
 
 
@@ -177,11 +180,10 @@ def _analyse(middle: Level, sampled: local.SampledMetric, transform: sitk.Transf
     flat = model.flat()
     names = [local.describe_direction(direction) for direction in flat.T]
     to_header = model.displacement_to(header)
-    determined_mm = float(np.linalg.norm(to_header - flat @ (flat.T @ to_header)))
     credible = (
         analysis.metric_header is not None
         and analysis.header_overlap >= MIN_OVERLAP
-        and determined_mm <= HEADER_GUIDE_MM
+        and float(np.linalg.norm(to_header)) <= HEADER_GUIDE_MM
     )
     if flat.size and credible:
         analysis.transform = model.moved(flat @ (flat.T @ to_header))
@@ -195,25 +197,23 @@ def _analyse(middle: Level, sampled: local.SampledMetric, transform: sitk.Transf
 def _scan(
     levels: list[Level],
     middle: Level,
-    sampled: local.SampledMetric,
     analysis: _Analysis,
     scales: list[float],
     method: sitk.ImageRegistrationMethod,
 ) -> tuple[sitk.Transform, sitk.ImageRegistrationMethod]:
     """Restart the 4 mm level from poses along each flat direction the header cannot guide
-    (±:data:`SCAN_STEPS` steps of :data:`SCAN_STEP_MM`); the best by the sampled metric is refined."""
+    (±:data:`SCAN_STEPS` steps of :data:`SCAN_STEP_MM`); the best by the metric is refined."""
     model = analysis.model
-    best, best_score = analysis.transform, _score(sampled, analysis.transform)
+    best, best_score = analysis.transform, _score(middle, analysis.transform)
     if model is None:
         return best, method
-    flat = model.flat()
     improved = False
-    for direction in flat.T:
+    for direction in model.flat().T:
         for step in range(-SCAN_STEPS, SCAN_STEPS + 1):
             if step == 0:
                 continue
             restarted, _ = optimise(middle, model.moved(direction * step * SCAN_STEP_MM), scales)
-            score = _score(sampled, restarted)
+            score = _score(middle, restarted)
             if score < best_score:
                 best, best_score, improved = restarted, score, True
     if not improved:
@@ -236,6 +236,7 @@ def _assessed(
     masks = (middle.mri_foreground, middle.pet_foreground)
     header, metric_header = analysis.header, analysis.metric_header
     anchored, unanchored, spread = analysis.anchored, analysis.unanchored, analysis.spread_mm
+    edges = assess.EdgeAgreement(middle)
     metric_value = middle.evaluate(transform)
     result = RegistrationResult(
         transform=transform,
@@ -245,8 +246,8 @@ def _assessed(
         iterations=int(method.GetOptimizerIteration()),
         stop_condition=method.GetOptimizerStopConditionDescription(),
         metric_header=metric_header,
-        edges_header=assess.edge_agreement(middle, header),
-        edges_value=assess.edge_agreement(middle, transform),
+        edges_header=edges(header),
+        edges_value=edges(transform),
         anchored=anchored,
         unanchored=unanchored,
         spread_mm=spread,
@@ -278,6 +279,11 @@ def _assessed(
         result.warnings.append(
             f"registration moved the PET {result.moved_mm:.1f} mm from its header pose for only {gain:.1%} "
             "better mutual information; check the fused result, or keep the header pose with --register none"
+        )
+    elif result.anchored:
+        result.warnings.append(
+            f"the registration is uncertain along {' and '.join(result.anchored)}: the images do not determine "
+            "it, so the PET keeps its header pose there; check that direction in the fused result"
         )
     for text in result.warnings:
         warn(text[0].upper() + text[1:] + ".")

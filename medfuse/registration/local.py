@@ -36,12 +36,12 @@ if TYPE_CHECKING:
 #: Finite-difference step, mm of RMS displacement of the MRI's foreground.
 STEP_MM = 2.0
 #: Points of the MRI's foreground (4 mm level) the local model is computed on.
-MODEL_SAMPLES = 8_000
+MODEL_SAMPLES = 6_000
 #: Disjoint point subsets whose optima measure the spread.
 SUBSETS = 4
 #: Directions with less than this fraction of the largest curvature are "flat".
 FLAT_CURVATURE_RATIO = 0.05
-BINS = 32
+BINS = 64
 _AXES = ("x", "y", "z")
 
 
@@ -171,9 +171,13 @@ def _differences(
 def local_model(metric: SampledMetric, transform: sitk.Transform, scales: list[float]) -> LocalModel | None:
     """The local model of ``metric`` around a rigid ``transform`` (``None`` for other transforms, or
     when the probes leave the PET)."""
+    import SimpleITK as sitk
+
     if transform.GetName() != "Euler3DTransform":
         return None
-    model = LocalModel(transform, 1.0 / np.sqrt(np.array(scales, float)), 0.0, np.zeros(6), np.zeros((6, 6)))
+    model = LocalModel(
+        sitk.Euler3DTransform(transform), 1.0 / np.sqrt(np.array(scales, float)), 0.0, np.zeros(6), np.zeros((6, 6))
+    )
     found = _differences(metric, model, slice(None), with_hessian=True)
     if found is None:
         return None

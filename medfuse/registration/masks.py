@@ -2,7 +2,8 @@
 
 A foreground is what is not air: the threshold sits between the image's background level (its
 0.5th percentile) and the typical level of its tissue (the median of the voxels clearly above the
-background), at a fraction of the way that depends on the modality: on T1 MRI, fat is the brightest
+background: 15 % of the way to the upper quartile, or to a tenth of the top when air fills most of
+the field of view), at a fraction of the way that depends on the modality: on T1 MRI, fat is the brightest
 tissue and air a noise floor; on FDG PET, fat (SUV ~0.35) is the faintest tissue and a few hot
 voxels (bladder, tumour, brain) would put a range-based threshold above it. A field of view that
 holds no air (a crop inside the body) is foreground everywhere. Blobs under 5 % of the largest are
@@ -36,10 +37,11 @@ def _mask_array(values: np.ndarray, role: Role) -> np.ndarray:
     """The foreground of an array (see the module docstring)."""
     from scipy import ndimage
 
-    low, high = (float(v) for v in np.percentile(values, (0.5, 99.5)))
+    low, quartile, high = (float(v) for v in np.percentile(values, (0.5, 75.0, 99.5)))
     if high <= low:
         high = float(values.max())
-    tissue = values[values > low + 0.05 * (high - low)]
+    # "clearly above background": hot spots filling part of a crop must not raise the tissue level
+    tissue = values[values > low + 0.15 * (max(quartile, 0.1 * high) - low)]
     level = float(np.median(tissue)) if tissue.size else high
     if level - low <= 0:
         return values > values.min()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medfuse.registration.bias import bias_field, corrected
 from medfuse.registration.grids import LEVEL_SPACINGS_MM, on_grid
 from medfuse.registration.masks import foreground_mask, mask_points
 from medfuse.registration.transforms import single
@@ -20,7 +21,7 @@ MIN_STEPS_MM = (0.02, 0.005, 0.001)
 FIRST_STEPS_MM = (2.0, 1.0, 0.5)
 #: MRI foreground voxels sampled per level (coarse to fine); fixed counts keep the cost independent of grids.
 SAMPLES_PER_LEVEL = (2_000, 6_000, 15_000)
-HISTOGRAM_BINS = 48
+HISTOGRAM_BINS = 64
 SAMPLING_SEED = 20240613
 #: PET values are clipped at this many times the median of its foreground (and at its 99.5th
 #: percentile there): a few hot voxels (bladder, tumour) would otherwise squeeze all soft tissue
@@ -94,13 +95,36 @@ def _clipped(image: sitk.Image, ceiling: float) -> sitk.Image:
     return sitk.Clamp(image, sitk.sitkFloat32, float(np.finfo(np.float32).min), float(ceiling))
 
 
+def _like(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """``mask`` on ``reference``'s grid (nearest neighbour)."""
+    import SimpleITK as sitk
+
+    if mask.GetSize() == reference.GetSize() and mask.GetSpacing() == reference.GetSpacing():
+        return mask
+    return sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def _grown(mask: sitk.Image, mm: float) -> sitk.Image:
+    """``mask`` dilated by about ``mm``."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    steps = max(round(mm / max(mask.GetSpacing())), 1)
+    grown = sitk.GetImageFromArray(
+        ndimage.binary_dilation(sitk.GetArrayViewFromImage(mask) > 0, iterations=steps).astype(np.uint8)
+    )
+    grown.CopyInformation(mask)
+    return grown
+
+
 def pyramid(fixed_mri: sitk.Image, moving_pet: sitk.Image) -> list[Level]:
     """Coarse-to-fine levels on grids of :data:`LEVEL_SPACINGS_MM`, each resampled from the next finer one.
 
     Anti-aliasing is the only smoothing (Gaussian of the resolution lost), and a PET coarser than a
     level stays as it is. A volume too thin for a coarse level skips it. Foregrounds are found once,
-    on the 4 mm level (cheap, and precise enough), and serve every level; intensities are clipped
-    (:data:`PET_CLIP_MEDIANS`, :data:`MRI_CLIP_PERCENTILE`) so the histogram resolves soft tissue.
+    on the 4 mm level (cheap, and precise enough), and serve every level; the MRI's smooth bias is
+    divided out (:mod:`.bias`) and intensities are clipped (:data:`PET_CLIP_MEDIANS`,
+    :data:`MRI_CLIP_PERCENTILE`) so the histogram resolves soft tissue.
     """
     import SimpleITK as sitk
 
@@ -114,7 +138,12 @@ def pyramid(fixed_mri: sitk.Image, moving_pet: sitk.Image) -> list[Level]:
     reference_fixed, reference_moving = images.get(1, images[len(LEVEL_SPACINGS_MM) - 1])
     mri_foreground = foreground_mask(reference_fixed, "MRI")
     pet_foreground = foreground_mask(reference_moving, "PET")
-    grown = foreground_mask(reference_fixed, "MRI", dilate_mm=4.0)
+    sampled_region = _grown(mri_foreground, 4.0)
+    coarsest = images[min(images)][0]
+    field = bias_field(coarsest, _like(mri_foreground, coarsest))
+    if field is not None:
+        images = {index: (corrected(fixed, field), moving) for index, (fixed, moving) in images.items()}
+        reference_fixed = images.get(1, images[len(LEVEL_SPACINGS_MM) - 1])[0]
     mri_values = sitk.GetArrayViewFromImage(reference_fixed)[sitk.GetArrayViewFromImage(mri_foreground) > 0]
     pet_values = sitk.GetArrayViewFromImage(reference_moving)[sitk.GetArrayViewFromImage(pet_foreground) > 0]
     mri_ceiling = float(np.percentile(mri_values, MRI_CLIP_PERCENTILE)) if mri_values.size else np.inf
@@ -124,11 +153,7 @@ def pyramid(fixed_mri: sitk.Image, moving_pet: sitk.Image) -> list[Level]:
     levels = []
     for index in sorted(images):
         fixed, moving = images[index]
-
-        def like(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
-            return sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-
-        level_mask = like(grown, fixed)
+        level_mask = _like(sampled_region, fixed)
         sampled_voxels = max(int(np.count_nonzero(sitk.GetArrayViewFromImage(level_mask))), 1)
         levels.append(
             Level(
@@ -136,8 +161,8 @@ def pyramid(fixed_mri: sitk.Image, moving_pet: sitk.Image) -> list[Level]:
                 fixed=_clipped(fixed, mri_ceiling) if np.isfinite(mri_ceiling) else fixed,
                 moving=_clipped(moving, pet_ceiling) if np.isfinite(pet_ceiling) else moving,
                 mask=level_mask,
-                mri_foreground=like(mri_foreground, fixed),
-                pet_foreground=like(pet_foreground, moving),
+                mri_foreground=_like(mri_foreground, fixed),
+                pet_foreground=_like(pet_foreground, moving),
                 sampling=min(1.0, SAMPLES_PER_LEVEL[index] / sampled_voxels),
                 first_step=FIRST_STEPS_MM[index],
                 min_step=MIN_STEPS_MM[index],

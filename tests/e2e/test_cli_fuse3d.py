@@ -47,7 +47,8 @@ def test_fuse_writes_volumes_preview_report_and_transform(pair: tuple[Path, Path
     report = json.loads((out / "report.json").read_text())
     assert report["fusion"]["method"] == "laplacian" and report["fusion"]["device"] == "cpu"
     summary = [line for line in result.output.splitlines() if line.startswith("Fused ")]
-    assert len(summary) == 1 and "laplacian on cpu" in summary[0] and "registration: rigid (Mattes MI" in summary[0]
+    assert len(summary) == 1 and "laplacian on cpu" in summary[0] and "registration: rigid (moved " in summary[0]
+    assert report["registration"]["requested"] == "auto" and report["registration"]["source"] == "rigid"
 
 
 @pytest.mark.slow

@@ -738,7 +738,7 @@ def test_unexpected_error_ends_in_one_sentence_with_the_debug_hint(
     def broken(*_args: object, **_kwargs: object) -> None:
         raise ZeroDivisionError("float division by zero\nsecond line of detail")
 
-    monkeypatch.setattr("medfuse.registration.register", broken)
+    monkeypatch.setattr("medfuse.registration.placement.register", broken)
     args = ("fuse", inputs["mri"], inputs["pet"], "-o", tmp_path / "out" / "f.nii.gz", "--method", "laplacian")
     result = invoke(*args)
     assert_clean_failure(
