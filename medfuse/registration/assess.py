@@ -1,6 +1,6 @@
 """How sure a registration is: edge agreement as a second opinion, and a confidence level.
 
-* **Edge agreement** (normalised gradient fields): the mean over the MRI's foreground of
+* **Edge agreement** (normalised gradient fields, on the coarsest level): the mean over the MRI's foreground of
   cos²(angle between the MRI's and the PET's intensity gradients), each gradient damped by its
   image's median gradient. It does not care which tissue is bright in which modality, and the
   body's outline, bones and a tumour's rim all count: a second opinion where mutual information is
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medfuse.registration.local import SUBSETS
+from medfuse.registration.local import SCAN_STEP_MM, SUBSETS
 from medfuse.registration.masks import MIN_OVERLAP
 from medfuse.registration.optimise import Level
 
@@ -55,7 +55,9 @@ class EdgeAgreement:
         import SimpleITK as sitk
 
         self.level = level
-        self.mri_gradient = _gradients(sitk.GetArrayViewFromImage(level.fixed), level.fixed.GetSpacing())
+        self.usable = min(level.fixed.GetSize()) >= 3  # central differences need three voxels per axis
+        values = sitk.GetArrayViewFromImage(level.fixed)
+        self.mri_gradient = _gradients(values, level.fixed.GetSpacing()) if self.usable else np.zeros((1, 3))
         self.mask = sitk.GetArrayViewFromImage(level.mask) > 0
         ones = sitk.Image(level.moving.GetSize(), sitk.sitkUInt8) + 1
         ones.CopyInformation(level.moving)
@@ -66,6 +68,8 @@ class EdgeAgreement:
         import SimpleITK as sitk
         from scipy import ndimage
 
+        if not self.usable:
+            return None
         level = self.level
         pet = sitk.GetArrayFromImage(sitk.Resample(level.moving, level.fixed, transform, sitk.sitkLinear, 0.0))
         placed = sitk.Resample(self.ones, level.fixed, transform, sitk.sitkNearestNeighbor, 0)
@@ -95,7 +99,8 @@ def confidence(result: Any, pet_voxel_mm: float) -> Confidence:
         return Confidence(
             "low",
             spread,
-            f"the images do not determine {' and '.join(result.unanchored)} and the header pose is no guide",
+            f"the images pin down {' and '.join(result.unanchored)} only weakly and the header pose is no guide "
+            f"(along a translation, the best of restarts {SCAN_STEP_MM:g} mm apart was taken)",
         )
     edges_worse = (
         result.edges_header is not None and result.edges_value is not None and result.edges_value < result.edges_header

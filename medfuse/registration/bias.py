@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import SimpleITK as sitk
 
 CLASSES = 4
-ROUNDS = 6
+ROUNDS = 4
 #: A fitted field that varies less than this (either way, over the foreground) is left alone: the fit
 #: cannot tell such weak shading from the way tissues are arranged (a head's is ±1–5 % unshaded).
 MIN_BIAS = 0.08
@@ -64,6 +64,8 @@ def bias_field(image: sitk.Image, foreground: sitk.Image) -> sitk.Image | None:
     keep = np.ones(len(logs), bool)
     for _ in range(ROUNDS):
         corrected = logs - basis @ coefficients
+        if np.count_nonzero(keep) < 200:
+            return None
         means = _classes(corrected[keep])
         explained = means[np.argmin(np.abs(corrected[:, None] - means[None, :]), axis=1)]
         residual = logs - explained

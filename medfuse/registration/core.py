@@ -25,12 +25,9 @@ LITTLE_GAIN = 0.02
 #: The header pose guides directions the images do not determine only when it lies within this
 #: distance (RMS over the foreground) of the result: the same patient position, not another frame.
 HEADER_GUIDE_MM = 50.0
-#: Restarts along a flat direction the header cannot guide: this many steps each way, this long.
-SCAN_STEPS = 4
-SCAN_STEP_MM = 8.0
 #: Candidate starts optimised on the coarsest level before the best one goes on to the finer levels.
 STARTS_REFINED = 8
-#: ... if their coarse metric is within this fraction of the best one's (mutual information is negative).
+#: ... if their coarse metric is within this fraction of the best one's.
 REFINE_MARGIN = 0.25
 
 
@@ -110,7 +107,8 @@ def register(fixed_mri: sitk.Image, moving_pet: sitk.Image, mode: Mode = "rigid"
         starts = candidate_starts(coarse, moving_pet)
         scales = parameter_scales(middle.mask, starts[0].transform)
         refined = []
-        promising = [start for start in starts if start.metric <= starts[0].metric * (1.0 - REFINE_MARGIN)]
+        best = starts[0].metric
+        promising = [start for start in starts if start.metric <= best + REFINE_MARGIN * abs(best)]
         for start in _distinct(promising, coarse.spacing)[:STARTS_REFINED]:
             transform, _ = optimise(coarse, start.transform, scales)
             refined.append((_score(middle, transform), start.name, transform))
@@ -201,26 +199,27 @@ def _scan(
     scales: list[float],
     method: sitk.ImageRegistrationMethod,
 ) -> tuple[sitk.Transform, sitk.ImageRegistrationMethod]:
-    """Restart the 4 mm level from poses along each flat direction the header cannot guide
-    (±:data:`SCAN_STEPS` steps of :data:`SCAN_STEP_MM`); the best by the metric is refined."""
+    """Restart from poses along each flat translation the header cannot guide (±``local.SCAN_STEPS``
+    steps of ``local.SCAN_STEP_MM``), each optimised on the two finer levels; the best by the finest
+    level's metric (the same voxel samples for every restart) wins. Only the finest level sees the
+    detail (fat planes, vessels, a tumour's rim) that tells positions along a limb apart."""
     model = analysis.model
-    best, best_score = analysis.transform, _score(middle, analysis.transform)
-    if model is None:
-        return best, method
-    improved = False
+    if model is None or len(levels) < 2:
+        return analysis.transform, method
+    best, best_method = analysis.transform, method
+    best_score = float(method.GetMetricValue())
     for direction in model.flat().T:
-        for step in range(-SCAN_STEPS, SCAN_STEPS + 1):
+        if not local.describe_direction(direction).startswith("translation"):
+            continue
+        for step in range(-local.SCAN_STEPS, local.SCAN_STEPS + 1):
             if step == 0:
                 continue
-            restarted, _ = optimise(middle, model.moved(direction * step * SCAN_STEP_MM), scales)
-            score = _score(middle, restarted)
-            if score < best_score:
-                best, best_score, improved = restarted, score, True
-    if not improved:
-        return best, method
-    for level in levels[levels.index(middle) + 1 :]:
-        best, method = optimise(level, best, scales)
-    return best, method
+            restarted = model.moved(direction * step * local.SCAN_STEP_MM)
+            for level in levels[levels.index(middle) :]:
+                restarted, finished = optimise(level, restarted, scales)
+            if float(finished.GetMetricValue()) < best_score:
+                best, best_method, best_score = restarted, finished, float(finished.GetMetricValue())
+    return best, best_method
 
 
 def _assessed(
@@ -236,7 +235,7 @@ def _assessed(
     masks = (middle.mri_foreground, middle.pet_foreground)
     header, metric_header = analysis.header, analysis.metric_header
     anchored, unanchored, spread = analysis.anchored, analysis.unanchored, analysis.spread_mm
-    edges = assess.EdgeAgreement(middle)
+    edges = assess.EdgeAgreement(levels[0])
     metric_value = middle.evaluate(transform)
     result = RegistrationResult(
         transform=transform,

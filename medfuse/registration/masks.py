@@ -2,13 +2,13 @@
 
 A foreground is what is not air: the threshold sits between the image's background level (its
 0.5th percentile) and the typical level of its tissue (the median of the voxels clearly above the
-background: 15 % of the way to the upper quartile, or to a tenth of the top when air fills most of
-the field of view), at a fraction of the way that depends on the modality: on T1 MRI, fat is the brightest
+background), at a fraction of the way that depends on the modality: on T1 MRI, fat is the brightest
 tissue and air a noise floor; on FDG PET, fat (SUV ~0.35) is the faintest tissue and a few hot
 voxels (bladder, tumour, brain) would put a range-based threshold above it. A field of view that
-holds no air (a crop inside the body) is foreground everywhere. Blobs under 5 % of the largest are
-noise; larger ones stay (two legs, or a scalp apart from a brain behind a dark skull), and holes
-are filled in 3-D and slice by slice (a shell cut open by the field of view encloses nothing in 3-D).
+holds no air (a crop inside the body: hardly any voxel near zero) is foreground everywhere. Blobs
+under 5 % of the largest are noise; larger ones stay (two legs, or a scalp apart from a brain
+behind a dark skull), and holes are filled in 3-D and slice by slice (a shell cut open by the field
+of view encloses nothing in 3-D).
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ Role = Literal["MRI", "PET"]
 
 #: Where the threshold sits between background and the typical tissue level, per modality.
 THRESHOLD_FRACTION: dict[str, float] = {"MRI": 0.3, "PET": 0.3}
-#: A background this bright against the tissue level means the field of view holds no air.
-NO_AIR_RATIO = 0.25
+#: With fewer than AIR_FRACTION of the voxels below AIR_LEVEL × the tissue level, the field of view
+#: holds no air (a crop inside the body).
+AIR_LEVEL = 0.05
+AIR_FRACTION = 0.02
 #: Below this fraction of the smaller foreground, PET and MRI count as "barely overlapping".
 MIN_OVERLAP = 0.5
 
@@ -37,15 +39,15 @@ def _mask_array(values: np.ndarray, role: Role) -> np.ndarray:
     """The foreground of an array (see the module docstring)."""
     from scipy import ndimage
 
-    low, quartile, high = (float(v) for v in np.percentile(values, (0.5, 75.0, 99.5)))
+    low, high = (float(v) for v in np.percentile(values, (0.5, 99.5)))
     if high <= low:
         high = float(values.max())
-    # "clearly above background": hot spots filling part of a crop must not raise the tissue level
-    tissue = values[values > low + 0.15 * (max(quartile, 0.1 * high) - low)]
+    tissue = values[values > low + 0.05 * (high - low)]
     level = float(np.median(tissue)) if tissue.size else high
     if level - low <= 0:
         return values > values.min()
-    if low > NO_AIR_RATIO * level:
+    zero = min(low, 0.0)  # MRI magnitudes and PET activities are not negative; air is near zero
+    if np.mean(values - zero < AIR_LEVEL * (level - zero)) < AIR_FRACTION:  # a crop inside the body
         return np.ones(values.shape, bool)
     mask = values > low + THRESHOLD_FRACTION[role] * (level - low)
     if not mask.any():
