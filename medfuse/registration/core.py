@@ -214,7 +214,7 @@ def _scan(
         for step in range(-local.SCAN_STEPS, local.SCAN_STEPS + 1):
             if step == 0:
                 continue
-            restarted = model.moved(direction * step * local.SCAN_STEP_MM)
+            restarted: sitk.Transform = model.moved(direction * step * local.SCAN_STEP_MM)
             for level in levels[levels.index(middle) :]:
                 restarted, finished = optimise(level, restarted, scales)
             if float(finished.GetMetricValue()) < best_score:
