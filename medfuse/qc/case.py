@@ -22,13 +22,14 @@ import numpy as np
 from medfuse.atomic import check_output_path, output_transaction, strip_suffix
 from medfuse.console import warn
 from medfuse.errors import InvalidInputError, MedfuseError, UnreadableInputError
+from medfuse.qc.page import CasePage, as_dict, pet_units, report_window
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
     from medfuse.qc.volumes import QcGrid
 
-__all__ = ["CasePage", "CaseVolumes", "case_title", "prepare_case_page", "rebuild_case_page"]
+__all__ = ["CaseVolumes", "case_title", "load_case_volumes", "prepare_case_page", "rebuild_case_page"]
 
 REPORT_NAME = "report.json"
 QC_NAME = "qc.html"
@@ -56,49 +57,11 @@ class CaseVolumes:
     notes: list[str] = field(default_factory=list)  # what is missing and why
 
 
-@dataclass
-class CasePage:
-    """A case page whose pictures and viewer volumes are ready; :meth:`html` adds the report's figures."""
-
-    title: str
-    pictures: dict[str, str]  # data URIs by name (inputs_mri, inputs_pet, registration_header, ...)
-    captions: dict[str, str]
-    viewer: dict[str, Any] | None
-    notes: list[str]
-
-    def html(self, report: dict[str, Any]) -> str:
-        """The self-contained HTML page of this case with ``report``'s figures."""
-        from medfuse.qc.page import render_case
-
-        return render_case(self, report)
-
-
 def case_title(fused_output: str | Path) -> str:
     """A case's name: the fused output's name without extension, or its folder's for a plain ``fused.*``."""
     path = Path(fused_output)
     stem = strip_suffix(path).name
     return path.absolute().parent.name if stem == "fused" and path.absolute().parent.name else stem
-
-
-def pet_units(report: dict[str, Any]) -> str:
-    """The PET's units as the report knows them (hotspots, else DICOM Units), else 'image units'."""
-    from medfuse.preview import unit_label
-
-    hotspots = report.get("hotspots")
-    if isinstance(hotspots, dict) and hotspots.get("units"):
-        return str(hotspots["units"])
-    window = report.get("pet_window")
-    units = unit_label(window.get("units")) if isinstance(window, dict) else None
-    return units or "image units"
-
-
-def _report_window(report: dict[str, Any], key: str) -> tuple[float, float] | None:
-    window = report.get(key)
-    try:
-        low, high = (float(window["low"]), float(window["high"])) if isinstance(window, dict) else map(float, window)
-    except (TypeError, ValueError, KeyError):
-        return None
-    return (low, high) if np.isfinite(low) and np.isfinite(high) and high > low else None
 
 
 def _start_point(
@@ -109,24 +72,21 @@ def _start_point(
     The report gives the maximum's MRI voxel (its position is in the PET's own coordinates, which
     registration may have moved away from the MRI's).
     """
-    hotspots = report.get("hotspots")
     try:
-        voxel = [int(v) for v in hotspots["max"]["mri_voxel"]]  # type: ignore[index]
+        voxel = [int(v) for v in as_dict(as_dict(report.get("hotspots")).get("max"))["mri_voxel"]]
         point = anatomy.TransformIndexToPhysicalPoint(voxel)
-        index = np.linalg.solve(grid.index_to_lps(), np.array([*point, 1.0]))[:3]
-        start = tuple(round(float(v)) for v in index)
-        if all(0 <= p < n for p, n in zip(start, grid.reference.GetSize(), strict=True)):
-            return start  # type: ignore[return-value]
+        x, y, z = (round(float(v)) for v in np.linalg.solve(grid.index_to_lps(), np.array([*point, 1.0]))[:3])
+        if all(0 <= p < n for p, n in zip((x, y, z), grid.reference.GetSize(), strict=True)):
+            return x, y, z
     except (TypeError, KeyError, ValueError, np.linalg.LinAlgError):
         pass
     if pet is not None and float(pet.max()) > float(pet.min()):
         from scipy import ndimage
 
         smoothed = ndimage.uniform_filter(pet, size=3, mode="constant")
-        z, y, x = np.unravel_index(int(smoothed.argmax()), smoothed.shape)
-        return int(x), int(y), int(z)
-    z, y, x = fallback
-    return x, y, z
+        k, j, i = (int(v) for v in np.unravel_index(int(smoothed.argmax()), smoothed.shape))
+        return i, j, k
+    return fallback[2], fallback[1], fallback[0]
 
 
 def prepare_case_page(
@@ -145,8 +105,7 @@ def prepare_case_page(
     pictures: dict[str, str] = {}
     captions: dict[str, str] = {}
     units = pet_units(report)
-    fusion = report.get("fusion") if isinstance(report.get("fusion"), dict) else {}
-    colormap = str(fusion.get("overlay_colormap") or "aanlib")  # type: ignore[union-attr]
+    colormap = str(as_dict(report.get("fusion")).get("overlay_colormap") or "aanlib")
     try:
         lut = colormap_lut(colormap)
     except MedfuseError:
@@ -170,7 +129,7 @@ def prepare_case_page(
     if grid is not None and anatomy is not None:
         base = grid.resample(anatomy)
         base_window = robust_window(base)
-        pet_window = _report_window(report, "pet_window")
+        pet_window = report_window(report)
         if volumes.pet_on_mri is not None:
             pet_grid = grid.resample(volumes.pet_on_mri)
         elif volumes.pet is not None and volumes.transform is not None:
@@ -211,7 +170,7 @@ def prepare_case_page(
         planes = images.fused_planes(shown, focus)
         pictures["fused_mosaic"] = images.data_uri(mosaic, "jpeg")
         pictures["fused_planes"] = images.data_uri(planes)
-        window = _report_window(report, "pet_window")
+        window = report_window(report)
         if volumes.overlay is not None and window is not None:
             bar = images.overlay_colour_bar(planes.shape[0], window, colormap, units)
             pictures["colour_bar"] = images.data_uri(bar)
@@ -252,8 +211,7 @@ def _find_output(case_dir: Path, report: dict[str, Any], kind: str) -> Path | No
     standard = case_dir / CASE_FILES[kind]
     if standard.is_file():
         return standard
-    outputs = report.get("outputs") if isinstance(report.get("outputs"), dict) else {}
-    recorded = outputs.get(kind)  # type: ignore[union-attr]
+    recorded = as_dict(report.get("outputs")).get(kind)
     if isinstance(recorded, str):
         for candidate in (Path(recorded), case_dir / Path(recorded).name):
             if candidate.is_file():
@@ -278,8 +236,8 @@ def _read_input(report: dict[str, Any], role: str, notes: list[str]) -> sitk.Ima
     """An input named in the report, read as ``fuse`` read it; None (with a note) when it is gone."""
     from medfuse import io
 
-    record = (report.get("inputs") or {}).get(role.lower()) if isinstance(report.get("inputs"), dict) else None
-    path = record.get("path") if isinstance(record, dict) else None
+    record = as_dict(as_dict(report.get("inputs")).get(role.lower()))
+    path = record.get("path")
     if not path:
         notes.append(f"The report names no {role} input file: its pictures are left out.")
         return None
@@ -288,11 +246,11 @@ def _read_input(report: dict[str, Any], role: str, notes: list[str]) -> sitk.Ima
             f"The {role} input {path} no longer exists (or is relative to another folder): its pictures are left out."
         )
         return None
-    dicom = record.get("dicom") if isinstance(record.get("dicom"), dict) else {}
+    dicom = as_dict(record.get("dicom"))
     try:
         volume = io.load_volume(
             path,
-            role="PET" if role == "PET" else "MRI",  # type: ignore[arg-type]
+            role="PET" if role == "PET" else "MRI",
             frame=record.get("frame"),
             series_uid=dicom.get("series_uid"),
             suv=bool(dicom.get("suv")) if role == "PET" else False,

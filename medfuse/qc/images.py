@@ -46,7 +46,7 @@ def head_centre(values: np.ndarray, window: tuple[float, float]) -> tuple[int, i
     """The (z, y, x) index of the centre of mass of the voxels above a tenth of the window."""
     mask = values > window[0] + 0.1 * (window[1] - window[0])
     if not mask.any():
-        return tuple(n // 2 for n in values.shape)  # type: ignore[return-value]
+        return values.shape[0] // 2, values.shape[1] // 2, values.shape[2] // 2
     centre = []
     for axis in range(3):
         profile = mask.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.float64)
@@ -97,7 +97,7 @@ def registration_picture(
         rgb[plane] = np.round(colour * 255).astype(np.uint8)
     image = grid.image(rgb)
     at = image.TransformIndexToPhysicalPoint((x, y, z))
-    return render_preview(image, "triplanar", at=tuple(float(v) for v in at))
+    return render_preview(image, "triplanar", at=(float(at[0]), float(at[1]), float(at[2])))
 
 
 def input_picture(image: sitk.Image, units: str | None = None) -> np.ndarray:

@@ -19,7 +19,8 @@ from urllib.parse import quote
 import numpy as np
 
 from medfuse.atomic import output_transaction
-from medfuse.qc.case import CASE_FILES, QC_NAME, REPORT_NAME, pet_units
+from medfuse.qc.case import CASE_FILES, QC_NAME, REPORT_NAME
+from medfuse.qc.page import as_dict, asset, pet_units, render_template
 
 INDEX_NAME = "index.html"
 _THUMBNAIL_SIDE = 160
@@ -85,15 +86,12 @@ def index_row(output_dir: Path, outcome: CaseOutcome) -> IndexRow:
     """The index row of one case: its batch outcome and what its folder holds."""
     folder = output_dir / outcome.case
     report = _read_report(folder) if outcome.status != "failed" else {}
-    registration = report.get("registration") if isinstance(report.get("registration"), dict) else {}
-    confidence = registration.get("confidence") if isinstance(registration.get("confidence"), dict) else {}  # type: ignore[union-attr]
-    level = confidence.get("level") if confidence.get("level") in ("high", "medium", "low") else None  # type: ignore[union-attr]
-    hotspots = report.get("hotspots") if isinstance(report.get("hotspots"), dict) else None
-    hot_max = None
-    if hotspots is not None and isinstance(hotspots.get("max"), dict):
-        hot_max = _float(hotspots["max"].get("value"))
-    warnings = report.get("warnings") if isinstance(report.get("warnings"), list) else outcome.warnings
-    count = len(warnings) if outcome.status != "failed" else len(outcome.warnings)
+    registration = as_dict(report.get("registration"))
+    level = as_dict(registration.get("confidence")).get("level")
+    level = level if level in ("high", "medium", "low") else None
+    hotspots = report.get("hotspots")
+    warnings = report.get("warnings")
+    count = len(warnings) if isinstance(warnings, list) and outcome.status != "failed" else len(outcome.warnings)
     page = folder / QC_NAME
     return IndexRow(
         case=outcome.case,
@@ -103,13 +101,13 @@ def index_row(output_dir: Path, outcome: CaseOutcome) -> IndexRow:
         warnings=count,
         page=f"{quote(outcome.case)}/{QC_NAME}" if page.is_file() else None,
         thumbnail=_thumbnail(folder) if outcome.status != "failed" else None,
-        moved_mm=_float(registration.get("moved_mm")),  # type: ignore[union-attr]
-        rotation_deg=_float(registration.get("rotation_deg")),  # type: ignore[union-attr]
-        metric_header=_float(registration.get("metric_header")),  # type: ignore[union-attr]
-        metric_value=_float(registration.get("metric_value")),  # type: ignore[union-attr]
+        moved_mm=_float(registration.get("moved_mm")),
+        rotation_deg=_float(registration.get("rotation_deg")),
+        metric_header=_float(registration.get("metric_header")),
+        metric_value=_float(registration.get("metric_value")),
         confidence=level,
-        hot_max=hot_max,
-        hot_units=pet_units(report) if hotspots is not None else None,
+        hot_max=_float(as_dict(as_dict(hotspots).get("max")).get("value")),
+        hot_units=pet_units(report) if isinstance(hotspots, dict) else None,
         needs_look=outcome.status == "failed" or level in ("low", "medium") or count > 0,
     )
 
@@ -117,8 +115,6 @@ def index_row(output_dir: Path, outcome: CaseOutcome) -> IndexRow:
 def render_index(rows: Sequence[IndexRow], title: str) -> str:
     """The HTML of a batch index."""
     from markupsafe import Markup
-
-    from medfuse.qc.page import asset, render_template
 
     counts = {status: sum(row.status == status for row in rows) for status in ("ok", "failed", "skipped")}
     seconds = sum(row.seconds or 0.0 for row in rows)

@@ -1,5 +1,8 @@
 """HTML of the QC pages: Jinja2 templates (autoescaped) with the styles and scripts inlined.
 
+:class:`CasePage` holds a case's drawn pictures and viewer volumes; :func:`render_case` and the
+batch index (:mod:`medfuse.qc.index`) fill the templates of ``templates/``.
+
 A page is one self-contained file: pictures are ``data:`` URIs, the stylesheet and scripts
 (``medfuse/qc/assets``) are copied into it, and a Content-Security-Policy forbids every network
 request, so it opens from a USB stick exactly as it does anywhere else. The report's figures go
@@ -12,13 +15,12 @@ from __future__ import annotations
 import functools
 import json
 import math
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import jinja2
-
-    from medfuse.qc.case import CasePage
 
 #: Forbids every request: the page needs nothing but itself (data: images, inline styles and scripts).
 CONTENT_SECURITY_POLICY = (
@@ -43,7 +45,7 @@ def _environment() -> jinja2.Environment:
 @functools.lru_cache(maxsize=8)
 def asset(name: str) -> str:
     """The text of a stylesheet or script of ``medfuse/qc/assets`` (inlined into pages)."""
-    text = resources.files("medfuse.qc").joinpath("assets", name).read_text(encoding="utf-8")
+    text = resources.files("medfuse.qc").joinpath("assets").joinpath(name).read_text(encoding="utf-8")
     if "</script" in text.lower() or "</style" in text.lower():
         raise ValueError(f"medfuse/qc/assets/{name} contains a closing tag and cannot be inlined")
     return text
@@ -58,6 +60,47 @@ def render_template(template: str, **context: Any) -> str:
         .get_template(template)
         .render(csp=CONTENT_SECURITY_POLICY, style=Markup(asset("style.css")), **context)
     )
+
+
+@dataclass
+class CasePage:
+    """A case page whose pictures and viewer volumes are ready; :meth:`html` adds the report's figures."""
+
+    title: str
+    pictures: dict[str, str]  # data URIs by name (inputs_mri, inputs_pet, registration_header, ...)
+    captions: dict[str, str]
+    viewer: dict[str, Any] | None
+    notes: list[str]
+
+    def html(self, report: dict[str, Any]) -> str:
+        """The self-contained HTML page of this case with ``report``'s figures."""
+        return render_case(self, report)
+
+
+# ---- reading a run report defensively (older medfuse versions, edited files) ---------------------------
+def as_dict(value: Any) -> dict[str, Any]:
+    """``value`` if it is a dict, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def pet_units(report: dict[str, Any]) -> str:
+    """The PET's units as the report knows them (hotspots, else DICOM Units), else 'image units'."""
+    from medfuse.preview import unit_label
+
+    hotspots = as_dict(report.get("hotspots"))
+    if hotspots.get("units"):
+        return str(hotspots["units"])
+    return unit_label(as_dict(report.get("pet_window")).get("units")) or "image units"
+
+
+def report_window(report: dict[str, Any]) -> tuple[float, float] | None:
+    """The PET window (low, high) of the report, if it holds a valid one."""
+    window = as_dict(report.get("pet_window"))
+    try:
+        low, high = float(window["low"]), float(window["high"])
+    except (TypeError, ValueError, KeyError):
+        return None
+    return (low, high) if math.isfinite(low) and math.isfinite(high) and high > low else None
 
 
 # ---- formatting ------------------------------------------------------------------------------------
@@ -94,14 +137,10 @@ def _text(value: Any) -> str | None:
     return NOT_AVAILABLE if value is None or value == "" else str(value)
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 # ---- the case page -----------------------------------------------------------------------------------
 def _input_rows(report: dict[str, Any], units: str) -> list[tuple[str, str | None, str | None]]:
-    inputs = _dict(report.get("inputs"))
-    mri, pet = _dict(inputs.get("mri")), _dict(inputs.get("pet"))
+    inputs = as_dict(report.get("inputs"))
+    mri, pet = as_dict(inputs.get("mri")), as_dict(inputs.get("pet"))
 
     def both(label: str, get: Any) -> tuple[str, str | None, str | None]:
         return label, get(mri), get(pet)
@@ -118,7 +157,7 @@ def _input_rows(report: dict[str, Any], units: str) -> list[tuple[str, str | Non
         return f"{low} to {high}" if low and high else NOT_AVAILABLE
 
     def series(record: dict[str, Any]) -> str | None:
-        dicom = _dict(record.get("dicom"))
+        dicom = as_dict(record.get("dicom"))
         parts = [str(dicom[key]) for key in ("modality", "description", "units") if dicom.get(key)]
         return ", ".join(parts) if parts else NOT_AVAILABLE
 
@@ -140,9 +179,9 @@ def _input_rows(report: dict[str, Any], units: str) -> list[tuple[str, str | Non
 
 
 def _registration(report: dict[str, Any]) -> dict[str, Any]:
-    record = _dict(report.get("registration"))
-    transform = _dict(record.get("transform"))
-    confidence = _dict(record.get("confidence"))
+    record = as_dict(report.get("registration"))
+    transform = as_dict(record.get("transform"))
+    confidence = as_dict(record.get("confidence"))
     overlap = record.get("overlap", record.get("head_overlap"))
     level = confidence.get("level") if confidence.get("level") in ("high", "medium", "low") else None
     spread = fixed(confidence.get("spread_mm"), 1, "mm")
@@ -171,7 +210,7 @@ def _hotspots(report: dict[str, Any], units: str) -> dict[str, Any] | None:
         return None
     peak_name = "SUVpeak" if hotspots.get("is_suv") else "Peak"
     max_name = "SUVmax" if hotspots.get("is_suv") else "Maximum"
-    top, peak = _dict(hotspots.get("max")), _dict(hotspots.get("peak"))
+    top, peak = as_dict(hotspots.get("max")), as_dict(hotspots.get("peak"))
     summary = [
         (max_name, number(top.get("value"), 4, units), triple(top.get("position_mm")), _integers(top.get("mri_voxel"))),
         (
@@ -183,7 +222,7 @@ def _hotspots(report: dict[str, Any], units: str) -> dict[str, Any] | None:
     ]
     regions = []
     for region in hotspots.get("regions") or []:
-        region = _dict(region)
+        region = as_dict(region)
         regions.append(
             {
                 "rank": _text(region.get("rank")),
@@ -196,7 +235,7 @@ def _hotspots(report: dict[str, Any], units: str) -> dict[str, Any] | None:
                 "goto": _voxel_attribute(region.get("mri_voxel")),
             }
         )
-    threshold = _dict(hotspots.get("threshold"))
+    threshold = as_dict(hotspots.get("threshold"))
     return {
         "units": units,
         "grid": _text(hotspots.get("grid")),
@@ -215,7 +254,7 @@ def _voxel_attribute(voxel: Any) -> str:
 
 
 def _timings(report: dict[str, Any]) -> list[tuple[str, str, float]]:
-    timings = {k: v for k, v in _dict(report.get("timings_s")).items() if isinstance(v, int | float)}
+    timings = {k: v for k, v in as_dict(report.get("timings_s")).items() if isinstance(v, int | float)}
     total = timings.get("total") or sum(v for k, v in timings.items() if k != "total") or 1.0
     return [(name.replace("_", " "), f"{seconds:.2f}", min(1.0, seconds / total)) for name, seconds in timings.items()]
 
@@ -223,8 +262,8 @@ def _timings(report: dict[str, Any]) -> list[tuple[str, str, float]]:
 def _summary_cards(
     report: dict[str, Any], registration: dict[str, Any], hotspots: dict[str, Any] | None
 ) -> list[tuple[str, str | None]]:
-    record = _dict(report.get("registration"))
-    fusion = _dict(report.get("fusion"))
+    record = as_dict(report.get("registration"))
+    fusion = as_dict(report.get("fusion"))
     warnings = report.get("warnings")
     cards = [
         ("Registration", _text(record.get("source"))),
@@ -244,7 +283,7 @@ def _summary_cards(
     cards += [
         ("Fusion", f"{fusion.get('method')} on {fusion.get('device')}" if fusion.get("method") else NOT_AVAILABLE),
         ("Warnings", str(len(warnings)) if isinstance(warnings, list) else NOT_AVAILABLE),
-        ("Total time", fixed(_dict(report.get("timings_s")).get("total"), 1, "s")),
+        ("Total time", fixed(as_dict(report.get("timings_s")).get("total"), 1, "s")),
     ]
     return cards
 
@@ -259,13 +298,11 @@ def render_case(page: CasePage, report: dict[str, Any]) -> str:
     """The HTML of a case page (see :class:`medfuse.qc.case.CasePage`)."""
     from markupsafe import Markup
 
-    from medfuse.qc.case import pet_units
-
     units = pet_units(report)
     registration = _registration(report)
     hotspots = _hotspots(report, units)
-    fusion = _dict(report.get("fusion"))
-    window = _dict(report.get("pet_window"))
+    fusion = as_dict(report.get("fusion"))
+    window = as_dict(report.get("pet_window"))
     warnings = report.get("warnings")
     return render_template(
         "case.html",
@@ -283,11 +320,11 @@ def render_case(page: CasePage, report: dict[str, Any]) -> str:
         pet_window=(number(window.get("low")), number(window.get("high")), _text(window.get("source"))),
         warnings=warnings if isinstance(warnings, list) else None,
         timings=_timings(report),
-        versions=[(str(k), str(v)) for k, v in _dict(report.get("versions")).items()],
+        versions=[(str(k), str(v)) for k, v in as_dict(report.get("versions")).items()],
         fusion=[
             (str(k).replace("_", " "), json.dumps(v) if isinstance(v, list) else str(v)) for k, v in fusion.items()
         ],
         weights=_text(fusion.get("weights_sha256")),
-        outputs=[(str(k), str(v)) for k, v in _dict(report.get("outputs")).items()],
+        outputs=[(str(k), str(v)) for k, v in as_dict(report.get("outputs")).items()],
         report_json=json.dumps(report, indent=2, default=str),
     )
