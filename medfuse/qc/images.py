@@ -123,9 +123,9 @@ def fused_planes(shown: sitk.Image, focus: sitk.Image | None) -> np.ndarray:
 
 def overlay_colour_bar(height: int, window: tuple[float, float], colormap: str, units: str | None) -> np.ndarray:
     """The colour bar of the overlay: its PET window in its colour map, labelled in the PET's units."""
-    from medfuse.preview import colour_bar
+    from medfuse.preview import _colorbar
 
-    return colour_bar(height, window, colormap, units)
+    return _colorbar(height, window, colormap, units)
 
 
 def thumbnail(picture: np.ndarray, longest: int = 160) -> np.ndarray:
