@@ -22,6 +22,7 @@ import numpy as np
 from medfuse.atomic import check_output_path, output_transaction, strip_suffix
 from medfuse.console import warn
 from medfuse.errors import InvalidInputError, MedfuseError, UnreadableInputError
+from medfuse.qc import images
 from medfuse.qc.page import CasePage, as_dict, pet_units, report_window
 
 if TYPE_CHECKING:
@@ -81,11 +82,13 @@ def _start_point(
     except (TypeError, KeyError, ValueError, np.linalg.LinAlgError):
         pass
     if pet is not None and float(pet.max()) > float(pet.min()):
-        from scipy import ndimage
-
-        smoothed = ndimage.uniform_filter(pet, size=3, mode="constant")
-        k, j, i = (int(v) for v in np.unravel_index(int(smoothed.argmax()), smoothed.shape))
-        return i, j, k
+        # the hottest 2×2×2 block (a mean, so that one noisy voxel is no hot spot), cheaper than a filter
+        halves = [n // 2 for n in pet.shape]
+        if all(halves):
+            even = pet[: 2 * halves[0], : 2 * halves[1], : 2 * halves[2]]
+            blocks = even.reshape(halves[0], 2, halves[1], 2, halves[2], 2).mean(axis=(1, 3, 5))
+            k, j, i = (2 * int(v) + 1 for v in np.unravel_index(int(blocks.argmax()), blocks.shape))
+            return i, j, k
     return fallback[2], fallback[1], fallback[0]
 
 
@@ -96,95 +99,159 @@ def prepare_case_page(
 
     ``max_voxels`` caps the QC grid (default :data:`medfuse.qc.volumes.MAX_VOXELS`).
     """
-    from medfuse.colour import colormap_lut
-    from medfuse.preview import robust_window
-    from medfuse.qc import images
-    from medfuse.qc.volumes import MAX_VOXELS, qc_grid, viewer_payload
+    from medfuse.qc.volumes import MAX_VOXELS, qc_grid
 
-    notes = list(volumes.notes)
-    pictures: dict[str, str] = {}
-    captions: dict[str, str] = {}
+    page = CasePage(title, {}, {}, None, list(volumes.notes))
     units = pet_units(report)
-    colormap = str(as_dict(report.get("fusion")).get("overlay_colormap") or "aanlib")
-    try:
-        lut = colormap_lut(colormap)
-    except MedfuseError:
-        colormap, lut = "aanlib", colormap_lut("aanlib")
-
-    if volumes.mri is not None:
-        pictures["inputs_mri"] = images.data_uri(images.input_picture(volumes.mri))
     if volumes.pet is not None:
-        pictures["inputs_pet"] = images.data_uri(images.input_picture(volumes.pet, units=units))
-
+        page.pictures["inputs_pet"] = _pet_input_picture(volumes.pet, units)
     anatomy, anatomy_name = (volumes.mri, "MRI") if volumes.mri is not None else (volumes.fused, "fused luminance")
     if anatomy is None:
-        notes.append("Neither the MRI nor the fused volume is available: no registration check and no viewer.")
-        grid = None
+        page.notes.append("Neither the MRI nor the fused volume is available: no registration check and no viewer.")
+        return page
+    if anatomy_name != "MRI":
+        page.notes.append("The MRI is not available: the registration check and the viewer use the fused luminance.")
+    coarse = _coarse_case(volumes, anatomy, report, qc_grid(anatomy, max_voxels or MAX_VOXELS), page.notes)
+    if volumes.mri is not None:
+        page.pictures["inputs_mri"] = images.data_uri(images.input_picture(coarse.grid.image(coarse.base)))
+    _draw_registration(page, coarse, anatomy_name, units)
+    start = _start_point(report, coarse.grid, anatomy, coarse.pet, coarse.centre)
+    _draw_fused(page, volumes, coarse, start, report, units)
+    page.viewer = _viewer(coarse, anatomy, anatomy_name, start, report, units)
+    return page
+
+
+@dataclass
+class _Coarse:
+    """A case's volumes on the QC grid ((z, y, x) float32 arrays)."""
+
+    grid: QcGrid
+    base: np.ndarray  # the MRI (or the fused luminance when the MRI is gone)
+    base_window: tuple[float, float]
+    pet: np.ndarray | None  # the registered PET
+    header: np.ndarray | None  # the native PET where the headers place it (no registration)
+    pet_window: tuple[float, float] | None
+    centre: tuple[int, int, int]  # (z, y, x) centre of the head
+
+    def point_mm(self, voxel: tuple[int, int, int]) -> tuple[float, float, float]:
+        """The LPS point of a grid voxel (x, y, z)."""
+        x, y, z = self.grid.reference.TransformIndexToPhysicalPoint(voxel)
+        return float(x), float(y), float(z)
+
+
+def _coarse_case(
+    volumes: CaseVolumes, anatomy: sitk.Image, report: dict[str, Any], grid: QcGrid, notes: list[str]
+) -> _Coarse:
+    """Resample what the case has onto the QC grid: one resample per volume, nothing registered again."""
+    from medfuse.preview import robust_window
+
+    base = grid.resample(anatomy)
+    base_window = robust_window(base)
+    pet = None
+    if volumes.pet_on_mri is not None:
+        pet = grid.resample(volumes.pet_on_mri)
+    elif volumes.pet is not None and volumes.transform is not None:
+        pet = grid.resample(volumes.pet, volumes.transform)
+        notes.append("The registered PET was placed on the MRI from the native PET and the saved transform.")
+    header = grid.resample(volumes.pet) if volumes.pet is not None else None
+    pet_window = report_window(report)
+    source = pet if pet is not None else header
+    if pet_window is None and source is not None:
+        pet_window = robust_window(source, (0.5, 99.5))
+    return _Coarse(grid, base, base_window, pet, header, pet_window, images.head_centre(base, base_window))
+
+
+def _pet_input_picture(pet: sitk.Image, units: str) -> str:
+    """The native PET's three planes, on its own (coarse) grid: its own field of view and voxels."""
+    from medfuse.qc.volumes import PET_INPUT_VOXELS, qc_grid
+
+    grid = qc_grid(pet, PET_INPUT_VOXELS)
+    return images.data_uri(images.input_picture(grid.image(grid.resample(pet)), units))
+
+
+def _draw_registration(page: CasePage, coarse: _Coarse, anatomy_name: str, units: str) -> None:
+    """The MRI's edges over the PET at the header pose and after registration."""
+    if coarse.pet_window is None:
+        return
+    edges = images.edge_planes(coarse.base, coarse.base_window, coarse.centre, coarse.grid.spacing_mm)
+    for name, pet in (("registration_header", coarse.header), ("registration_result", coarse.pet)):
+        if pet is not None:
+            picture = images.registration_picture(coarse.grid, pet, coarse.pet_window, edges, coarse.centre)
+            page.pictures[name] = images.data_uri(picture)
+    low, high = coarse.pet_window
+    page.captions["registration"] = (
+        f"PET (hot map, {low:.4g} to {high:.4g} {units}) with the {anatomy_name}'s edges in cyan, "
+        f"on the QC grid of {coarse.grid.spacing_mm:.2f} mm voxels."
+    )
+
+
+def _draw_fused(
+    page: CasePage,
+    volumes: CaseVolumes,
+    coarse: _Coarse,
+    start: tuple[int, int, int],
+    report: dict[str, Any],
+    units: str,
+) -> None:
+    """The fused overlay (or luminance) on the QC grid: three planes through the hot spot, the mosaic, the bar."""
+    grid = coarse.grid
+    if volumes.overlay is not None:
+        shown = grid.image(grid.resample_colour(volumes.overlay))
+    elif volumes.fused is not None:
+        shown = grid.image(grid.resample(volumes.fused))
     else:
-        grid = qc_grid(anatomy, max_voxels or MAX_VOXELS)
-        if anatomy_name != "MRI":
-            notes.append("The MRI is not available: the registration check and the viewer use the fused luminance.")
-    pet_grid: np.ndarray | None = None
-    viewer = None
-    if grid is not None and anatomy is not None:
-        base = grid.resample(anatomy)
-        base_window = robust_window(base)
-        pet_window = report_window(report)
-        if volumes.pet_on_mri is not None:
-            pet_grid = grid.resample(volumes.pet_on_mri)
-        elif volumes.pet is not None and volumes.transform is not None:
-            pet_grid = grid.resample(volumes.pet, volumes.transform)
-            notes.append("The registered PET was placed on the MRI from the native PET and the saved transform.")
-        header = grid.resample(volumes.pet) if volumes.pet is not None else None
-        if pet_window is None:
-            source = pet_grid if pet_grid is not None else header
-            pet_window = robust_window(source, (0.5, 99.5)) if source is not None else None
-        point = images.head_centre(base, base_window)
-        edges = images.edge_planes(base, base_window, point, grid.spacing_mm)
-        for name, pet in (("registration_header", header), ("registration_result", pet_grid)):
-            if pet is not None and pet_window is not None:
-                pictures[name] = images.data_uri(images.registration_picture(grid, pet, pet_window, edges, point))
-        captions["registration"] = (
-            f"PET (hot map, {pet_window[0]:.4g} to {pet_window[1]:.4g} {units}) with the {anatomy_name}'s edges "
-            f"in cyan, on the QC grid of {grid.spacing_mm:.2f} mm voxels."
-            if pet_window is not None
-            else ""
+        return
+    planes = images.fused_planes(shown, coarse.point_mm(start))
+    if volumes.mosaic is not None:
+        mosaic = volumes.mosaic
+    else:
+        mosaic = images.fused_mosaic(shown, grid.image(coarse.pet) if coarse.pet is not None else None)
+    page.pictures["fused_planes"] = images.data_uri(planes)
+    page.pictures["fused_mosaic"] = images.data_uri(mosaic, "jpeg")
+    window = report_window(report)
+    if volumes.overlay is not None and window is not None:
+        colormap = _overlay_colormap(report)
+        bar = images.overlay_colour_bar(planes.shape[0], window, colormap, units)
+        page.pictures["colour_bar"] = images.data_uri(bar)
+        page.captions["colour_bar"] = f"Colour bar of the overlay: PET window in {units}, {colormap} map."
+
+
+def _overlay_colormap(report: dict[str, Any]) -> str:
+    """The overlay's colour map as the report names it (aanlib if it names none medfuse knows)."""
+    from medfuse.colour import COLORMAPS
+
+    name = str(as_dict(report.get("fusion")).get("overlay_colormap") or "aanlib")
+    return name if name in COLORMAPS else "aanlib"
+
+
+def _viewer(
+    coarse: _Coarse,
+    anatomy: sitk.Image,
+    anatomy_name: str,
+    start: tuple[int, int, int],
+    report: dict[str, Any],
+    units: str,
+) -> dict[str, Any]:
+    """The viewer's payload (:func:`medfuse.qc.volumes.viewer_payload`) with the MRI's voxel matrices."""
+    from medfuse.colour import COLORMAPS
+    from medfuse.qc.volumes import index_to_lps, viewer_payload
+
+    grid = coarse.grid
+    lut = COLORMAPS[_overlay_colormap(report)]
+    viewer = viewer_payload(
+        grid, coarse.base, coarse.base_window, coarse.pet, coarse.pet_window, lut, units, start, anatomy_name
+    )
+    viewer["mri_index_to_lps"] = index_to_lps(anatomy).round(9).tolist()
+    viewer["mri_lps_to_index"] = np.linalg.inv(index_to_lps(anatomy)).round(9).tolist()
+    if grid.downsampled:
+        size = "×".join(str(n) for n in anatomy.GetSize())
+        viewer["note"] = (
+            f"The viewer shows the volumes resampled from the {anatomy_name}'s {size} voxels to "
+            f"{'×'.join(str(n) for n in grid.reference.GetSize())} voxels of {grid.spacing_mm:.2f} mm "
+            "(linear interpolation) to keep this page small; positions are exact, values are those "
+            "of the resampled grid."
         )
-        start = _start_point(report, grid, anatomy, pet_grid, point)
-        viewer = viewer_payload(grid, base, base_window, pet_grid, pet_window, lut, units, start, anatomy_name)
-        viewer["mri_index_to_lps"] = _index_to_lps(anatomy).round(9).tolist()
-        viewer["mri_lps_to_index"] = np.linalg.inv(_index_to_lps(anatomy)).round(9).tolist()
-        if grid.downsampled:
-            size = "×".join(str(n) for n in anatomy.GetSize())
-            viewer["note"] = (
-                f"The viewer shows the volumes resampled from the {anatomy_name}'s {size} voxels to "
-                f"{'×'.join(str(n) for n in grid.reference.GetSize())} voxels of {grid.spacing_mm:.2f} mm "
-                "(linear interpolation) to keep this page small; positions are exact, values are those "
-                "of the resampled grid."
-            )
-
-    shown = volumes.overlay if volumes.overlay is not None else volumes.fused
-    if shown is not None:
-        focus = volumes.pet_on_mri
-        mosaic = volumes.mosaic if volumes.mosaic is not None else images.fused_mosaic(shown, focus)
-        planes = images.fused_planes(shown, focus)
-        pictures["fused_mosaic"] = images.data_uri(mosaic, "jpeg")
-        pictures["fused_planes"] = images.data_uri(planes)
-        window = report_window(report)
-        if volumes.overlay is not None and window is not None:
-            bar = images.overlay_colour_bar(planes.shape[0], window, colormap, units)
-            pictures["colour_bar"] = images.data_uri(bar)
-            captions["colour_bar"] = f"Colour bar of the overlay: PET window in {units}, {colormap} map."
-    return CasePage(title, pictures, captions, viewer, notes)
-
-
-def _index_to_lps(image: sitk.Image) -> np.ndarray:
-    """4×4 matrix taking an image's voxel index (i, j, k, 1) to its LPS point in mm."""
-    matrix = np.eye(4)
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    matrix[:3, :3] = direction * np.asarray(image.GetSpacing(), dtype=np.float64)
-    matrix[:3, 3] = image.GetOrigin()
-    return matrix
+    return viewer
 
 
 # ---- rebuilding a page from a finished case -------------------------------------------------------

@@ -114,11 +114,11 @@ def fused_mosaic(shown: sitk.Image, focus: sitk.Image | None) -> np.ndarray:
     return render_preview(shown, "mosaic", focus=focus)
 
 
-def fused_planes(shown: sitk.Image, focus: sitk.Image | None) -> np.ndarray:
-    """The three planes of the fused overlay (or luminance) through ``focus``'s hottest region."""
+def fused_planes(shown: sitk.Image, at: tuple[float, float, float]) -> np.ndarray:
+    """The three planes of the fused overlay (or luminance) through the LPS point ``at`` (the hot spot)."""
     from medfuse.preview import render_preview
 
-    return render_preview(shown, "triplanar", focus=focus)
+    return render_preview(shown, "triplanar", at=at)
 
 
 def overlay_colour_bar(height: int, window: tuple[float, float], colormap: str, units: str | None) -> np.ndarray:
