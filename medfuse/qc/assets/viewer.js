@@ -194,7 +194,8 @@
     const width = view.canvas.width;
     const height = view.canvas.height;
     const [top, bottom, left, right] = view.letters;
-    context.font = "bold " + Math.max(12, Math.round(width / 26)) + "px sans-serif";
+    const scale = width / view.width; // canvas pixels per voxel, the same in every view
+    context.font = "bold " + Math.max(12, Math.round((scale * Math.max(size[0], size[1], size[2])) / 28)) + "px sans-serif";
     context.fillStyle = "#ffffff";
     context.strokeStyle = "#000000";
     context.lineWidth = 3;
@@ -315,6 +316,9 @@
     for (const name in VIEWS) {
       setUpView(name);
     }
+    // columns as wide as the planes: one screen scale for all three views (x, x, y voxels across)
+    root.querySelector(".views").style.gridTemplateColumns =
+      "minmax(0, " + size[0] + "fr) minmax(0, " + size[0] + "fr) minmax(0, " + size[1] + "fr)";
     setUpControls();
     update();
     root.dataset.state = "ready";
