@@ -103,6 +103,7 @@ class FuseOptions:
     mri_series: str | None = None
     pet_series: str | None = None
     allow_different_patients: bool = False
+    qc: Path | None = None  # the QC report page (HTML) of a volume fusion
 
 
 def check_options(options: FuseOptions) -> FuseOptions:

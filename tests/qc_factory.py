@@ -120,16 +120,25 @@ def bare_report(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_case_folder(case: Case, folder: Path, report: dict[str, Any], pet_on_mri: bool = True) -> Path:
-    """A finished batch case folder: the outputs under their batch names and ``report.json``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    volumes = case.volumes
-    sitk.WriteImage(volumes.fused, str(folder / "fused.nii.gz"))
-    sitk.WriteImage(volumes.overlay, str(folder / "fused_overlay.nii.gz"))
-    sitk.WriteTransform(volumes.transform, str(folder / "pet_to_mri.tfm"))
-    if pet_on_mri:
-        sitk.WriteImage(volumes.pet_on_mri, str(folder / "pet_on_mri.nii.gz"))
+    """A finished batch case folder: the outputs under their batch names, and ``report.json`` naming them."""
     from medfuse.preview import render_preview, write_png
 
-    write_png(render_preview(volumes.overlay, "mosaic", focus=volumes.pet_on_mri), folder / "preview.png")
-    (folder / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    folder.mkdir(parents=True, exist_ok=True)
+    volumes = case.volumes
+    outputs = {
+        "fused": folder / "fused.nii.gz",
+        "overlay": folder / "fused_overlay.nii.gz",
+        "preview": folder / "preview.png",
+        "report": folder / "report.json",
+        "transform": folder / "pet_to_mri.tfm",
+    }
+    sitk.WriteImage(volumes.fused, str(outputs["fused"]))
+    sitk.WriteImage(volumes.overlay, str(outputs["overlay"]))
+    sitk.WriteTransform(volumes.transform, str(outputs["transform"]))
+    write_png(render_preview(volumes.overlay, "mosaic", focus=volumes.pet_on_mri), outputs["preview"])
+    if pet_on_mri:
+        outputs["pet"] = folder / "pet_on_mri.nii.gz"
+        sitk.WriteImage(volumes.pet_on_mri, str(outputs["pet"]))
+    report = {**report, "outputs": {kind: str(path) for kind, path in outputs.items()}}
+    outputs["report"].write_text(json.dumps(report, indent=2), encoding="utf-8")
     return folder

@@ -17,6 +17,7 @@ from medfuse.batch.cases import DEFAULT_MRI_GLOBS, DEFAULT_PET_GLOBS, Case, loca
 from medfuse.console import is_quiet, set_quiet
 from medfuse.errors import MedfuseError
 from medfuse.options import FuseOptions, OutputFormat
+from medfuse.qc.case import QC_NAME
 
 if TYPE_CHECKING:
     from medfuse.inference import Fuser
@@ -37,6 +38,7 @@ class CaseTask:
     options: FuseOptions
     mri_globs: tuple[str, ...] = DEFAULT_MRI_GLOBS
     pet_globs: tuple[str, ...] = DEFAULT_PET_GLOBS
+    qc: bool = True  # write the case's QC page, OUTPUT/<case>/qc.html
 
 
 @dataclass
@@ -51,10 +53,10 @@ class CaseResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def case_outputs(output_dir: Path, name: str, options: FuseOptions) -> list[Path]:
-    """The files a finished case leaves in ``output_dir/name``."""
+def case_outputs(output_dir: Path, name: str, options: FuseOptions, qc: bool = False) -> list[Path]:
+    """The files a finished case leaves in ``output_dir/name`` (with ``qc``, its QC page too)."""
     folder = output_dir / name
-    names = [FUSED_NAME, OVERLAY_NAME, PREVIEW_NAME, TRANSFORM_NAME, REPORT_NAME]
+    names = [FUSED_NAME, OVERLAY_NAME, PREVIEW_NAME, TRANSFORM_NAME, REPORT_NAME] + ([QC_NAME] if qc else [])
     if not options.overlay:
         names.remove(OVERLAY_NAME)
     return [folder / n for n in names]
@@ -67,6 +69,7 @@ def _case_options(task: CaseTask) -> FuseOptions:
         preview=folder / PREVIEW_NAME,
         report=folder / REPORT_NAME,
         save_transform=folder / TRANSFORM_NAME,
+        qc=folder / QC_NAME if task.qc else None,
         transform=None,
         output_format=OutputFormat.AUTO,
     )
@@ -91,7 +94,8 @@ def run_case(task: CaseTask, fuser: Fuser) -> CaseResult:
             try:
                 mri, pet = locate_inputs(task.case, task.mri_globs, task.pet_globs)
                 pipeline.fuse_files(mri, pet, folder / FUSED_NAME, _case_options(task), fuser=fuser)
-                outputs = [str(p) for p in case_outputs(task.output_dir, task.case.name, task.options) if p.exists()]
+                written = case_outputs(task.output_dir, task.case.name, task.options, task.qc)
+                outputs = [str(p) for p in written if p.exists()]
                 status: Status = "ok"
                 error = ""
             except MedfuseError as exc:

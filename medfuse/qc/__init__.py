@@ -11,7 +11,7 @@
 Nothing heavy is imported here: SimpleITK, scipy and Jinja2 load inside the functions.
 """
 
-from medfuse.qc.case import CaseVolumes, prepare_case_page, rebuild_case_page
+from medfuse.qc.case import CaseVolumes, case_title, prepare_case_page, rebuild_case_page
 from medfuse.qc.page import CasePage
 
-__all__ = ["CasePage", "CaseVolumes", "prepare_case_page", "rebuild_case_page"]
+__all__ = ["CasePage", "CaseVolumes", "case_title", "prepare_case_page", "rebuild_case_page"]

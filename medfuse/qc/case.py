@@ -34,14 +34,8 @@ __all__ = ["CaseVolumes", "case_title", "load_case_volumes", "prepare_case_page"
 
 REPORT_NAME = "report.json"
 QC_NAME = "qc.html"
-#: Files of a batch case folder, by output kind (the names ``medfuse batch`` writes).
-CASE_FILES = {
-    "fused": "fused.nii.gz",
-    "overlay": "fused_overlay.nii.gz",
-    "pet": "pet_on_mri.nii.gz",
-    "transform": "pet_to_mri.tfm",
-    "preview": "preview.png",
-}
+#: The outputs a case page is rebuilt from, by their kind in the report's ``outputs``.
+_REBUILT_FROM = ("fused", "overlay", "pet", "transform")
 
 
 @dataclass
@@ -143,7 +137,7 @@ def _coarse_case(
     volumes: CaseVolumes, anatomy: sitk.Image, report: dict[str, Any], grid: QcGrid, notes: list[str]
 ) -> _Coarse:
     """Resample what the case has onto the QC grid: one resample per volume, nothing registered again."""
-    from medfuse.preview import robust_window
+    from medfuse.intensity import robust_window
 
     base = grid.resample(anatomy)
     base_window = robust_window(base)
@@ -255,14 +249,15 @@ def _viewer(
 
 
 # ---- rebuilding a page from a finished case -------------------------------------------------------
-def _read_report(case_dir: Path) -> dict[str, Any]:
-    path = case_dir / REPORT_NAME
-    if not case_dir.is_dir():
-        raise UnreadableInputError(f"{case_dir}: is not a folder; give the folder of a finished case.")
+def _read_report(case: Path) -> tuple[Path, dict[str, Any]]:
+    """The case folder and its run report, from the folder or the report file itself."""
+    path = case if case.is_file() else case / REPORT_NAME
+    if not case.exists():
+        raise UnreadableInputError(f"{case}: does not exist; give the folder of a finished case or its report.json.")
     if not path.is_file():
         raise UnreadableInputError(
-            f"{case_dir}: has no {REPORT_NAME}; give the folder of a finished case (medfuse batch writes one "
-            "per case, medfuse fuse with --report)."
+            f"{case}: has no {REPORT_NAME}; give the folder of a finished case (medfuse batch writes one "
+            "per case, medfuse fuse with --report) or the report file."
         )
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
@@ -270,19 +265,20 @@ def _read_report(case_dir: Path) -> dict[str, Any]:
         raise InvalidInputError(f"{path}: is not a readable JSON run report ({exc}).") from exc
     if not isinstance(report, dict):
         raise InvalidInputError(f"{path}: is not a medfuse run report (a JSON object is expected).")
-    return report
+    return path.parent, report
 
 
-def _find_output(case_dir: Path, report: dict[str, Any], kind: str) -> Path | None:
-    """A case's output of ``kind``: the standard name in the folder, else the path the report gives."""
-    standard = case_dir / CASE_FILES[kind]
-    if standard.is_file():
-        return standard
+def find_output(case_dir: Path, report: dict[str, Any], kind: str) -> Path | None:
+    """A case's output of ``kind`` where the report's ``outputs`` says, else under that name in ``case_dir``.
+
+    The second place finds the outputs of a case folder that was moved or copied since the run.
+    """
     recorded = as_dict(report.get("outputs")).get(kind)
-    if isinstance(recorded, str):
-        for candidate in (Path(recorded), case_dir / Path(recorded).name):
-            if candidate.is_file():
-                return candidate
+    if not isinstance(recorded, str):
+        return None
+    for candidate in (Path(recorded), case_dir / Path(recorded).name):
+        if candidate.is_file():
+            return candidate
     return None
 
 
@@ -333,7 +329,7 @@ def load_case_volumes(case_dir: Path, report: dict[str, Any]) -> CaseVolumes:
     import SimpleITK as sitk
 
     notes: list[str] = []
-    found = {kind: _find_output(case_dir, report, kind) for kind in CASE_FILES}
+    found = {kind: find_output(case_dir, report, kind) for kind in _REBUILT_FROM}
     fused = _read_image(found["fused"], "fused volume", notes) if found["fused"] else None
     overlay = _read_image(found["overlay"], "overlay", notes, colour=True) if found["overlay"] else None
     pet_on_mri = _read_image(found["pet"], "registered PET", notes) if found["pet"] else None
@@ -345,25 +341,28 @@ def load_case_volumes(case_dir: Path, report: dict[str, Any]) -> CaseVolumes:
             notes.append(f"The transform {found['transform']} could not be read; it is left out.")
     for kind, what in (("fused", "fused volume"), ("overlay", "colour overlay")):
         if found[kind] is None:
-            notes.append(f"The {what} is not in {case_dir}: its pictures are left out.")
+            notes.append(f"The {what} the report names is not found (nor in {case_dir}): its pictures are left out.")
     mri = _read_input(report, "MRI", notes)
     pet = _read_input(report, "PET", notes)
     if pet_on_mri is None and (pet is None or transform is None):
-        notes.append("The registered PET (pet_on_mri.nii.gz) is not in the case folder: the viewer shows no PET.")
+        notes.append("The registered PET (pet_on_mri.nii.gz, --save-pet) is not there: the viewer shows no PET.")
     return CaseVolumes(mri, pet, pet_on_mri, fused, overlay, transform, notes=notes)
 
 
-def rebuild_case_page(case_dir: str | Path, output: str | Path | None = None, overwrite: bool = False) -> Path:
-    """Rebuild a case's QC page from its folder (report.json, outputs, inputs when they still exist)."""
-    case_dir = Path(case_dir)
-    report = _read_report(case_dir)
+def rebuild_case_page(case: str | Path, output: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Rebuild a case's QC page from its folder (or its report.json): outputs, and inputs that still exist.
+
+    The page goes to ``output``, by default ``qc.html`` beside the report.
+    """
+    case_dir, report = _read_report(Path(case))
     target = check_output_path(
         Path(output) if output is not None else case_dir / QC_NAME, allowed=(".html",), overwrite=overwrite
     )
     volumes = load_case_volumes(case_dir, report)
     for note in volumes.notes:
         warn(f"{case_dir}: {note}")
-    page = prepare_case_page(volumes, report, case_dir.absolute().name)
+    fused = find_output(case_dir, report, "fused")
+    page = prepare_case_page(volumes, report, case_title(fused) if fused else case_dir.absolute().name)
     text = page.html(report)
     with output_transaction(overwrite=overwrite) as transaction:
         transaction.write(target, lambda path: path.write_text(text, encoding="utf-8"))

@@ -123,9 +123,9 @@ def fused_planes(shown: sitk.Image, at: tuple[float, float, float]) -> np.ndarra
 
 def overlay_colour_bar(height: int, window: tuple[float, float], colormap: str, units: str | None) -> np.ndarray:
     """The colour bar of the overlay: its PET window in its colour map, labelled in the PET's units."""
-    from medfuse.preview import _colorbar
+    from medfuse.preview.draw import draw_colorbar
 
-    return _colorbar(height, window, colormap, units)
+    return draw_colorbar(height, window, colormap, units)
 
 
 def thumbnail(picture: np.ndarray, longest: int = 160) -> np.ndarray:

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import numpy as np
 
 from medfuse.atomic import output_transaction
-from medfuse.qc.case import CASE_FILES, QC_NAME, REPORT_NAME
+from medfuse.qc.case import QC_NAME, REPORT_NAME, find_output
 from medfuse.qc.page import as_dict, asset, pet_units, render_template
 
 INDEX_NAME = "index.html"
@@ -29,11 +29,20 @@ _THUMBNAIL_SIDE = 160
 class CaseOutcome(Protocol):
     """What the index needs of a batch case result (:class:`medfuse.batch.CaseResult` has it)."""
 
-    case: str
-    status: str
-    error: str
-    seconds: float
-    warnings: list[str]
+    @property
+    def case(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def error(self) -> str: ...
+
+    @property
+    def seconds(self) -> float: ...
+
+    @property
+    def warnings(self) -> list[str]: ...
 
 
 @dataclass
@@ -69,13 +78,16 @@ def _read_report(folder: Path) -> dict[str, Any]:
     return report if isinstance(report, dict) else {}
 
 
-def _thumbnail(folder: Path) -> str | None:
+def _thumbnail(folder: Path, report: dict[str, Any]) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     from medfuse.qc.images import data_uri, thumbnail
 
+    preview = find_output(folder, report, "preview")
+    if preview is None:
+        return None
     try:
-        with Image.open(folder / CASE_FILES["preview"]) as image:
+        with Image.open(preview) as image:
             picture = np.asarray(image.convert("RGB"))
     except (OSError, UnidentifiedImageError):
         return None
@@ -100,7 +112,7 @@ def index_row(output_dir: Path, outcome: CaseOutcome) -> IndexRow:
         seconds=outcome.seconds if outcome.status != "skipped" else None,
         warnings=count,
         page=f"{quote(outcome.case)}/{QC_NAME}" if page.is_file() else None,
-        thumbnail=_thumbnail(folder) if outcome.status != "failed" else None,
+        thumbnail=_thumbnail(folder, report) if outcome.status != "failed" else None,
         moved_mm=_float(registration.get("moved_mm")),
         rotation_deg=_float(registration.get("rotation_deg")),
         metric_header=_float(registration.get("metric_header")),

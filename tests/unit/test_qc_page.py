@@ -206,7 +206,7 @@ def test_rebuild_degrades_with_notes_when_inputs_and_the_registered_pet_are_gone
     assert any("no longer exists" in str(w.message) for w in caught)
     html = page.read_text(encoding="utf-8")
     assert "The MRI input" in html and "no longer exists" in html
-    assert "pet_on_mri.nii.gz) is not in the case folder" in html
+    assert "pet_on_mri.nii.gz, --save-pet) is not there" in html
     assert "MRI picture not available" in html and "Header-pose picture not available" in html
     assert _viewer_data(html)["pet"] is None
 
