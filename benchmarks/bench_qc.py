@@ -127,25 +127,31 @@ def batch(work: Path) -> dict[str, Any]:
 
 
 def screenshots(case_page: Path, index: Path, folder: Path) -> None:
-    """The README's screenshots: a case page (registration check to viewer) and a batch index."""
+    """The README's screenshots: a case page (its registration check above its viewer) and a batch index."""
+    import io
+
+    import numpy as np
+    from PIL import Image
     from playwright.sync_api import sync_playwright
 
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
     args += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
     with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
-            profile, executable_path="/usr/bin/chromium", headless=True, args=args, viewport={"width": 1280, "height": 900}
+            profile, executable_path="/usr/bin/chromium", args=args, viewport={"width": 1280, "height": 900}
         )
         page = browser.new_page()
         page.goto(case_page.as_uri())
         page.wait_for_function("() => document.getElementById('viewer').dataset.state === 'ready'")
-        top = page.locator("#registration").bounding_box()["y"]
-        bottom = page.locator("#viewer-section").bounding_box()
-        page.screenshot(
-            path=str(folder / "qc_case.png"),
-            full_page=True,
-            clip={"x": 0, "y": top - 10, "width": 1280, "height": bottom["y"] + bottom["height"] - top + 20},
-        )
+        parts = [page.locator(selector).screenshot() for selector in ("#summary", "#registration .figures", "#viewer")]
+        pictures = [np.asarray(Image.open(io.BytesIO(part)).convert("RGB")) for part in parts]
+        width = max(picture.shape[1] for picture in pictures)
+        stacked = np.full((sum(p.shape[0] + 12 for p in pictures), width, 3), 255, np.uint8)
+        top = 0
+        for picture in pictures:
+            stacked[top : top + picture.shape[0], : picture.shape[1]] = picture
+            top += picture.shape[0] + 12
+        Image.fromarray(stacked).save(folder / "qc_case.png", optimize=True)
         page.goto(index.as_uri())
         page.screenshot(path=str(folder / "qc_index.png"), full_page=True)
         browser.close()
@@ -157,9 +163,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per case (median)")
     parser.add_argument("--screenshots", type=Path, help="write qc_case.png and qc_index.png to this folder")
     args = parser.parse_args()
-    from medfuse.console import set_quiet
+    import warnings
+
+    from medfuse.console import MedfuseWarning, set_quiet
 
     set_quiet(True)
+    warnings.simplefilter("ignore", MedfuseWarning)  # "the output folder was created", once per run
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)

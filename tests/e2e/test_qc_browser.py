@@ -285,7 +285,7 @@ def test_a_click_moves_the_crosshair_and_the_readout_gives_position_and_pet_valu
     np.testing.assert_allclose(readout["mm"], expected_mm, atol=0.051)
     expected_voxel = case.volumes.mri.TransformPhysicalPointToIndex(expected_mm)
     assert readout["voxel"] == list(expected_voxel)
-    expected_pet = float(grid.resample(case.volumes.pet_on_mri)[z, y, x])
+    expected_pet = float(grid.resample(case.volumes.pet, case.volumes.transform)[z, y, x])
     assert readout["pet"] == pytest.approx(expected_pet, rel=1e-3, abs=1e-3)
     assert readout["text"].endswith("SUVbw (g/mL)")
     page.screenshot(tmp_path, "clicked")

@@ -125,7 +125,7 @@ def test_viewer_volumes_hold_the_registered_pet_on_an_exact_grid(case: Case, ful
     mri_index = np.array(data["mri_lps_to_index"]) @ (matrix @ [7, 11, 13, 1])
     np.testing.assert_allclose(mri_index[:3], [mri.GetSize()[0] - 1 - 7, mri.GetSize()[1] - 1 - 11, 13], atol=1e-6)
     pet = data["pet_offset"] + data["pet_scale"] * decode_array(data["pet"], "uint16", tuple(data["shape"]))
-    expected = grid.resample(case.volumes.pet_on_mri)
+    expected = grid.resample(case.volumes.pet, case.volumes.transform)
     assert np.abs(pet - expected).max() <= data["pet_scale"] / 2 + 1e-4
     base = decode_array(data["base"], "uint8", tuple(data["shape"]))
     assert base.max() == 255 and base.min() == 0
@@ -153,13 +153,11 @@ def test_the_qc_grid_covers_any_mri_box_with_isotropic_patient_aligned_voxels(di
 
 
 def test_header_pose_and_registered_pictures_differ_only_when_registration_moved_the_pet(case: Case) -> None:
-    import SimpleITK as sitk
-
     report = full_report(case.report)
     moved = prepare_case_page(case.volumes, report, "moved").pictures
     assert moved["registration_header"] != moved["registration_result"]
     aligned_pet = sitk.Resample(case.volumes.pet, case.volumes.mri, case.volumes.transform, sitk.sitkLinear, 0.0)
-    aligned = dataclasses.replace(case.volumes, pet=aligned_pet, pet_on_mri=aligned_pet)
+    aligned = dataclasses.replace(case.volumes, pet=aligned_pet, pet_on_mri=aligned_pet, transform=sitk.Transform())
     still = prepare_case_page(aligned, report, "still").pictures
     assert still["registration_header"] == still["registration_result"]
 

@@ -65,7 +65,7 @@
   function prepareColours() {
     const low = data.pet_window[0];
     const span = data.pet_window[1] - data.pet_window[0];
-    petColour = new Uint8Array(65536);
+    petColour = new Uint8Array(65536); // every uint16 level (the page stores 12-bit ones)
     for (let q = 0; q < 65536; q++) {
       const t = (data.pet_offset + data.pet_scale * q - low) / span;
       petColour[q] = Math.round(clamp(t, 0, 1) * 255);
