@@ -86,6 +86,9 @@ def run_case(task: CaseTask, fuser: Fuser) -> CaseResult:
 
     started = time.perf_counter()
     folder = task.output_dir / task.case.name
+    # The case folder is made here (and removed again if nothing lands in it), so that the run's report
+    # does not warn, case after case, that its output folder was created.
+    made = task.output_dir.is_dir() and not folder.exists()
     quiet = is_quiet()
     set_quiet(True)
     try:
@@ -93,6 +96,8 @@ def run_case(task: CaseTask, fuser: Fuser) -> CaseResult:
             warnings.simplefilter("always")
             try:
                 mri, pet = locate_inputs(task.case, task.mri_globs, task.pet_globs)
+                if made:
+                    folder.mkdir()
                 pipeline.fuse_files(mri, pet, folder / FUSED_NAME, _case_options(task), fuser=fuser)
                 written = case_outputs(task.output_dir, task.case.name, task.options, task.qc)
                 outputs = [str(p) for p in written if p.exists()]
@@ -100,12 +105,15 @@ def run_case(task: CaseTask, fuser: Fuser) -> CaseResult:
                 error = ""
             except MedfuseError as exc:
                 status, error, outputs = "failed", exc.message, []
+            except OSError as exc:  # the case folder could not be made
+                status, error, outputs = "failed", f"{folder}: cannot create the case folder ({exc.strerror}).", []
             except Exception as exc:  # an unexpected failure ends this case only
                 status, outputs = "failed", []
                 error = f"unexpected internal error ({first_line(exc)}); rerun this case with medfuse --debug fuse."
     finally:
         set_quiet(quiet)
-    created = f"{folder}: the output folder did not exist and was created."
-    messages = [str(w.message) for w in caught if str(w.message) != created]
+        if made and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    messages = [str(w.message) for w in caught]
     seconds = round(time.perf_counter() - started, 2)
     return CaseResult(task.case.name, status, error, seconds, outputs, list(dict.fromkeys(messages)))

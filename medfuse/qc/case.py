@@ -79,12 +79,9 @@ def _start_point(
         # the hottest 2×2×2 block (a mean, so that one noisy voxel is no hot spot), cheaper than a filter
         halves = [n // 2 for n in pet.shape]
         if all(halves):
-            blocks = sum(  # block sums from eight strided views: no copy of the volume
-                pet[a : 2 * halves[0] : 2, b : 2 * halves[1] : 2, c : 2 * halves[2] : 2]
-                for a in (0, 1)
-                for b in (0, 1)
-                for c in (0, 1)
-            )
+            blocks = np.zeros(halves, dtype=np.float32)
+            for a, b, c in np.ndindex(2, 2, 2):  # block sums from eight strided views: no copy of the volume
+                blocks += pet[a : 2 * halves[0] : 2, b : 2 * halves[1] : 2, c : 2 * halves[2] : 2]
             k, j, i = (2 * int(v) + 1 for v in np.unravel_index(int(np.argmax(blocks)), blocks.shape))
             return i, j, k
     return fallback[2], fallback[1], fallback[0]

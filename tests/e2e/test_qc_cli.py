@@ -56,6 +56,7 @@ def test_batch_writes_case_pages_and_an_index_and_report_rebuilds_a_page(case: C
     )
     report = json.loads((out / "good" / "report.json").read_text(encoding="utf-8"))
     assert report["outputs"]["qc"] == str(out / "good" / "qc.html")
+    assert report["warnings"] == []  # not "the output folder was created", case after case
 
     (out / "good" / "qc.html").unlink()
     rebuilt = medfuse("report", out / "good")
