@@ -198,6 +198,14 @@ def fuse(
     save_transform: Annotated[
         Path | None, typer.Option("--save-transform", help="Write the PET-to-MRI transform (.tfm).")
     ] = None,
+    save_pet: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-pet",
+            help="Write the registered PET on the MRI grid, float32 in its units (SUV with --suv), to this "
+            "volume file (.nii.gz, .nrrd, .mha; also with --format dicom).",
+        ),
+    ] = None,
     preview: Annotated[Path | None, typer.Option("--preview", help="Write a PNG mosaic of axial slices.")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write a JSON run report.")] = None,
     qc: Annotated[
@@ -228,6 +236,7 @@ def fuse(
         options,
         transform=transform,
         save_transform=save_transform,
+        save_pet=save_pet,
         preview=preview,
         report=report,
         qc=qc,

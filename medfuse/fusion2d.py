@@ -46,6 +46,7 @@ _VOLUME_ONLY_FLAGS = {
     "register": "--register",
     "transform": "--transform",
     "save_transform": "--save-transform",
+    "save_pet": "--save-pet",
     "frame": "--frame",
     "pet_window": "--pet-window",
     "colormap": "--colormap",

@@ -91,6 +91,7 @@ class FuseOptions:
     register: RegisterMode = RegisterMode.RIGID
     transform: Path | None = None
     save_transform: Path | None = None
+    save_pet: Path | None = None
     frame: str | None = None
     pet_window: tuple[float, float] | None = None
     colormap: str = "aanlib"

@@ -32,7 +32,7 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -194,6 +194,8 @@ def _plan_outputs(mri: Path, pet: Path, output: Path, options: FuseOptions) -> d
         targets["report"] = checked(options.report, (".json",), "--report")
     if options.save_transform:
         targets["transform"] = checked(options.save_transform, (".tfm", ".txt"), "--save-transform")
+    if options.save_pet:  # a volume file for measuring, also under --format dicom
+        targets["pet"] = checked(options.save_pet, VOLUME_EXTENSIONS, "--save-pet")
     if options.qc:
         targets["qc"] = checked(options.qc, (".html",), "--qc")
     seen: dict[Path, str] = {}
@@ -262,8 +264,34 @@ def _fuse(
             pet_on_mri = registration.resample_to(pet, mri, transform)
         with _timed(timings, "fuse"):
             fused, overlay, details = _fuse_volume(mri, pet_on_mri, pet, options, fuser)
+        with _timed(timings, "hotspots"), stage("Reading out the PET hotspots"):
+            hotspots = _hotspots(pet, mri, transform, _pet_units(inputs))
     report = _report(inputs, mri, options, fuser, transform, registered, source, details, timings)
+    report["hotspots"] = hotspots
     return FusionResult(fused, overlay, pet_on_mri, transform, report, registered)
+
+
+def _hotspots(pet: sitk.Image, mri: sitk.Image, transform: sitk.Transform, units: str | None) -> dict[str, Any]:
+    """The hotspot readout of the PET on its own grid (:mod:`medfuse.hotspots`), placed on the MRI too."""
+    import SimpleITK as sitk
+
+    from medfuse.hotspots import Grid, hotspot_report
+
+    try:
+        to_pet = transform.GetInverse()  # transform maps MRI points to PET points
+    except RuntimeError:  # not invertible (a displacement field): positions stay in PET space only
+        to_pet = None
+
+    def mri_voxel(point: Sequence[float]) -> list[int] | None:
+        if to_pet is None:
+            return None
+        index = mri.TransformPhysicalPointToIndex(to_pet.TransformPoint(tuple(float(v) for v in point)))
+        return list(index) if all(0 <= i < n for i, n in zip(index, mri.GetSize(), strict=True)) else None
+
+    grid = Grid(pet.GetOrigin(), pet.GetSpacing(), pet.GetDirection())
+    is_suv = units in ("SUVbw", "GML")
+    values = sitk.GetArrayViewFromImage(pet)
+    return hotspot_report(values, grid, units=units, is_suv=is_suv, to_mri=mri_voxel)
 
 
 def _transform(
@@ -528,6 +556,8 @@ def _write_outputs(
             transaction.write(targets["preview"], lambda path: write_png(picture, path))
         if "transform" in targets:
             transaction.write(targets["transform"], lambda path: write_transform(result.transform, path))
+        if "pet" in targets:
+            transaction.write(targets["pet"], lambda path: io.write_volume(result.pet_on_mri, path))
         timings["write"] = round(time.perf_counter() - write_started, 4)
         timings["total"] = round(time.perf_counter() - started, 4)
         if qc_page is not None:  # last but the report: it shows the timings
@@ -556,15 +586,18 @@ def _qc_page(
 
 
 def _summarise(result: FusionResult, mri: Path, pet: Path, targets: dict[str, Path], seconds: float) -> None:
-    """The one summary line at the end of a run."""
+    """The summary line at the end of a run, and the line of the PET hotspot readout."""
+    from medfuse.hotspots import summary_line
+
     fusion = result.report["fusion"]
     registration = result.report["registration"]
     how = registration["source"]
     if "metric_value" in registration:
         how += f" (Mattes MI {registration['metric_value']:.3f})"
-    extras = [kind for kind in ("overlay", "preview", "report", "transform", "qc") if kind in targets]
+    extras = [kind for kind in ("overlay", "preview", "report", "transform", "pet", "qc") if kind in targets]
     info(
         f"Fused {mri} + {pet} -> {targets['fused']}{' (+ ' + ', '.join(extras) + ')' if extras else ''} "
         f"in {seconds:.1f} s: {fusion['slices_fused']} slices by {fusion['method']} on {fusion['device']}; "
         f"registration: {how}."
     )
+    info(summary_line(result.report["hotspots"]))

@@ -26,6 +26,8 @@ Status = Literal["ok", "failed", "skipped"]
 
 FUSED_NAME, OVERLAY_NAME = "fused.nii.gz", "fused_overlay.nii.gz"
 PREVIEW_NAME, TRANSFORM_NAME, REPORT_NAME = "preview.png", "pet_to_mri.tfm", "report.json"
+#: The registered PET on the MRI grid (float32, the PET's units), for measuring.
+PET_NAME = "pet_on_mri.nii.gz"
 NOT_RUN = "not run: the batch was interrupted."
 
 
@@ -56,7 +58,7 @@ class CaseResult:
 def case_outputs(output_dir: Path, name: str, options: FuseOptions, qc: bool = False) -> list[Path]:
     """The files a finished case leaves in ``output_dir/name`` (with ``qc``, its QC page too)."""
     folder = output_dir / name
-    names = [FUSED_NAME, OVERLAY_NAME, PREVIEW_NAME, TRANSFORM_NAME, REPORT_NAME] + ([QC_NAME] if qc else [])
+    names = [FUSED_NAME, OVERLAY_NAME, PREVIEW_NAME, TRANSFORM_NAME, REPORT_NAME, PET_NAME] + ([QC_NAME] if qc else [])
     if not options.overlay:
         names.remove(OVERLAY_NAME)
     return [folder / n for n in names]
@@ -69,6 +71,7 @@ def _case_options(task: CaseTask) -> FuseOptions:
         preview=folder / PREVIEW_NAME,
         report=folder / REPORT_NAME,
         save_transform=folder / TRANSFORM_NAME,
+        save_pet=folder / PET_NAME,
         qc=folder / QC_NAME if task.qc else None,
         transform=None,
         output_format=OutputFormat.AUTO,

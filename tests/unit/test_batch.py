@@ -33,7 +33,15 @@ from medfuse.cli import app
 from medfuse.errors import InvalidInputError, OutputError, UsageError, WeightsError
 from medfuse.options import FuseOptions
 
-CASE_FILES = ["fused.nii.gz", "fused_overlay.nii.gz", "pet_to_mri.tfm", "preview.png", "qc.html", "report.json"]
+CASE_FILES = [
+    "fused.nii.gz",
+    "fused_overlay.nii.gz",
+    "pet_on_mri.nii.gz",
+    "pet_to_mri.tfm",
+    "preview.png",
+    "qc.html",
+    "report.json",
+]
 
 
 class FakePipeline:
@@ -54,7 +62,7 @@ class FakePipeline:
             raise ZeroDivisionError("division by zero")
         if behaviour == "interrupt":
             raise KeyboardInterrupt
-        targets = [output, options.preview, options.save_transform, options.report]
+        targets = [output, options.preview, options.save_transform, options.report, options.save_pet]
         if options.qc:
             targets.append(options.qc)
         if options.overlay:
@@ -197,7 +205,15 @@ def test_failures_are_isolated_and_summarised(tmp_path: Path, fake: FakePipeline
     assert rows["c-crash"]["error"].startswith("unexpected internal error (ZeroDivisionError: division by zero)")
     assert "No space left on device" in rows["d-full"]["error"]
     assert "no MRI found" in rows["e-empty"]["error"]
-    written = ["fused.nii.gz", "fused_overlay.nii.gz", "preview.png", "pet_to_mri.tfm", "report.json", "qc.html"]
+    written = [
+        "fused.nii.gz",
+        "fused_overlay.nii.gz",
+        "preview.png",
+        "pet_to_mri.tfm",
+        "report.json",
+        "pet_on_mri.nii.gz",
+        "qc.html",
+    ]
     assert rows["a-ok"]["outputs"].split(";") == [str(out / "a-ok" / name) for name in written]
     assert float(rows["a-ok"]["seconds"]) >= 0 and rows["a-ok"]["error"] == ""
     assert sorted(p.name for p in out.iterdir()) == ["a-ok", "index.html", "summary.csv"]  # nothing of failed cases
@@ -208,6 +224,7 @@ def test_failures_are_isolated_and_summarised(tmp_path: Path, fake: FakePipeline
     assert (first.method, first.register, first.pet_window) == ("laplacian", "affine", (1.0, 5.0))
     assert first.preview == out / "a-ok" / "preview.png" and first.report == out / "a-ok" / "report.json"
     assert first.save_transform == out / "a-ok" / "pet_to_mri.tfm"
+    assert first.save_pet == out / "a-ok" / "pet_on_mri.nii.gz"
     assert [c.status for c in result.cases] == ["ok", "failed", "failed", "failed", "failed"] and len(
         result.failed
     ) == 4
@@ -272,7 +289,7 @@ def test_ctrl_c_in_a_worker_process(tmp_path: Path, fake: FakePipeline, monkeypa
     batch.workers._STOP.clear()
     batch.run_case_on_worker(tasks["b"])  # interrupted right after its outputs were committed: it is done
     done = batch.workers._interrupted(tasks["b"], started=0.0)
-    assert done.status == "ok" and len(done.outputs) == 6  # with the QC page
+    assert done.status == "ok" and len(done.outputs) == len(CASE_FILES)
     assert batch.workers._interrupted(tasks["b"], started=time.time() + 60).status == "skipped"
 
 
@@ -386,6 +403,14 @@ def test_real_pipeline_end_to_end(tmp_path: Path, heads: tuple[Path, Path]) -> N
     np.testing.assert_allclose(fused.GetDirection(), reference.GetDirection(), atol=1e-6)
     report = json.loads((out / "good" / "report.json").read_text())
     assert report["outputs"]["preview"] == str(out / "good" / "preview.png")
+    # the registered PET, for measuring: float32 on the MRI grid, and the hotspot readout of the native PET
+    assert report["outputs"]["pet"] == str(out / "good" / "pet_on_mri.nii.gz")
+    pet_on_mri = sitk.ReadImage(str(out / "good" / "pet_on_mri.nii.gz"))
+    assert pet_on_mri.GetPixelID() == sitk.sitkFloat32 and pet_on_mri.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(pet_on_mri.GetOrigin(), reference.GetOrigin(), atol=1e-6)
+    native = sitk.GetArrayFromImage(sitk.ReadImage(str(pet)))
+    assert 0 < sitk.GetArrayFromImage(pet_on_mri).max() <= native.max() + 1e-3  # linear resampling: no new maxima
+    assert report["hotspots"]["units"] == "image units" and report["hotspots"]["max"]["value"] <= native.max()
     with Image.open(out / "good" / "preview.png") as preview:
         assert preview.mode == "RGB" and min(preview.size) > 100
     assert tree(studies) == before  # inputs untouched
