@@ -127,10 +127,11 @@ def triple(values: Any, decimals: int = 1) -> str | None:
     return ", ".join(parts) if all(parts) else NOT_AVAILABLE  # type: ignore[arg-type]
 
 
-def _integers(values: Any) -> str | None:
+def _integers(values: Any, separator: str = " × ") -> str | None:
+    """Integers joined (a size: "256 × 256 × 180"; a voxel index with ``separator=", "``); None if not integers."""
     if not isinstance(values, list | tuple) or not values or not all(isinstance(v, int) for v in values):
         return NOT_AVAILABLE
-    return " × ".join(str(v) for v in values)
+    return separator.join(str(v) for v in values)
 
 
 def _text(value: Any) -> str | None:
@@ -212,12 +213,17 @@ def _hotspots(report: dict[str, Any], units: str) -> dict[str, Any] | None:
     max_name = "SUVmax" if hotspots.get("is_suv") else "Maximum"
     top, peak = as_dict(hotspots.get("max")), as_dict(hotspots.get("peak"))
     summary = [
-        (max_name, number(top.get("value"), 4, units), triple(top.get("position_mm")), _integers(top.get("mri_voxel"))),
+        (
+            max_name,
+            number(top.get("value"), 4, units),
+            triple(top.get("position_mm")),
+            _integers(top.get("mri_voxel"), ", "),
+        ),
         (
             f"{peak_name} ({number(peak.get('sphere_ml'), 3) or 1} mL sphere)",
             number(peak.get("value"), 4, units),
             triple(peak.get("centre_mm")),
-            _integers(peak.get("mri_voxel")),
+            _integers(peak.get("mri_voxel"), ", "),
         ),
     ]
     regions = []
@@ -231,7 +237,7 @@ def _hotspots(report: dict[str, Any], units: str) -> dict[str, Any] | None:
                 "peak": number(region.get("peak"), 4),
                 "mean": number(region.get("mean"), 4),
                 "centre": triple(region.get("centre_mm")),
-                "voxel": _integers(region.get("mri_voxel")),
+                "voxel": _integers(region.get("mri_voxel"), ", "),
                 "goto": _voxel_attribute(region.get("mri_voxel")),
             }
         )
