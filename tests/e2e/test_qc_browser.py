@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from qc_factory import HOSTILE, Case, bare_report, full_report, lesion_mri_voxel, make_case, write_case_folder
 
+from medfuse.batch import CaseResult
 from medfuse.qc import prepare_case_page, rebuild_case_page
 from medfuse.qc.index import write_index
 from medfuse.qc.volumes import qc_grid
@@ -319,18 +320,6 @@ def test_a_page_without_pet_or_newer_report_keys_still_loads_cleanly(browser: An
 
 
 # ---- the batch index ------------------------------------------------------------------------------------------
-@dataclass
-class Outcome:
-    case: str
-    status: str
-    error: str = ""
-    seconds: float = 0.0
-    warnings: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        self.warnings = self.warnings or []
-
-
 @pytest.fixture(scope="module")
 def batch_index(case: Case, tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("batch-out")
@@ -342,11 +331,11 @@ def batch_index(case: Case, tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_case_folder(case, output / name, report)
         rebuild_case_page(output / name)
     outcomes = [
-        Outcome("case-a", "ok", seconds=7.5, warnings=first["warnings"]),
-        Outcome("case-b", "failed", f"{output}/case-b: no PET found {HOSTILE}", 0.4),
-        Outcome("case-c", "ok", seconds=6.1),
+        CaseResult("case-a", "ok", seconds=7.5, warnings=first["warnings"]),
+        CaseResult("case-b", "failed", f"{output}/case-b: no PET found {HOSTILE}", 0.4),
+        CaseResult("case-c", "ok", seconds=6.1),
     ]
-    return write_index(output, outcomes)  # type: ignore[arg-type]
+    return write_index(output, outcomes)
 
 
 def _visible_cases(page: Visit) -> list[str]:
