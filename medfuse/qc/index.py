@@ -20,7 +20,7 @@ import numpy as np
 
 from medfuse.atomic import output_transaction
 from medfuse.qc.case import QC_NAME, REPORT_NAME, find_output
-from medfuse.qc.page import as_dict, asset, pet_units, render_template
+from medfuse.qc.page import as_dict, asset, number, pet_units, render_template
 
 INDEX_NAME = "index.html"
 _THUMBNAIL_SIDE = 160
@@ -62,7 +62,7 @@ class IndexRow:
     metric_value: float | None
     confidence: str | None
     hot_max: float | None
-    hot_units: str | None
+    hot_text: str | None  # the maximum with its units, as the case page prints it
     needs_look: bool
 
 
@@ -101,7 +101,7 @@ def index_row(output_dir: Path, outcome: CaseOutcome) -> IndexRow:
     registration = as_dict(report.get("registration"))
     level = as_dict(registration.get("confidence")).get("level")
     level = level if level in ("high", "medium", "low") else None
-    hotspots = report.get("hotspots")
+    hot_max = _float(as_dict(as_dict(report.get("hotspots")).get("max")).get("value"))
     warnings = report.get("warnings")
     count = len(warnings) if isinstance(warnings, list) and outcome.status != "failed" else len(outcome.warnings)
     page = folder / QC_NAME
@@ -118,8 +118,8 @@ def index_row(output_dir: Path, outcome: CaseOutcome) -> IndexRow:
         metric_header=_float(registration.get("metric_header")),
         metric_value=_float(registration.get("metric_value")),
         confidence=level,
-        hot_max=_float(as_dict(as_dict(hotspots).get("max")).get("value")),
-        hot_units=pet_units(report) if isinstance(hotspots, dict) else None,
+        hot_max=hot_max,
+        hot_text=number(hot_max, 4, pet_units(report)),
         needs_look=outcome.status == "failed" or level in ("low", "medium") or count > 0,
     )
 

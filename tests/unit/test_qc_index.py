@@ -24,7 +24,7 @@ def test_rows_take_the_figures_of_each_case_folder(case: Case, tmp_path: Path) -
     full = index_row(tmp_path, CaseResult("a b", "ok", seconds=7.25))
     assert full.page == "a%20b/qc.html" and full.thumbnail and full.thumbnail.startswith("data:image/jpeg;base64,")
     assert (full.moved_mm, full.rotation_deg, full.metric_header, full.metric_value) == (12.34, 8.76, -0.4123, -0.7524)
-    assert (full.confidence, full.hot_max, full.hot_units, full.warnings) == ("medium", 21.37, "SUVbw (g/mL)", 2)
+    assert (full.confidence, full.hot_max, full.hot_text, full.warnings) == ("medium", 21.37, "21.37 SUVbw (g/mL)", 2)
     assert full.needs_look  # medium confidence and warnings
     old = index_row(tmp_path, CaseResult("old", "ok", seconds=5.0, warnings=["from the batch"]))
     assert old.page is None and old.thumbnail  # no qc.html in that folder: no link
