@@ -79,6 +79,8 @@ class FusionResult:
     registration: RegistrationResult | None = None
     #: What :func:`medfuse.io.load_volume` knew about the MRI (DICOM series info for export), if read from disk.
     mri_info: dict[str, Any] | None = None
+    #: The same for the PET (the exported DICOM series reference a DICOM PET as a source).
+    pet_info: dict[str, Any] | None = None
 
 
 # ---- public API ------------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def fuse_files(
         "pet": _input_record(pet.image, pet_path, pet.info, frame=options.frame),
     }
     result = _fuse(mri.image, pet.image, options, fuser, inputs, timings)
-    result.mri_info = mri.info
+    result.mri_info, result.pet_info = mri.info, pet.info
     _write_outputs(result, targets, options, timings, started)
     _summarise(result, mri_path, pet_path, targets, time.perf_counter() - started)
     return result
@@ -518,6 +520,7 @@ def _write_outputs(
                 result.fused,
                 result.overlay,
                 reference=reference,
+                pet=(result.pet_info or {}).get("dicom"),
                 method=options.method,
                 transaction=transaction,
             )
