@@ -80,6 +80,8 @@ class FusionResult:
     registration: RegistrationResult | None = None
     #: What :func:`medfuse.io.load_volume` knew about the MRI (DICOM series info for export), if read from disk.
     mri_info: dict[str, Any] | None = None
+    #: The same for the PET (the exported DICOM series reference a DICOM PET as a source).
+    pet_info: dict[str, Any] | None = None
 
 
 # ---- public API ------------------------------------------------------------------------------------
@@ -152,7 +154,7 @@ def _fuse_files(
         "pet": _input_record(pet.image, pet_path, pet.info, frame=options.frame),
     }
     result = _fuse(mri.image, pet.image, options, fuser, inputs, timings)
-    result.mri_info = mri.info
+    result.mri_info, result.pet_info = mri.info, pet.info
     result.report["warnings"] = warned  # the run's list: warnings while writing join it
     _write_outputs(result, targets, options, timings, started, (mri.image, pet.image))
     _summarise(result, mri_path, pet_path, targets, time.perf_counter() - started)
@@ -544,6 +546,7 @@ def _write_outputs(
                 result.fused,
                 result.overlay,
                 reference=reference,
+                pet=(result.pet_info or {}).get("dicom"),
                 method=options.method,
                 transaction=transaction,
             )

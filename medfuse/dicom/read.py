@@ -23,6 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from medfuse.console import info as say
 from medfuse.console import track, warn
 from medfuse.dicom.headers import EXPORT_KEYWORDS, quiet_dcmread, read_header
+from medfuse.dicom.records import source_references
 from medfuse.dicom.series import ROLE_MODALITIES, SERIES_OPTION, Role, choose_series, list_series
 from medfuse.dicom.stack import Stack, analyse_stack
 from medfuse.dicom.suv import suv_factors
@@ -206,6 +207,8 @@ def read_dicom_series(
             "reference_file": str(stack.slices[0].path),
             "files": [str(p) for p in dict.fromkeys(r.path for r in stack.slices)],
             "export_tags": export_tags,
+            "source_slices": source_references(stack.slices),  # one per slice of the volume, in its order
+            "source_instances": source_references(chosen.slices),  # the whole series
         },
     )
 
