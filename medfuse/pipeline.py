@@ -33,7 +33,7 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +42,7 @@ import numpy as np
 
 from medfuse import __version__
 from medfuse.atomic import VOLUME_EXTENSIONS, check_output_path, full_suffix, output_transaction, sibling
-from medfuse.console import info, make_progress, stage
+from medfuse.console import collect_warnings, info, make_progress, stage
 from medfuse.errors import ProcessingError, UsageError
 from medfuse.intensity import normalise, robust_range
 from medfuse.options import FuseOptions, OutputFormat, check_options
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
     from medfuse.inference import Fuser
     from medfuse.io import Volume
+    from medfuse.qc.page import CasePage
     from medfuse.registration import Placement, RegistrationResult
 
 __all__ = ["FuseOptions", "FusionResult", "fuse_files", "fuse_images"]
@@ -80,6 +81,8 @@ class FusionResult:
     registration: RegistrationResult | None = None
     #: What :func:`medfuse.io.load_volume` knew about the MRI (DICOM series info for export), if read from disk.
     mri_info: dict[str, Any] | None = None
+    #: The same for the PET (the exported DICOM series reference a DICOM PET as a source).
+    pet_info: dict[str, Any] | None = None
 
 
 # ---- public API ------------------------------------------------------------------------------------
@@ -99,11 +102,14 @@ def fuse_images(
 
     options = check_options(options or FuseOptions())
     timings: dict[str, float] = {}
-    with _timed(timings, "validate"):
-        mri = io.validate_image(mri, role="MRI", source="the MRI image")
-        pet = io.validate_image(pet, role="PET", source="the PET image", frame=options.frame)
-    inputs = {"mri": _input_record(mri, None, {}), "pet": _input_record(pet, None, {})}
-    return _fuse(mri, pet, options, fuser, inputs, timings)
+    with collect_warnings() as warned:
+        with _timed(timings, "validate"):
+            mri = io.validate_image(mri, role="MRI", source="the MRI image")
+            pet = io.validate_image(pet, role="PET", source="the PET image", frame=options.frame)
+        inputs = {"mri": _input_record(mri, None, {}), "pet": _input_record(pet, None, {})}
+        result = _fuse(mri, pet, options, fuser, inputs, timings)
+    result.report["warnings"] = warned
+    return result
 
 
 def fuse_files(
@@ -116,8 +122,21 @@ def fuse_files(
     """Fuse an MRI and a PET file (or DICOM folder) and write the outputs ``options`` asks for.
 
     Every output path is checked before any work; all outputs (fused volume, overlay, preview,
-    report, transform) appear together or not at all. Returns what :func:`fuse_images` returns.
+    report, transform, QC page) appear together or not at all. Returns what :func:`fuse_images`
+    returns; the report's ``warnings`` lists every warning of the run.
     """
+    with collect_warnings() as warned:
+        return _fuse_files(mri_path, pet_path, output, options, fuser, warned)
+
+
+def _fuse_files(
+    mri_path: str | Path,
+    pet_path: str | Path,
+    output: str | Path,
+    options: FuseOptions | None,
+    fuser: Fuser | None,
+    warned: list[str],
+) -> FusionResult:
     from medfuse import io
 
     started = time.perf_counter()
@@ -136,8 +155,9 @@ def fuse_files(
         "pet": _input_record(pet.image, pet_path, pet.info, frame=options.frame),
     }
     result = _fuse(mri.image, pet.image, options, fuser, inputs, timings)
-    result.mri_info = mri.info
-    _write_outputs(result, targets, options, timings, started)
+    result.mri_info, result.pet_info = mri.info, pet.info
+    result.report["warnings"] = warned  # the run's list: warnings while writing join it
+    _write_outputs(result, targets, options, timings, started, (mri.image, pet.image))
     _summarise(result, mri_path, pet_path, targets, time.perf_counter() - started)
     return result
 
@@ -177,6 +197,10 @@ def _plan_outputs(mri: Path, pet: Path, output: Path, options: FuseOptions) -> d
         targets["report"] = checked(options.report, (".json",), "--report")
     if options.save_transform:
         targets["transform"] = checked(options.save_transform, (".tfm", ".txt"), "--save-transform")
+    if options.save_pet:  # a volume file for measuring, also under --format dicom
+        targets["pet"] = checked(options.save_pet, VOLUME_EXTENSIONS, "--save-pet")
+    if options.qc:
+        targets["qc"] = checked(options.qc, (".html",), "--qc")
     seen: dict[Path, str] = {}
     for kind, path in targets.items():
         key = path.resolve()
@@ -243,8 +267,34 @@ def _fuse(
             pet_on_mri = registration.resample_to(pet, mri, placement.transform)
         with _timed(timings, "fuse"):
             fused, overlay, details = _fuse_volume(mri, pet_on_mri, pet, options, fuser)
+        with _timed(timings, "hotspots"), stage("Reading out the PET hotspots"):
+            hotspots = _hotspots(pet, mri, placement.transform, _pet_units(inputs))
     report = _report(inputs, mri, options, fuser, placement.record, details, timings)
+    report["hotspots"] = hotspots
     return FusionResult(fused, overlay, pet_on_mri, placement.transform, report, placement.registered)
+
+
+def _hotspots(pet: sitk.Image, mri: sitk.Image, transform: sitk.Transform, units: str | None) -> dict[str, Any]:
+    """The hotspot readout of the PET on its own grid (:mod:`medfuse.hotspots`), placed on the MRI too."""
+    import SimpleITK as sitk
+
+    from medfuse.hotspots import Grid, hotspot_report
+
+    try:
+        to_pet = transform.GetInverse()  # transform maps MRI points to PET points
+    except RuntimeError:  # not invertible (a displacement field): positions stay in PET space only
+        to_pet = None
+
+    def mri_voxel(point: Sequence[float]) -> list[int] | None:
+        if to_pet is None:
+            return None
+        index = mri.TransformPhysicalPointToIndex(to_pet.TransformPoint(tuple(float(v) for v in point)))
+        return list(index) if all(0 <= i < n for i, n in zip(index, mri.GetSize(), strict=True)) else None
+
+    grid = Grid(pet.GetOrigin(), pet.GetSpacing(), pet.GetDirection())
+    is_suv = units in ("SUVbw", "GML")
+    values = sitk.GetArrayViewFromImage(pet)
+    return hotspot_report(values, grid, units=units, is_suv=is_suv, to_mri=mri_voxel)
 
 
 def _transform(
@@ -312,7 +362,7 @@ def _fuse_volume(
     box = _bounding_box(mask)
     slices = [k for k in range(box[0].start, box[0].stop) if mask[k, box[1], box[2]].any()]
     fused = np.zeros(mri_values.shape, dtype=np.float32)
-    want_overlay = options.overlay or options.preview is not None
+    want_overlay = options.overlay or options.preview is not None or options.qc is not None
     overlay = np.zeros((*mri_values.shape, 3), dtype=np.uint8) if want_overlay else None
     with make_progress(transient=True) as progress:
         task = progress.add_task(f"Fusing slices on {fuser.device} ({fuser.method})", total=len(slices))
@@ -447,9 +497,14 @@ def _pet_units(inputs: dict[str, Any]) -> str | None:
 
 # ---- writing ---------------------------------------------------------------------------------------
 def _write_outputs(
-    result: FusionResult, targets: dict[str, Path], options: FuseOptions, timings: dict[str, float], started: float
+    result: FusionResult,
+    targets: dict[str, Path],
+    options: FuseOptions,
+    timings: dict[str, float],
+    started: float,
+    inputs: tuple[sitk.Image, sitk.Image],
 ) -> None:
-    """Write every requested output in one transaction (all appear, or none)."""
+    """Write every requested output in one transaction (all appear, or none); ``inputs``: the MRI and PET read."""
     from medfuse import io
     from medfuse.registration import write_transform
 
@@ -460,6 +515,7 @@ def _write_outputs(
         with _timed(timings, "preview"), stage("Rendering the preview"):
             shown = result.overlay if result.overlay is not None else result.fused
             picture = render_preview(shown, mode="mosaic", focus=result.pet_on_mri)
+    qc_page = _qc_page(result, targets, inputs, picture, timings) if "qc" in targets else None
     result.report["outputs"] = {kind: str(path) for kind, path in targets.items()}
     write_started = time.perf_counter()
     with stage("Writing the outputs"), output_transaction(overwrite=options.overwrite) as transaction:
@@ -472,6 +528,7 @@ def _write_outputs(
                 result.fused,
                 result.overlay,
                 reference=reference,
+                pet=(result.pet_info or {}).get("dicom"),
                 method=options.method,
                 transaction=transaction,
             )
@@ -484,23 +541,48 @@ def _write_outputs(
             transaction.write(targets["preview"], lambda path: write_png(picture, path))
         if "transform" in targets:
             transaction.write(targets["transform"], lambda path: write_transform(result.transform, path))
+        if "pet" in targets:
+            transaction.write(targets["pet"], lambda path: io.write_volume(result.pet_on_mri, path))
         timings["write"] = round(time.perf_counter() - write_started, 4)
         timings["total"] = round(time.perf_counter() - started, 4)
+        if qc_page is not None:  # last but the report: it shows the timings
+            html = qc_page.html(result.report)
+            transaction.write(targets["qc"], lambda path: path.write_text(html, encoding="utf-8"))
         if "report" in targets:
             text = json.dumps(result.report, indent=2, default=str) + "\n"
             transaction.write(targets["report"], lambda path: path.write_text(text, encoding="utf-8"))
 
 
+def _qc_page(
+    result: FusionResult,
+    targets: dict[str, Path],
+    inputs: tuple[sitk.Image, sitk.Image],
+    mosaic: np.ndarray | None,
+    timings: dict[str, float],
+) -> CasePage:
+    """The QC page's pictures and viewer volumes (its HTML is made last, when the timings are known)."""
+    from medfuse.qc import CaseVolumes, case_title, prepare_case_page
+
+    with _timed(timings, "qc"), stage("Drawing the QC report"):
+        volumes = CaseVolumes(
+            inputs[0], inputs[1], result.pet_on_mri, result.fused, result.overlay, result.transform, mosaic=mosaic
+        )
+        return prepare_case_page(volumes, result.report, case_title(targets["fused"]))
+
+
 def _summarise(result: FusionResult, mri: Path, pet: Path, targets: dict[str, Path], seconds: float) -> None:
-    """The one summary line at the end of a run."""
+    """The summary line at the end of a run, and the line of the PET hotspot readout."""
+    from medfuse.hotspots import summary_line
+
     fusion = result.report["fusion"]
     registration = result.report["registration"]
     how = registration["source"]
     if registration.get("metric_value") is not None:
         how += f" (moved {registration['moved_mm']:.1f} mm, confidence {registration['confidence']['level']})"
-    extras = [kind for kind in ("overlay", "preview", "report", "transform") if kind in targets]
+    extras = [kind for kind in ("overlay", "preview", "report", "transform", "pet", "qc") if kind in targets]
     info(
         f"Fused {mri} + {pet} -> {targets['fused']}{' (+ ' + ', '.join(extras) + ')' if extras else ''} "
         f"in {seconds:.1f} s: {fusion['slices_fused']} slices by {fusion['method']} on {fusion['device']}; "
         f"registration: {how}."
     )
+    info(summary_line(result.report["hotspots"]))
