@@ -31,8 +31,6 @@ import argparse
 import contextlib
 import importlib.util
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -48,20 +46,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "unit")]
+from bench_batch import machine  # noqa: E402  (benchmarks/ is on the path when run as a script)
+
 #: The last commit of main before issue 10 (registration as a single module).
 DEFAULT_BASELINE = "995e727"
-
-
-def machine() -> str:
-    """CPU model, usable CPUs, memory and load: what the figures depend on."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
-        model = names[0] if names else model
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = ", load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
-    return f"{model}, {cpus} usable CPUs{load}; Python {platform.python_version()}"
 
 
 def baseline_module(ref: str) -> types.ModuleType | None:
