@@ -10,6 +10,7 @@ import numpy as np
 from medfuse.console import warn
 from medfuse.errors import ProcessingError
 from medfuse.registration import assess, local
+from medfuse.registration.grids import check_extent
 from medfuse.registration.masks import MIN_OVERLAP, mask_points, overlap
 from medfuse.registration.optimise import METRIC_NAME, Level, optimise, parameter_scales, pyramid
 from medfuse.registration.search import candidate_starts
@@ -100,6 +101,8 @@ def register(fixed_mri: sitk.Image, moving_pet: sitk.Image, mode: Mode = "rigid"
     if mode not in ("rigid", "affine"):
         raise ValueError(f"mode must be 'rigid' or 'affine', not {mode!r}")
     moving_pet = sitk.Cast(moving_pet, sitk.sitkFloat32)
+    check_extent(fixed_mri, "MRI")
+    check_extent(moving_pet, "PET")
     levels = pyramid(sitk.Cast(fixed_mri, sitk.sitkFloat32), moving_pet)
     coarse, middle = levels[0], levels[-2] if len(levels) > 1 else levels[-1]
     sampled = local.SampledMetric(middle)

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 WORK_SPACING_MM = 2.0
 LEVEL_SPACINGS_MM = (8.0, 4.0, WORK_SPACING_MM)
+#: A volume thinner than this along an axis (two voxels of the finest working grid) cannot be placed.
+MIN_EXTENT_MM = 4.0
 
 
 def smooth(image: sitk.Image, sigmas_mm: list[float]) -> sitk.Image:
@@ -52,6 +54,18 @@ def check_work_grid(image: sitk.Image, name: str) -> None:
             f"{name}: its field of view of {extent} mm needs a {'×'.join(map(str, size))}-voxel registration "
             f"grid, about {format_bytes(needed)} of memory, more than the {format_bytes(available)} available; "
             "check the voxel spacing in its header."
+        )
+
+
+def check_extent(image: sitk.Image, role: str) -> None:
+    """Refuse a volume thinner than :data:`MIN_EXTENT_MM` along an axis: its voxel spacing is wrong
+    (micrometres read as millimetres), and neither registration nor an overlap check means anything."""
+    thickness = min(n * s for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True))
+    if thickness < MIN_EXTENT_MM:
+        raise InvalidInputError(
+            f"the {role} is only {thickness:.3g} mm thick along one axis (voxel spacing "
+            f"{', '.join(f'{s:g}' for s in image.GetSpacing())} mm); a volume to fuse is at least "
+            f"{MIN_EXTENT_MM:g} mm thick, so check the voxel spacing in its header."
         )
 
 

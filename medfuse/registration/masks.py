@@ -31,6 +31,8 @@ THRESHOLD_FRACTION: dict[str, float] = {"MRI": 0.3, "PET": 0.3}
 #: holds no air (a crop inside the body).
 AIR_LEVEL = 0.05
 AIR_FRACTION = 0.02
+#: ... judged only on grids of at least this many voxels (a few voxels say nothing about air).
+MIN_CROP_VOXELS = 1000
 #: Below this fraction of the smaller foreground, PET and MRI count as "barely overlapping".
 MIN_OVERLAP = 0.5
 
@@ -47,7 +49,8 @@ def _mask_array(values: np.ndarray, role: Role) -> np.ndarray:
     if level - low <= 0:
         return values > values.min()
     zero = min(low, 0.0)  # MRI magnitudes and PET activities are not negative; air is near zero
-    if np.mean(values - zero < AIR_LEVEL * (level - zero)) < AIR_FRACTION:  # a crop inside the body
+    crop = values.size >= MIN_CROP_VOXELS and np.mean(values - zero < AIR_LEVEL * (level - zero)) < AIR_FRACTION
+    if crop:  # a field of view inside the body
         return np.ones(values.shape, bool)
     mask = values > low + THRESHOLD_FRACTION[role] * (level - low)
     if not mask.any():

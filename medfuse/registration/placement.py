@@ -19,7 +19,7 @@ import numpy as np
 from medfuse.errors import InvalidInputError, ProcessingError
 from medfuse.options import RegisterMode
 from medfuse.registration.core import RegistrationResult, register
-from medfuse.registration.grids import WORK_SPACING_MM, on_grid
+from medfuse.registration.grids import WORK_SPACING_MM, check_extent, on_grid
 from medfuse.registration.masks import MIN_OVERLAP, centroid, foreground_mask, overlap
 from medfuse.registration.transforms import describe_transform, read_transform, rotation_angle_deg, transform_matrix
 
@@ -56,6 +56,11 @@ def place_pet(
     """
     import SimpleITK as sitk
 
+    for role, image, name in (("MRI", mri, "the MRI"), ("PET", pet, pet_name)):
+        try:
+            check_extent(image, role)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{name}: {exc}") from exc
     frame = shared_frame(*frames)
     if transform_file is not None:
         requested = "file"

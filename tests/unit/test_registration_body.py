@@ -153,7 +153,7 @@ def test_a_result_no_better_than_the_header_pose_keeps_it(
 @pytest.mark.slow
 def test_a_thigh_is_found_in_a_whole_body_pet() -> None:
     """Different frames 500-700 mm apart: the search along the PET's long axis, on both legs, finds it."""
-    pair = phantoms.wholebody_pair(2, pet_matrix=96, mri_shrink=2)
+    pair = phantoms.wholebody_pair(2, mri_shrink=2)
     result = registration.register(pair.mri, pair.pet)
     assert result.initialisation.startswith("search along axis 2")
     assert pair.header_error() > 400.0 and pair.tumour_error(result.transform) < 10.0
