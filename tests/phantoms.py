@@ -9,7 +9,7 @@ tissue        where (sizes in mm)                                               
 ============  ===========================================================================  ======  ======
 air           outside the body                                                              0       0
 skin          outer 2 mm of the body                                                        620     0.9
-fat           subcutaneous layer (12-22 mm), intermuscular septa (2 mm), fat between organs  1000    0.35
+fat           subcutaneous layer (8-22 mm), intermuscular septa (2 mm)                      1000    0.35
 muscle        thigh and calf compartments, trunk wall and paraspinal muscles, neck           380     0.75
 bone          femoral, vertebral and pelvic cortex (2.5-5 mm shells), skull                 40      0.5
 marrow        fatty marrow of the femora (yellow)                                           900     0.8
@@ -31,9 +31,11 @@ csf           ventricles, spinal canal                                          
 T1 values are arbitrary spin-echo units (fat brightest, muscle dark, cortical bone black, a sarcoma
 nearly isointense to muscle as on real T1); FDG values are SUVbw (multiply by
 :data:`BQ_ML_PER_SUV` for Bq/mL). The body spans z = -800 (mid-calf) to +920 (top of the head); the
-thighs run from the hips (z 60) to the knees (z -430), 170 mm across at the top, tapering to 110 mm;
-each femur runs obliquely from (±80, -5, 55) to (±62, 0, -420). Paired structures are mirror images
-except the tumour, which is what tells a left thigh from a right one.
+thighs run from the hips (z 60) to the knees (z -430), 170 mm across at the top, tapering to 110 mm,
+their fat thinning from 20 mm at the groin to 8 mm at the knee and their femoral vessels winding
+from the front of the femur to behind it; each femur runs obliquely from (±80, -5, 55) to
+(±62, 0, -420). Paired structures are mirror images except the tumour, which is what tells a left
+thigh from a right one.
 
 Images: :func:`body_mri` draws a T1 MRI on any :class:`~synthetic.Grid` (partial-volume blur, a
 smooth receive-coil bias field, Rician noise); :func:`body_pet` draws an FDG PET moved by a known
@@ -41,7 +43,14 @@ rigid transform (MRI physical points to PET physical points, as in medfuse.regis
 the scanner's resolution (5 mm FWHM by default) with Poisson-like noise that is spatially
 correlated over a voxel, as reconstructed PET noise is. :func:`multibed_positions` gives the slice
 positions of a whole-body PET made of overlapping beds with one uneven junction, as real scanners
-write them; ``tests/dicom_factory.py`` writes those as DICOM.
+write them; ``tests/dicom_factory.py`` writes those as DICOM (``make_series(..., depths=...)``).
+
+Registration cases (a :class:`Pair`: MRI, PET, the true transform, the tumour, ``tumour_error()``):
+:func:`body_pair` crops one of :data:`REGIONS` (a thigh, both thighs, the pelvis, a tight thigh crop)
+with a known offset of 3–6° and 6–12 mm, optionally "hard" (soft tissue of nearly equal uptake,
+noisier PET, stronger coil shading, a 3 mm bend between the scans); :func:`wholebody_pair` puts the
+thigh MRI of issue 10 (40 slices 5.2 mm apart, 0.39 mm → 1.56 mm in plane here) in a 267-slice
+whole-body PET of another frame. ``benchmarks/bench_registration.py`` runs them all.
 """
 
 from __future__ import annotations
