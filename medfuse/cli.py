@@ -15,7 +15,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.text import Text
@@ -23,8 +23,13 @@ from rich.text import Text
 from medfuse import __version__
 from medfuse.console import console, set_quiet, show_warning
 from medfuse.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_PROCESSING, MedfuseError
+from medfuse.options import Method, OutputFormat, RegisterMode
 
-F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    from medfuse.options import FuseOptions
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 app = typer.Typer(
     name="medfuse",
@@ -42,17 +47,17 @@ def _print_warning(message: Any, category: type[Warning], *_args: Any, **_kwargs
     show_warning(str(message))
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     # A Text is printed as it is: brackets or backslashes in a path are no markup.
     console.print(Text.assemble(("medfuse: error:", "bold red"), " ", message), highlight=False)
     raise typer.Exit(code)
 
 
-def handle_errors(command: F) -> F:
+def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Run a command body; expected errors become one sentence and their exit code."""
 
     @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             warnings.showwarning = _print_warning
@@ -74,9 +79,8 @@ def handle_errors(command: F) -> F:
                     traceback.print_exc(file=sys.stderr)
                 detail = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
                 _fail(f"unexpected internal error ({detail}); rerun with --debug for details.", EXIT_PROCESSING)
-        return None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def _version(value: bool) -> None:
@@ -101,12 +105,12 @@ def main_options(
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output file (or folder).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 MethodOpt = Annotated[
-    str, typer.Option("--method", help="net (the trained network) or laplacian (classical baseline).")
+    str, typer.Option("--method", help=f"{Method.choices()}: the trained network, or the classical baseline.")
 ]
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Network weights file (default: the bundled ones).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto = CUDA when present).")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch and SimpleITK.")]
-RegisterOpt = Annotated[str, typer.Option("--register", help="PET to MRI registration: rigid, affine or none.")]
+RegisterOpt = Annotated[str, typer.Option("--register", help=f"PET to MRI registration: {RegisterMode.choices()}.")]
 FrameOpt = Annotated[str | None, typer.Option("--frame", help="For 4-D PET: frame index N or 'sum'.")]
 PetWindowOpt = Annotated[
     tuple[float, float] | None,
@@ -122,6 +126,40 @@ AllowOtherPatientOpt = Annotated[
 ]
 
 
+def _fusion_options(
+    *,
+    method: str,
+    weights: Path | None,
+    device: str,
+    threads: int | None,
+    register: str,
+    frame: str | None,
+    pet_window: tuple[float, float] | None,
+    colormap: str,
+    no_overlay: bool,
+    suv: bool,
+    allow_different_patients: bool,
+    overwrite: bool,
+) -> FuseOptions:
+    """The options ``fuse`` and ``batch`` share, as :class:`FuseOptions` (choices checked against their enums)."""
+    from medfuse.options import FuseOptions
+
+    return FuseOptions(
+        method=Method.parse(method),
+        weights=weights,
+        device=device,
+        threads=threads,
+        register=RegisterMode.parse(register),
+        frame=frame,
+        pet_window=pet_window,
+        colormap=colormap,
+        overlay=not no_overlay,
+        overwrite=overwrite,
+        suv=suv,
+        allow_different_patients=allow_different_patients,
+    )
+
+
 # ---- fuse: 2-D branch owned by fusion2d.py, 3-D branch by pipeline.py -------------------------------
 @app.command()
 @handle_errors
@@ -129,11 +167,11 @@ def fuse(
     mri: Annotated[Path, typer.Argument(help="MRI: NIfTI/NRRD/MHA file, DICOM folder, 2-D image or image folder.")],
     pet: Annotated[Path, typer.Argument(help="PET or SPECT, same kinds as MRI.")],
     output: OutputOpt,
-    method: MethodOpt = "net",
+    method: MethodOpt = Method.NET,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
-    register: RegisterOpt = "rigid",
+    register: RegisterOpt = RegisterMode.RIGID,
     transform: Annotated[
         Path | None, typer.Option("--transform", help="Reuse this ITK transform (.tfm); skips registration.")
     ] = None,
@@ -150,10 +188,10 @@ def fuse(
         str,
         typer.Option(
             "--format",
-            help="auto (from the extension), nifti, nrrd, mha or dicom (then -o is a folder: DIR/fused and "
-            "DIR/overlay DICOM series on the MRI grid).",
+            help=f"{OutputFormat.choices()}: auto takes the extension of -o; dicom makes -o a folder of DICOM "
+            "series on the MRI grid, DIR/fused and DIR/overlay.",
         ),
-    ] = "auto",
+    ] = OutputFormat.AUTO,
     suv: SuvOpt = False,
     mri_series: Annotated[
         str | None,
@@ -167,29 +205,33 @@ def fuse(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fuse an MRI with a PET: volumes (with registration) or 2-D images / folders of them."""
-    from medfuse import fusion2d
-    from medfuse.options import FuseOptions
+    import dataclasses
 
-    options = FuseOptions(
-        method=method,  # type: ignore[arg-type]
+    from medfuse import fusion2d
+
+    shared = _fusion_options(
+        method=method,
         weights=weights,
         device=device,
         threads=threads,
-        register=register,  # type: ignore[arg-type]
-        transform=transform,
-        save_transform=save_transform,
+        register=register,
         frame=frame,
         pet_window=pet_window,
         colormap=colormap,
-        overlay=not no_overlay,
+        no_overlay=no_overlay,
+        suv=suv,
+        allow_different_patients=allow_different_patients,
+        overwrite=overwrite,
+    )
+    options = dataclasses.replace(
+        shared,
+        transform=transform,
+        save_transform=save_transform,
         preview=preview,
         report=report,
-        overwrite=overwrite,
-        output_format=output_format,  # type: ignore[arg-type]
-        suv=suv,
+        output_format=OutputFormat.parse(output_format),
         mri_series=mri_series,
         pet_series=pet_series,
-        allow_different_patients=allow_different_patients,
     )
     if fusion2d.is_2d_input(mri) or fusion2d.is_2d_input(pet):
         from medfuse.console import info
@@ -239,7 +281,7 @@ def preview(
     written = preview_file(
         volume,
         output,
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         pet=pet,
         slice_index=slice_index,
         at=at,
@@ -257,10 +299,10 @@ def preview(
 @app.command()
 @handle_errors
 def batch(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (one subfolder per case).")],
     input_dir: Annotated[
         Path | None, typer.Argument(help="Folder with one subfolder per case (one MRI and one PET each).")
     ] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (one subfolder per case).")] = ...,  # type: ignore[assignment]
     pairs: Annotated[
         Path | None, typer.Option("--pairs", help="CSV with columns case, mri, pet (instead of INPUT_DIR).")
     ] = None,
@@ -277,13 +319,13 @@ def batch(
     scheduler: Annotated[
         str | None, typer.Option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT of its scheduler.")
     ] = None,
-    method: MethodOpt = "net",
+    method: MethodOpt = Method.NET,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="CPU threads per case (default: CPUs / workers).")
     ] = None,
-    register: RegisterOpt = "rigid",
+    register: RegisterOpt = RegisterMode.RIGID,
     frame: FrameOpt = None,
     pet_window: PetWindowOpt = None,
     colormap: ColormapOpt = "aanlib",
@@ -295,21 +337,20 @@ def batch(
     """Fuse every case of a folder of studies (or of a pairs CSV); writes OUTPUT/<case>/ and OUTPUT/summary.csv."""
     from medfuse.batch import DEFAULT_MRI_GLOBS, DEFAULT_PET_GLOBS, print_summary, run_batch
     from medfuse.errors import ProcessingError
-    from medfuse.options import FuseOptions
 
-    options = FuseOptions(
-        method=method,  # type: ignore[arg-type]
+    options = _fusion_options(
+        method=method,
         weights=weights,
         device=device,
         threads=threads,
-        register=register,  # type: ignore[arg-type]
+        register=register,
         frame=frame,
         pet_window=pet_window,
         colormap=colormap,
-        overlay=not no_overlay,
-        overwrite=overwrite,
+        no_overlay=no_overlay,
         suv=suv,
         allow_different_patients=allow_different_patients,
+        overwrite=overwrite,
     )
     result = run_batch(
         input_dir,

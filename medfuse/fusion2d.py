@@ -12,28 +12,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from medfuse import colour
 from medfuse.atomic import IMAGE_EXTENSIONS, check_output_path, output_transaction
 from medfuse.console import make_progress, warn
+from medfuse.dicom.files import looks_like_dicom, read_head
 from medfuse.errors import InvalidInputError, UnreadableInputError, UsageError
 from medfuse.options import FuseOptions
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
+    from medfuse.inference import Fuser
+
 FileKind = Literal["image", "dicom"]
-
-
-class Fuser(Protocol):
-    """What fusion needs of a fuser (docs/ARCHITECTURE.md): fused luminance of (H, W) or (N, H, W) arrays."""
-
-    method: str
-
-    def fuse(self, mri: np.ndarray, pet: np.ndarray) -> np.ndarray: ...
 
 
 _IMAGE_MAGIC = (
@@ -44,9 +39,6 @@ _IMAGE_MAGIC = (
     b"II+\x00",  # BigTIFF, little-endian
     b"MM\x00+",  # BigTIFF, big-endian
 )
-# DICOM: "DICM" after a 128-byte preamble; a few old exports omit the preamble and start with group 0002/0008.
-_DICOM_OFFSET = 128
-_RAW_DICOM_STARTS = (b"\x02\x00", b"\x08\x00")
 _JPEG_QUALITY = 95
 # Options that steer the volume pipeline only, with the flag that sets each.
 _VOLUME_ONLY_FLAGS = {
@@ -69,17 +61,15 @@ _VOLUME_ONLY_FLAGS = {
 
 # ---- recognising 2-D inputs ---------------------------------------------------------------------------------
 def sniff(path: Path) -> FileKind | None:
-    """``"image"`` (PNG/JPEG/TIFF) or ``"dicom"`` from the first bytes of ``path``; ``None`` for anything else."""
+    """``"image"`` (PNG/JPEG/TIFF) or ``"dicom"`` (:func:`medfuse.dicom.looks_like_dicom`) from the first bytes
+    of ``path``; ``None`` for anything else."""
     try:
-        with path.open("rb") as handle:
-            head = handle.read(_DICOM_OFFSET + 4)
+        head = read_head(path)
     except OSError:
         return None
     if head.startswith(_IMAGE_MAGIC):
         return "image"
-    if head[_DICOM_OFFSET:] == b"DICM" or path.suffix.lower() == ".dcm" or head[:2] in _RAW_DICOM_STARTS:
-        return "dicom"
-    return None
+    return "dicom" if looks_like_dicom(path, head) else None
 
 
 def _folder_files(folder: Path) -> dict[FileKind, list[Path]]:

@@ -19,22 +19,48 @@ import hashlib
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from medfuse.console import warn
+from medfuse.device import check_device, resolve_device
 from medfuse.errors import InvalidInputError, UsageError, WeightsError
+from medfuse.options import FuseOptions, Method
 
 if TYPE_CHECKING:
     import torch
 
     from medfuse.model import FusionNet
-    from medfuse.options import FuseOptions
 
 BUNDLED_WEIGHTS_NAME = "fusionnet_v1.safetensors"
 BUNDLED_WEIGHTS_SHA256 = "4ac27b71f0470f1135e3a299c9ac1ff2fd31e9a91f502293981fc67ca0ff81c2"
-METHODS = ("net", "laplacian")
+
+
+class Fuser(Protocol):
+    """What fusion needs of a fuser; the network, the Laplacian baseline and test doubles all are one.
+
+    ``fuse`` takes float32 arrays in [0, 1] of shape (H, W) or (N, H, W) (MRI grey, PET luminance) and
+    returns the fused luminance, same shape, float32 in [0, 1]. Loaded once and reused.
+    """
+
+    @property
+    def method(self) -> str:
+        """The method's name, as ``--method`` and the run report give it."""
+        ...
+
+    @property
+    def device(self) -> str:
+        """Where it runs, as text ("cpu", "cuda:0")."""
+        ...
+
+    @property
+    def weights_sha256(self) -> str | None:
+        """SHA-256 of the weights file; ``None`` for a method without weights."""
+        ...
+
+    def fuse(self, mri: np.ndarray, pet: np.ndarray) -> np.ndarray:
+        """Fused luminance of MRI grey and PET luminance slices."""
+        ...
 
 
 def bundled_weights_path() -> Path:
@@ -46,29 +72,6 @@ def bundled_weights_path() -> Path:
         if (folder / BUNDLED_WEIGHTS_NAME).is_file():
             return folder / BUNDLED_WEIGHTS_NAME
     return package_dir / "_weights" / BUNDLED_WEIGHTS_NAME
-
-
-def resolve_device(spec: str) -> torch.device:
-    """Turn ``--device`` (auto, cpu, cuda, cuda:N) into a torch device that exists on this machine."""
-    import torch
-
-    text = spec.strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    match = re.fullmatch(r"cuda(?::(\d+))?", text)
-    if match is None:
-        raise UsageError(f"--device {spec}: unknown device; use auto, cpu, cuda or cuda:N.")
-    if not torch.cuda.is_available():
-        raise UsageError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto.")
-    index = int(match.group(1) or 0)
-    if index >= torch.cuda.device_count():
-        raise UsageError(
-            f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}, cpu or auto."
-        )
-    return torch.device("cuda", index)
 
 
 def _expected_sha256(path: Path, bundled: bool) -> str | None:
@@ -238,35 +241,22 @@ class NetFuser:
             torch.set_num_threads(previous)
 
 
-def check_device(method: str, device: str) -> None:
-    """Refuse an unknown or unavailable ``--device`` (whatever the method) before any work.
-
-    ``auto`` and ``cpu`` need no check (nor torch); anything else goes through :func:`resolve_device`.
-    The Laplacian method runs on the CPU only, so a GPU named for it is not used, with a warning.
-    """
-    if device.strip().lower() in ("auto", "cpu"):
-        return
-    if resolve_device(device).type != "cpu" and method == "laplacian":
-        warn(f"--device {device}: the laplacian method runs on the CPU only, so {device} was not used.")
-
-
-def load_fuser(options: FuseOptions) -> Any:
+def load_fuser(options: FuseOptions) -> Fuser:
     """The fuser ``options`` name (method, weights, device, threads, batch size), checked and loaded once."""
     return get_fuser(options.method, options.weights, options.device, options.threads, options.batch_size)
 
 
 def get_fuser(
-    method: str = "net",
+    method: str = Method.NET,
     weights: str | Path | None = None,
     device: str = "auto",
     threads: int | None = None,
     batch_size: int = 16,
-) -> Any:
+) -> Fuser:
     """The fuser for ``--method``: the network (:class:`NetFuser`) or the Laplacian baseline."""
-    if method not in METHODS:
-        raise UsageError(f"--method {method}: unknown method; use {' or '.join(METHODS)}.")
+    method = Method.parse(method)
     check_device(method, device)
-    if method == "net":
+    if method is Method.NET:
         return NetFuser(weights=weights, device=device, threads=threads, batch_size=batch_size)
     from medfuse.laplacian import LaplacianFuser
 

@@ -4,37 +4,36 @@ Every volume leaves :func:`load_volume` as a 3-D scalar float32 :class:`SimpleIT
 physical space (SimpleITK converts NIfTI's RAS storage on reading), with finite values and a sane
 geometry, or the user gets one sentence saying what is wrong with which file. Headers are checked
 before any voxel is allocated: an image too large for this machine's memory is refused with its size
-named, and NIfTI files are checked for zero/negative voxel sizes and truncation that the NIfTI
-library would otherwise hide (it silently replaces a zero voxel size by 1 and pads missing data).
+named (:mod:`medfuse.memory`), and NIfTI files are checked for zero/negative voxel sizes and truncation
+that the NIfTI library would otherwise hide (:mod:`medfuse.nifti`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import math
 import os
 import re
-import struct
 import sys
 import tempfile
 import threading
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medfuse.atomic import VOLUME_EXTENSIONS, full_suffix
 from medfuse.console import warn
 from medfuse.errors import InvalidInputError, OutputError, UnreadableInputError, UsageError
+from medfuse.memory import check_memory, format_bytes
+from medfuse.nifti import check_nifti
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
-Role = Literal["MRI", "PET"]
+    from medfuse.dicom import Role
 
 #: File formats read by :func:`load_volume` (a folder is read as a DICOM series).
 READ_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -42,8 +41,6 @@ READ_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MIN_VOXELS_PER_AXIS = 4
 #: Largest deviation of a direction matrix from orthonormal (float32 headers stay far below it).
 ORTHONORMAL_TOLERANCE = 1e-4
-#: Bytes per voxel the pipeline needs on an image's grid beyond its own pixels (float32 copy, work arrays).
-WORKING_BYTES_PER_VOXEL = 16
 
 _FORMAT_NAMES = {
     ".nii.gz": "NIfTI",
@@ -91,28 +88,42 @@ def load_volume(
     as a DICOM series by :func:`medfuse.dicom.read_dicom_series` (``series_uid`` and ``suv`` apply).
     """
     path = Path(path)
-    if not path.exists():
-        raise UnreadableInputError(f"{path}: the {role} input does not exist; check the path.")
-    if path.is_dir():
-        from medfuse import dicom
-
-        series = dicom.read_dicom_series(path, role=role, series_uid=series_uid, suv=suv)
-        info: dict[str, Any] = {"format": "DICOM", "dicom": dict(series.info)}
-        image = series.image
-    else:
-        if suv:
-            raise UsageError(
-                f"--suv: SUV conversion needs a DICOM PET folder with its dose and weight tags, "
-                f"but {path} is a {_format_name(path)} file; drop --suv or give the DICOM folder."
-            )
-        if series_uid is not None:
-            warn(f"{path}: the series UID {series_uid} was ignored because the input is a file, not a DICOM folder.")
-        image, info = read_image_file(path, role)
-        if info["nan_read_as_zero"]:
-            warn(f"{path}: {info['nan_read_as_zero']:,} NaN or infinite voxels in the {role} were set to 0.")
+    image, info = read_input(path, role, series_uid=series_uid, suv=suv)
+    if info.get("nan_read_as_zero"):
+        warn(f"{path}: {info['nan_read_as_zero']:,} NaN or infinite voxels in the {role} were set to 0.")
     info["pixel_type"] = info.get("pixel_type") or image.GetPixelIDTypeAsString()
     image = validate_image(image, role=role, source=str(path), frame=frame)
     return Volume(image=image, path=path, info=info)
+
+
+def read_input(
+    path: Path, role: Role | None, *, series_uid: str | None = None, suv: bool = False
+) -> tuple[sitk.Image, dict[str, Any]]:
+    """Read a volume file or a DICOM folder as stored (any dimension, grey or colour), not validated.
+
+    A folder is read as a DICOM series by :func:`medfuse.dicom.read_dicom_series` (``series_uid`` and
+    ``suv`` apply; ``role`` None picks its MR series when it has one, else its PET/SPECT); a file by
+    :func:`read_image_file`. Returns the image and what was learnt about it (``format``,
+    ``pixel_type``, ``nan_read_as_zero`` for files, the series' info under ``dicom``).
+    """
+    if not path.exists():
+        what = f"the {role} input" if role else "the input"
+        raise UnreadableInputError(f"{path}: {what} does not exist; check the path.")
+    if path.is_dir():
+        from medfuse import dicom
+
+        if role is None:
+            role = "MRI" if any(series.modality == "MR" for series in dicom.list_series(path)) else "PET"
+        series = dicom.read_dicom_series(path, role=role, series_uid=series_uid, suv=suv)
+        return series.image, {"format": "DICOM", "dicom": dict(series.info)}
+    if suv:
+        raise UsageError(
+            f"--suv: SUV conversion needs a DICOM PET folder with its dose and weight tags, "
+            f"but {path} is a {_format_name(path)} file; drop --suv or give the DICOM folder."
+        )
+    if series_uid is not None:
+        warn(f"{path}: the series UID {series_uid} was ignored because the input is a file, not a DICOM folder.")
+    return read_image_file(path, role or "input")
 
 
 def _format_name(path: Path) -> str:
@@ -136,7 +147,7 @@ def read_image_file(path: Path, role: str) -> tuple[sitk.Image, dict[str, Any]]:
         )
     reader = _header_reader(path, role)
     check_memory(path, tuple(reader.GetSize()), reader.GetPixelID(), reader.GetNumberOfComponents())
-    non_finite = _check_nifti(path, role) if suffix in (".nii", ".nii.gz") else 0
+    non_finite = check_nifti(path, role) if suffix in (".nii", ".nii.gz") else 0
     _check_header_geometry(path, reader)
     warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
@@ -217,52 +228,6 @@ def _native_stderr_into(lines: list[str]) -> Iterator[None]:
                 lines.extend(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _bytes_per_voxel(pixel_id: int, components: int = 1) -> int:
-    import SimpleITK as sitk
-
-    name = sitk.GetPixelIDValueAsString(pixel_id)
-    bits = re.search(r"(\d+)-bit", name)
-    per_component = int(bits.group(1)) // 8 if bits else 8
-    return per_component * (2 if "complex" in name else 1) * max(components, 1)
-
-
-def _available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux MemAvailable, else physical memory)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def format_bytes(count: float) -> str:
-    """A human size: ``1.5 GB``."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if count < 1000 or unit == "TB":
-            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
-        count /= 1000.0
-    return f"{count:.1f} TB"
-
-
-def check_memory(path: Path, size: tuple[int, ...], pixel_id: int, components: int = 1) -> None:
-    """Refuse an image whose voxels (plus the pipeline's working copies) exceed available memory."""
-    voxels = math.prod(size)
-    needed = voxels * (_bytes_per_voxel(pixel_id, components) + WORKING_BYTES_PER_VOXEL)
-    available = _available_memory()
-    if available is not None and needed > available:
-        shape = "×".join(str(n) for n in size)
-        raise InvalidInputError(
-            f"{path}: the image is {shape} voxels and needs about {format_bytes(needed)} of memory to process, "
-            f"more than the {format_bytes(available)} available; crop or downsample it first."
-        )
-
-
 def _check_header_geometry(path: Path, reader: sitk.ImageFileReader) -> None:
     spacing = reader.GetSpacing()
     if not all(math.isfinite(s) and s > 0 for s in spacing):
@@ -270,78 +235,6 @@ def _check_header_geometry(path: Path, reader: sitk.ImageFileReader) -> None:
             f"{path}: the voxel spacing {tuple(spacing)} has a zero, negative or undefined value; "
             "fix the header (voxel sizes must be positive)."
         )
-
-
-# NIfTI-1 / NIfTI-2 header fields: (struct format of dim, offset of dim, of datatype/bitpix, of pixdim,
-# of vox_offset).
-_NIFTI_LAYOUT = {
-    348: ("8h", 40, 72, "8f", 76, "f", 108),
-    540: ("8q", 16, 14, "8d", 104, "q", 168),
-}
-
-
-def _check_nifti(path: Path, role: str) -> int:
-    """Check what the NIfTI library hides; return the number of NaN/Inf voxels in the file.
-
-    The NIfTI reader silently replaces a zero voxel size by 1, pads missing (truncated) data and turns
-    NaN/Inf into 0; the first two are refused here and the last is counted so it can be reported.
-    """
-    try:
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rb") as stream:
-            header = stream.read(540)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise UnreadableInputError(f"{path}: the {role} file is not a readable NIfTI file; export it again.") from exc
-    layout = None
-    for endian in ("<", ">"):
-        if len(header) >= 4 and struct.unpack(endian + "i", header[:4])[0] in _NIFTI_LAYOUT:
-            layout = (endian, _NIFTI_LAYOUT[struct.unpack(endian + "i", header[:4])[0]])
-            break
-    if layout is None:
-        raise UnreadableInputError(f"{path}: the {role} file has no valid NIfTI header; export it again.")
-    endian, (dim_fmt, dim_at, bitpix_at, pixdim_fmt, pixdim_at, offset_fmt, offset_at) = layout
-    dims = struct.unpack_from(endian + dim_fmt, header, dim_at)
-    datatype, bitpix = struct.unpack_from(endian + "hh", header, bitpix_at - 2)
-    pixdim = struct.unpack_from(endian + pixdim_fmt, header, pixdim_at)
-    vox_offset = int(struct.unpack_from(endian + offset_fmt, header, offset_at)[0])
-    ndim = int(dims[0])
-    if not 1 <= ndim <= 7:
-        raise UnreadableInputError(f"{path}: the {role} file's NIfTI header has an invalid dimension count {ndim}.")
-    voxel_sizes = pixdim[1 : min(ndim, 3) + 1]
-    if not all(math.isfinite(v) and v > 0 for v in voxel_sizes):
-        raise InvalidInputError(
-            f"{path}: the NIfTI voxel sizes (pixdim) {tuple(round(float(v), 6) for v in voxel_sizes)} include a zero, "
-            "negative or undefined value; fix the header (voxel sizes must be positive)."
-        )
-    expected = vox_offset + math.prod(int(d) for d in dims[1 : ndim + 1]) * max(int(bitpix), 8) // 8
-    floats = {16: np.dtype(endian + "f4"), 64: np.dtype(endian + "f8")}.get(int(datatype))
-    actual, non_finite = _scan_nifti_data(path, role, vox_offset, floats)
-    if actual < expected:
-        raise UnreadableInputError(
-            f"{path}: the {role} file is truncated ({format_bytes(actual)} of the {format_bytes(expected)} "
-            "its header announces); copy or export it again."
-        )
-    return non_finite
-
-
-def _scan_nifti_data(path: Path, role: str, vox_offset: int, floats: np.dtype | None) -> tuple[int, int]:
-    """Length of the file's (decompressed) bytes, proving a .gz stream whole, and its NaN/Inf count."""
-    chunk_bytes = 1 << 22  # a multiple of every element size
-    total = non_finite = 0
-    try:
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rb") as stream:
-            total = len(stream.read(vox_offset))
-            while chunk := stream.read(chunk_bytes):
-                total += len(chunk)
-                if floats is not None:
-                    values = np.frombuffer(chunk[: len(chunk) - len(chunk) % floats.itemsize], dtype=floats)
-                    non_finite += int(values.size - np.count_nonzero(np.isfinite(values)))
-    except (OSError, EOFError, zlib.error) as exc:
-        raise UnreadableInputError(
-            f"{path}: the {role} file's data is truncated or corrupt; copy or export it again."
-        ) from exc
-    return total, non_finite
 
 
 # ---- validation ------------------------------------------------------------------------------------

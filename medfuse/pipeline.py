@@ -43,11 +43,13 @@ from medfuse import __version__
 from medfuse.atomic import VOLUME_EXTENSIONS, check_output_path, full_suffix, output_transaction, sibling
 from medfuse.console import info, make_progress, stage
 from medfuse.errors import InvalidInputError, ProcessingError, UsageError
-from medfuse.options import FuseOptions
+from medfuse.intensity import normalise, robust_range
+from medfuse.options import FuseOptions, OutputFormat, RegisterMode, check_options
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
+    from medfuse.inference import Fuser
     from medfuse.io import Volume
     from medfuse.registration import RegistrationResult
 
@@ -58,10 +60,11 @@ MRI_PERCENTILES = (0.5, 99.5)
 PET_PERCENTILES = (0.5, 99.5)
 #: Position on the aanlib map of the 99.5th percentile of brain pixels in the training PET slices.
 TRAINING_PET_TOP = 0.73
-REGISTER_MODES = ("rigid", "affine", "none")
-_FORMAT_EXTENSIONS = {"nifti": (".nii.gz", ".nii"), "nrrd": (".nrrd",), "mha": (".mha",)}
-#: Values drawn for percentiles at most (a regular subsample keeps them fast and deterministic).
-_PERCENTILE_SAMPLES = 2_000_000
+_FORMAT_EXTENSIONS = {
+    OutputFormat.NIFTI: (".nii.gz", ".nii"),
+    OutputFormat.NRRD: (".nrrd",),
+    OutputFormat.MHA: (".mha",),
+}
 
 
 @dataclass
@@ -83,18 +86,17 @@ def fuse_images(
     mri: sitk.Image,
     pet: sitk.Image,
     options: FuseOptions | None = None,
-    fuser: Any = None,
+    fuser: Fuser | None = None,
 ) -> FusionResult:
     """Register, resample and fuse an MRI and a PET given as SimpleITK images; nothing is written.
 
-    ``fuser`` follows the fuser interface of docs/ARCHITECTURE.md; ``None`` loads the one
+    ``fuser`` is any :class:`~medfuse.inference.Fuser`; ``None`` loads the one
     ``options.method`` names. The inputs are validated like files (3-D scalar, finite, not constant;
     a 4-D PET needs ``options.frame``) and never modified.
     """
     from medfuse import io
 
-    options = options or FuseOptions()
-    _check_options(options)
+    options = check_options(options or FuseOptions())
     timings: dict[str, float] = {}
     with _timed(timings, "validate"):
         mri = io.validate_image(mri, role="MRI", source="the MRI image")
@@ -108,7 +110,7 @@ def fuse_files(
     pet_path: str | Path,
     output: str | Path,
     options: FuseOptions | None = None,
-    fuser: Any = None,
+    fuser: Fuser | None = None,
 ) -> FusionResult:
     """Fuse an MRI and a PET file (or DICOM folder) and write the outputs ``options`` asks for.
 
@@ -118,9 +120,8 @@ def fuse_files(
     from medfuse import io
 
     started = time.perf_counter()
-    options = options or FuseOptions()
+    options = check_options(options or FuseOptions())
     mri_path, pet_path, output = Path(mri_path), Path(pet_path), Path(output)
-    _check_options(options)
     io.check_distinct_inputs(mri_path, pet_path)
     targets = _plan_outputs(mri_path, pet_path, output, options)
     timings: dict[str, float] = {}
@@ -141,31 +142,10 @@ def fuse_files(
 
 
 # ---- checks before any work ------------------------------------------------------------------------
-def _check_options(options: FuseOptions) -> None:
-    """Refuse contradicting or unknown option values before anything is loaded."""
-    from medfuse.colour import colormap_lut
-    from medfuse.inference import METHODS, check_device
-
-    if options.method not in METHODS:
-        raise UsageError(f"--method {options.method}: unknown method; use {' or '.join(METHODS)}.")
-    check_device(options.method, options.device)
-    if options.register not in REGISTER_MODES:
-        raise UsageError(f"--register {options.register}: unknown mode; use rigid, affine or none.")
-    if options.pet_window is not None:
-        low, high = (float(v) for v in options.pet_window)
-        if not (np.isfinite(low) and np.isfinite(high) and low < high):
-            raise UsageError(f"--pet-window {low:g} {high:g}: LOW must be a number below HIGH (image units).")
-    if options.batch_size < 1:
-        raise UsageError(f"--batch-size {options.batch_size}: use a positive number of slices.")
-    colormap_lut(options.colormap)
-
-
 def _volume_extension(output: Path, options: FuseOptions) -> tuple[str, ...]:
     """The extensions -o may have under ``--format``."""
-    if options.output_format == "auto":
+    if options.output_format == OutputFormat.AUTO:
         return VOLUME_EXTENSIONS
-    if options.output_format not in _FORMAT_EXTENSIONS:
-        raise UsageError(f"--format {options.output_format}: unknown format; use auto, nifti, nrrd, mha or dicom.")
     allowed = _FORMAT_EXTENSIONS[options.output_format]
     if full_suffix(output) not in allowed:
         raise UsageError(
@@ -178,23 +158,24 @@ def _volume_extension(output: Path, options: FuseOptions) -> tuple[str, ...]:
 def _plan_outputs(mri: Path, pet: Path, output: Path, options: FuseOptions) -> dict[str, Path]:
     """Check every output path (and that no two coincide) and return them by kind."""
     inputs = [mri, pet] + ([options.transform] if options.transform else [])
-    check = {"inputs": inputs, "overwrite": options.overwrite}
-    if options.output_format == "dicom":  # -o DIR: DIR/fused and DIR/overlay series
+
+    def checked(path: Path, allowed: tuple[str, ...], option: str = "-o") -> Path:
+        return check_output_path(path, allowed=allowed, inputs=inputs, overwrite=options.overwrite, option=option)
+
+    if options.output_format == OutputFormat.DICOM:  # -o DIR: DIR/fused and DIR/overlay series
         from medfuse.dicom import plan_dicom_outputs
 
         targets = plan_dicom_outputs(output, inputs=inputs, overlay=options.overlay, overwrite=options.overwrite)
     else:
-        targets = {"fused": check_output_path(output, allowed=_volume_extension(output, options), **check)}
+        targets = {"fused": checked(output, _volume_extension(output, options))}
         if options.overlay:
-            targets["overlay"] = check_output_path(sibling(output, "_overlay"), allowed=VOLUME_EXTENSIONS, **check)
+            targets["overlay"] = checked(sibling(output, "_overlay"), VOLUME_EXTENSIONS)
     if options.preview:
-        targets["preview"] = check_output_path(options.preview, allowed=(".png",), option="--preview", **check)
+        targets["preview"] = checked(options.preview, (".png",), "--preview")
     if options.report:
-        targets["report"] = check_output_path(options.report, allowed=(".json",), option="--report", **check)
+        targets["report"] = checked(options.report, (".json",), "--report")
     if options.save_transform:
-        targets["transform"] = check_output_path(
-            options.save_transform, allowed=(".tfm", ".txt"), option="--save-transform", **check
-        )
+        targets["transform"] = checked(options.save_transform, (".tfm", ".txt"), "--save-transform")
     seen: dict[Path, str] = {}
     for kind, path in targets.items():
         key = path.resolve()
@@ -240,7 +221,7 @@ def _fuse(
     mri: sitk.Image,
     pet: sitk.Image,
     options: FuseOptions,
-    fuser: Any,
+    fuser: Fuser | None,
     inputs: dict[str, Any],
     timings: dict[str, float],
 ) -> FusionResult:
@@ -277,12 +258,13 @@ def _transform(
 
     from medfuse import registration
 
-    if options.register in ("rigid", "affine") and options.transform is None:
+    if options.register != RegisterMode.NONE and options.transform is None:
+        mode: registration.Mode = "affine" if options.register == RegisterMode.AFFINE else "rigid"
         try:
-            result = registration.register(mri, pet, options.register)  # type: ignore[arg-type]
+            result = registration.register(mri, pet, mode)
         except (InvalidInputError, ProcessingError) as exc:
             raise type(exc)(f"{pet_name}: {exc}") from exc
-        return result.transform, result, options.register
+        return result.transform, result, options.register.value
     if options.transform is not None:
         transform = registration.read_transform(options.transform)
         where, advice = f"{options.transform}: with this transform", "check that the transform belongs to these images"
@@ -298,12 +280,6 @@ def _transform(
     return transform, None, source
 
 
-def _subsample(values: np.ndarray) -> np.ndarray:
-    """A regular subsample of at most about :data:`_PERCENTILE_SAMPLES` values."""
-    step = max(1, int(np.ceil(values.size / _PERCENTILE_SAMPLES)))
-    return values.ravel()[::step]
-
-
 def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> tuple[float, float, str]:
     """The PET display window (low, high) in image units, and how it was chosen."""
     import SimpleITK as sitk
@@ -312,12 +288,8 @@ def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> tu
 
     if window is not None:
         return float(window[0]), float(window[1]), "--pet-window"
-    values = sitk.GetArrayViewFromImage(pet)
     head = sitk.GetArrayFromImage(head_mask(pet, fraction=0.15)).astype(bool)
-    low = float(np.percentile(_subsample(values), PET_PERCENTILES[0]))
-    top = float(np.percentile(_subsample(values[head]), PET_PERCENTILES[1])) if head.any() else low
-    if top <= low:
-        low, top = float(values.min()), float(values.max())
+    low, top = robust_range(sitk.GetArrayViewFromImage(pet), head, PET_PERCENTILES)
     high = low + (top - low) / TRAINING_PET_TOP
     how = (
         f"percentiles: {PET_PERCENTILES[0]}th of all voxels to the {PET_PERCENTILES[1]}th of head voxels "
@@ -337,7 +309,7 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
 
 
 def _fuse_volume(
-    mri: sitk.Image, pet_on_mri: sitk.Image, pet: sitk.Image, options: FuseOptions, fuser: Any
+    mri: sitk.Image, pet_on_mri: sitk.Image, pet: sitk.Image, options: FuseOptions, fuser: Fuser
 ) -> tuple[sitk.Image, sitk.Image | None, dict[str, Any]]:
     """Fuse slice by slice along the MRI grid's third axis inside the head's bounding box."""
     import SimpleITK as sitk
@@ -347,10 +319,7 @@ def _fuse_volume(
 
     mask = sitk.GetArrayFromImage(head_mask(mri, fraction=0.1, dilate_mm=3.0)).astype(bool)
     mri_values = sitk.GetArrayViewFromImage(mri)
-    mri_low = float(np.percentile(_subsample(mri_values), MRI_PERCENTILES[0]))
-    mri_high = float(np.percentile(_subsample(mri_values[mask]), MRI_PERCENTILES[1]))
-    if mri_high <= mri_low:
-        mri_low, mri_high = float(mri_values.min()), float(mri_values.max())
+    mri_low, mri_high = robust_range(mri_values, mask, MRI_PERCENTILES)
     pet_low, pet_high, window_source = pet_window(pet, options.pet_window)
     pet_values = sitk.GetArrayViewFromImage(pet_on_mri)
 
@@ -364,10 +333,10 @@ def _fuse_volume(
         for start in range(0, len(slices), options.batch_size):
             batch = slices[start : start + options.batch_size]
             inside = mask[batch][:, box[1], box[2]]
-            mri_in = np.clip((mri_values[batch][:, box[1], box[2]] - mri_low) / (mri_high - mri_low), 0.0, 1.0)
-            pet_x = np.clip((pet_values[batch][:, box[1], box[2]] - pet_low) / (pet_high - pet_low), 0.0, 1.0)
+            mri_in = normalise(mri_values[batch][:, box[1], box[2]], (mri_low, mri_high))
+            pet_x = normalise(pet_values[batch][:, box[1], box[2]], (pet_low, pet_high))
             pet_y = np.clip(rgb_to_ycbcr(apply_colormap(pet_x, NETWORK_COLORMAP))[0], 0.0, 1.0)
-            out = _checked(fuser.fuse(mri_in.astype(np.float32), pet_y.astype(np.float32)), mri_in.shape, fuser)
+            out = _checked(fuser.fuse(mri_in, pet_y.astype(np.float32)), mri_in.shape, fuser)
             out = np.where(inside, out, np.float32(0.0))
             fused[batch, box[1], box[2]] = out
             if overlay is not None:
@@ -391,7 +360,7 @@ def _fuse_volume(
     return fused_image, overlay_image, details
 
 
-def _checked(out: Any, shape: tuple[int, ...], fuser: Any) -> np.ndarray:
+def _checked(out: np.ndarray, shape: tuple[int, ...], fuser: Fuser) -> np.ndarray:
     """The fuser's output as float32 in [0, 1], or a ProcessingError if it broke the fuser contract."""
     out = np.asarray(out, dtype=np.float32)
     if out.shape != shape or not np.all(np.isfinite(out)):
@@ -444,7 +413,7 @@ def _report(
     inputs: dict[str, Any],
     mri: sitk.Image,
     options: FuseOptions,
-    fuser: Any,
+    fuser: Fuser,
     transform: sitk.Transform,
     registered: RegistrationResult | None,
     source: str,
@@ -512,7 +481,7 @@ def _write_outputs(
     result.report["outputs"] = {kind: str(path) for kind, path in targets.items()}
     write_started = time.perf_counter()
     with stage("Writing the outputs"), output_transaction(overwrite=options.overwrite) as transaction:
-        if options.output_format == "dicom":
+        if options.output_format == OutputFormat.DICOM:
             from medfuse.dicom import write_fused_dicom
 
             reference = (result.mri_info or {}).get("dicom")

@@ -35,6 +35,7 @@ import numpy as np
 
 from medfuse.console import warn
 from medfuse.errors import InvalidInputError, ProcessingError, UnreadableInputError
+from medfuse.memory import WORKING_BYTES_PER_VOXEL, available_memory, format_bytes
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -95,11 +96,9 @@ def check_work_grid(image: sitk.Image, name: str) -> None:
     are off by orders of magnitude (micrometres read as millimetres) would ask for billions of voxels.
     ``name`` (the input's path as given) names the culprit.
     """
-    from medfuse.io import WORKING_BYTES_PER_VOXEL, _available_memory, format_bytes
-
     size = max((_grid_size(image, spacing) for spacing in LEVEL_SPACINGS_MM), key=math.prod)
     needed = math.prod(size) * (4 + WORKING_BYTES_PER_VOXEL)
-    available = _available_memory()
+    available = available_memory()
     if available is not None and needed > available:
         extent = " × ".join(f"{n * s:g}" for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True))
         raise InvalidInputError(

@@ -76,7 +76,7 @@ def install_fake(monkeypatch: pytest.MonkeyPatch) -> FakePipeline:
         return object()
 
     monkeypatch.setattr(medfuse.inference, "load_fuser", load)
-    monkeypatch.setattr(batch, "_FUSERS", {})
+    monkeypatch.setattr(batch.workers, "_FUSERS", {})
     return pipeline
 
 
@@ -251,27 +251,27 @@ def test_ctrl_c_in_a_worker_process(tmp_path: Path, fake: FakePipeline, monkeypa
     """Worker-side Ctrl-C: the running case rolls back (or counts as done if committed), queued ones are skipped."""
     import threading
 
-    monkeypatch.setattr(batch, "_STOP", threading.Event())
+    monkeypatch.setattr(batch.workers, "_STOP", threading.Event())
     studies, out = tmp_path / "studies", tmp_path / "out"
     tasks = {}
     for name, behaviour in (("a", "interrupt"), ("b", "ok")):
         make_case(studies, name, behaviour)
         tasks[name] = batch.CaseTask(Case(name, folder=studies / name), out, FuseOptions())
-    batch._interrupt_worker(2, None)  # while idle: only remembered
-    assert batch._STOP.is_set()
+    batch.workers._interrupt_worker(2, None)  # while idle: only remembered
+    assert batch.workers._STOP.is_set()
     assert batch.run_case_on_worker(tasks["b"]).error == "not run: the batch was interrupted."
-    batch._STOP.clear()
+    batch.workers._STOP.clear()
     interrupted = batch.run_case_on_worker(tasks["a"])
     assert (interrupted.status, interrupted.error) == (
         "skipped",
         "interrupted while running; nothing was written for it.",
     )
-    assert batch._STOP.is_set() and not out.exists()
-    batch._STOP.clear()
+    assert batch.workers._STOP.is_set() and not out.exists()
+    batch.workers._STOP.clear()
     batch.run_case_on_worker(tasks["b"])  # interrupted right after its outputs were committed: it is done
-    done = batch._interrupted(tasks["b"], started=0.0)
+    done = batch.workers._interrupted(tasks["b"], started=0.0)
     assert done.status == "ok" and len(done.outputs) == 5
-    assert batch._interrupted(tasks["b"], started=time.time() + 60).status == "skipped"
+    assert batch.workers._interrupted(tasks["b"], started=time.time() + 60).status == "skipped"
 
 
 def test_batch_refuses_bad_folders_and_options(tmp_path: Path, fake: FakePipeline) -> None:

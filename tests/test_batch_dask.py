@@ -85,7 +85,7 @@ def test_real_pipeline_on_the_cluster(tmp_path: Path, scheduler: str) -> None:
 
 def test_unreachable_scheduler_and_missing_dask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_case(tmp_path / "studies", "one")
-    monkeypatch.setattr(batch, "_CONNECT_TIMEOUT", "0.5s")
+    monkeypatch.setattr(batch.workers, "_CONNECT_TIMEOUT", "0.5s")
     with pytest.raises(UsageError, match=r"--scheduler tcp://127.0.0.1:9: cannot reach the Dask scheduler"):
         run_batch(tmp_path / "studies", tmp_path / "out", FuseOptions(), scheduler="tcp://127.0.0.1:9")
     monkeypatch.setitem(sys.modules, "distributed", None)

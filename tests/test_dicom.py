@@ -400,7 +400,7 @@ def test_cli_lists_the_series_when_the_mri_is_ambiguous(clinical: dict[str, Path
 
 def test_a_series_too_large_for_memory_is_refused_before_reading(tmp_path: Path, monkeypatch) -> None:
     make_series(tmp_path / "mr", phantom((4, 16, 16)))
-    monkeypatch.setattr("medfuse.io._available_memory", lambda: 10_000)
-    monkeypatch.setattr(dicom, "_decode", lambda path: pytest.fail("pixels were decoded"))
+    monkeypatch.setattr("medfuse.memory.available_memory", lambda: 10_000)
+    monkeypatch.setattr("medfuse.dicom.read._decode", lambda path: pytest.fail("pixels were decoded"))
     with pytest.raises(InvalidInputError, match=r"mr: the image is 16×16×4 voxels and needs about .* available"):
         dicom.read_dicom_series(tmp_path / "mr", role="MRI")

@@ -1,0 +1,209 @@
+"""Running a batch: check the output folder, run the cases, and report them in ``summary.csv`` and a table."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from medfuse.atomic import check_output_path, output_transaction
+from medfuse.batch.cases import DEFAULT_MRI_GLOBS, DEFAULT_PET_GLOBS, Case, find_cases, read_pairs
+from medfuse.batch.task import NOT_RUN, CaseResult, CaseTask, Status, case_outputs
+from medfuse.batch.workers import available_cpus, connect, run_dask, run_here, run_processes
+from medfuse.console import console, is_quiet, make_progress, show_warning, warn
+from medfuse.errors import InvalidInputError, OutputError, UsageError
+from medfuse.options import FuseOptions
+
+SUMMARY_NAME = "summary.csv"
+SUMMARY_COLUMNS = ("case", "status", "error", "seconds", "outputs")
+
+
+@dataclass
+class BatchResult:
+    """All case results, in case order, and where the summary was written."""
+
+    cases: list[CaseResult]
+    summary: Path
+
+    @property
+    def failed(self) -> list[CaseResult]:
+        return [case for case in self.cases if case.status == "failed"]
+
+    def count(self, status: Status) -> int:
+        """Number of cases that ended with ``status``."""
+        return sum(case.status == status for case in self.cases)
+
+
+def _absolute(case: Case) -> Case:
+    return Case(case.name, *(p.absolute() if p is not None else None for p in (case.folder, case.mri, case.pet)))
+
+
+def _check_output(output_dir: Path, input_dir: Path | None) -> Path:
+    """Refuse an output folder that is a file, an input, or inside the input folder (nothing is created)."""
+    output_dir = check_output_path(output_dir, is_dir=True, overwrite=True, inputs=[input_dir] if input_dir else ())
+    if input_dir is not None and output_dir.resolve().is_relative_to(input_dir.resolve()):
+        raise OutputError(
+            f"{output_dir}: is inside the input folder {input_dir}, where it would be taken for a case; "
+            "choose an output folder outside it."
+        )
+    return output_dir
+
+
+def _create_folder(output_dir: Path) -> None:
+    if output_dir.exists():
+        return
+    try:
+        output_dir.mkdir()
+    except OSError as exc:
+        raise OutputError(f"{output_dir}: cannot create the output folder ({exc.strerror}).") from exc
+    warn(f"{output_dir}: the output folder did not exist and was created.")
+
+
+def _precheck(task: CaseTask, skip_existing: bool) -> CaseResult | None:
+    """A result without running the case: skipped (already done) or failed (old outputs in the way)."""
+    expected = case_outputs(task.output_dir, task.case.name, task.options)
+    existing = [p for p in expected if p.exists()]
+    if skip_existing and len(existing) == len(expected):
+        return CaseResult(task.case.name, "skipped", "", 0.0, [str(p) for p in expected])
+    if existing and not task.options.overwrite:
+        return CaseResult(
+            task.case.name,
+            "failed",
+            f"{task.output_dir / task.case.name}: outputs of an earlier run are there; pass --skip-existing to keep "
+            "finished cases or --overwrite to fuse them again.",
+        )
+    return None
+
+
+def write_summary(results: list[CaseResult], path: Path) -> Path:
+    """Write ``summary.csv`` (case, status, error, seconds, outputs) atomically, replacing an older one."""
+
+    def writer(temp: Path) -> None:
+        with temp.open("w", newline="", encoding="utf-8") as handle:
+            table = csv.writer(handle)
+            table.writerow(SUMMARY_COLUMNS)
+            for r in results:
+                table.writerow([r.case, r.status, r.error, f"{r.seconds:.2f}", ";".join(r.outputs)])
+
+    with output_transaction(overwrite=True) as transaction:
+        transaction.write(path, writer)
+    return path
+
+
+def run_batch(
+    input_dir: str | Path | None,
+    output_dir: str | Path,
+    options: FuseOptions,
+    *,
+    pairs: str | Path | None = None,
+    mri_globs: Sequence[str] = DEFAULT_MRI_GLOBS,
+    pet_globs: Sequence[str] = DEFAULT_PET_GLOBS,
+    skip_existing: bool = False,
+    workers: int = 1,
+    scheduler: str | None = None,
+) -> BatchResult:
+    """Fuse every case of ``input_dir`` (or of the ``pairs`` CSV) into ``output_dir``; never stops at a failed case.
+
+    ``workers`` > 1 runs cases in that many processes, this one included (each with ``options.threads``
+    or, by default, an equal share of the CPUs); ``scheduler`` (``tcp://host:port``) sends them to a Dask
+    cluster instead. Returns the results; ``summary.csv`` is written even when interrupted.
+    """
+    if (input_dir is None) == (pairs is None):
+        raise UsageError("give either INPUT_DIR (one subfolder per case) or --pairs FILE.csv, not both or neither.")
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: must be at least 1.")
+    if scheduler is not None and workers != 1:
+        raise UsageError("--workers applies to local runs; with --scheduler the Dask cluster sets the parallelism.")
+    input_path = Path(input_dir) if input_dir is not None else None
+    cases = find_cases(input_path) if input_path is not None else read_pairs(Path(pairs))  # type: ignore[arg-type]
+    if scheduler is not None:  # Dask workers run elsewhere: give them absolute paths
+        cases = [_absolute(case) for case in cases]
+        output_dir = Path(output_dir).absolute()
+    if not cases:
+        raise InvalidInputError(
+            f"{input_path}: holds no case folders; put each study (one MRI and one PET) in its own subfolder, "
+            "or list the cases with --pairs."
+        )
+    output_path = _check_output(Path(output_dir), input_path)
+    tasks = [CaseTask(case, output_path, options, tuple(mri_globs), tuple(pet_globs)) for case in cases]
+    results = {task.case.name: early for task in tasks if (early := _precheck(task, skip_existing))}
+    pending = [task for task in tasks if task.case.name not in results]
+    parallel = min(workers, len(pending))
+    if scheduler is None and parallel > 1 and options.threads is None:  # share the CPUs, do not oversubscribe
+        options = dataclasses.replace(options, threads=max(1, available_cpus() // parallel))
+        pending = [dataclasses.replace(task, options=options) for task in pending]
+
+    from medfuse import inference
+
+    # Set up before anything is written: a wrong scheduler, weights file or device stops here.
+    client = connect(scheduler) if scheduler is not None and pending else None
+    try:
+        if client is not None:
+            runs = run_dask(pending, client)
+        elif not pending:
+            runs = iter(())
+        elif parallel > 1:
+            runs = run_processes(pending, inference.load_fuser(options), options, parallel, late=_keeper(results))
+        else:
+            runs = run_here(pending, inference.load_fuser(options))
+        _create_folder(output_path)
+        ordered = _collect(runs, tasks, results, len(pending), output_path / SUMMARY_NAME)
+    finally:
+        if client is not None:
+            client.close()
+    return BatchResult(ordered, output_path / SUMMARY_NAME)
+
+
+def _keeper(results: dict[str, CaseResult]) -> Callable[[CaseResult], None]:
+    """A callback storing a result that arrives after the batch was interrupted."""
+
+    def keep(result: CaseResult) -> None:
+        results[result.case] = result
+
+    return keep
+
+
+def _collect(
+    runs: Iterator[CaseResult], tasks: list[CaseTask], results: dict[str, CaseResult], total: int, summary: Path
+) -> list[CaseResult]:
+    """Gather results with a progress bar; write the summary at the end, or when interrupted."""
+    try:
+        with make_progress() as progress:
+            bar = progress.add_task("Fusing cases", total=total)
+            for result in runs:
+                results[result.case] = result
+                for message in result.warnings:
+                    show_warning(f"{result.case}: {message}")
+                if result.status == "failed" and not is_quiet():
+                    progress.console.print(f"{result.case}: failed: {result.error}", markup=False, highlight=False)
+                progress.advance(bar)
+    finally:
+        ordered = [results.get(t.case.name) or CaseResult(t.case.name, "skipped", NOT_RUN) for t in tasks]
+        write_summary(ordered, summary)
+    return ordered
+
+
+def print_summary(result: BatchResult) -> None:
+    """A table of the cases (status, seconds, error) and the totals, on stderr unless quiet."""
+    if is_quiet():
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="medfuse batch", title_justify="left")
+    for column, justify in (("case", "left"), ("status", "left"), ("seconds", "right"), ("error", "left")):
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    styles = {"ok": "green", "failed": "bold red", "skipped": "yellow"}
+    for case in result.cases:
+        table.add_row(
+            Text(case.case), Text(case.status, style=styles[case.status]), f"{case.seconds:.1f}", Text(case.error)
+        )
+    console.print(table)
+    console.print(
+        f"{result.count('ok')} ok, {result.count('failed')} failed, {result.count('skipped')} skipped; "
+        f"summary written to {result.summary}",
+        markup=False,
+        highlight=False,
+    )
