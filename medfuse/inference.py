@@ -23,13 +23,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from medfuse.console import warn
 from medfuse.device import check_device, resolve_device
 from medfuse.errors import InvalidInputError, UsageError, WeightsError
 from medfuse.options import FuseOptions, Method
 
 if TYPE_CHECKING:
-    import torch
-
     from medfuse.model import FusionNet
 
 BUNDLED_WEIGHTS_NAME = "fusionnet_v1.safetensors"
