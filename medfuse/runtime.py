@@ -52,7 +52,7 @@ class TorchRunner:
     def __init__(self, model: nn.Module) -> None:
         import torch
 
-        self._model = model.to(memory_format=torch.channels_last)
+        self._model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def __call__(self, mri: np.ndarray, pet: np.ndarray) -> np.ndarray:
         import torch
@@ -74,7 +74,7 @@ class OnnxRunner:
     name = "onnxruntime"
 
     def __init__(self, model: nn.Module, stride: int) -> None:
-        import onnxruntime
+        import onnxruntime  # type: ignore[import-untyped]
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1  # each call runs on its calling thread, start to end
@@ -104,7 +104,7 @@ def export_onnx(model: nn.Module, stride: int) -> bytes:
         torch.onnx.export(
             model,
             example,
-            buffer,
+            buffer,  # type: ignore[arg-type]  # a binary file object works (documented)
             dynamo=False,
             input_names=["mri", "pet"],
             output_names=["fused"],
