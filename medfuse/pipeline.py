@@ -247,7 +247,7 @@ def _fuse(
     mri_name, pet_name = inputs["mri"]["path"] or "the MRI image", inputs["pet"]["path"] or "the PET image"
     registration.check_work_grid(mri, mri_name)
     registration.check_work_grid(pet, pet_name)
-    with _sitk_threads(options.threads):
+    with _sitk_threads(options.threads), registration.shared_grids():
         if fuser is None:
             with _timed(timings, "load_fuser"), stage("Loading the fusion model"):
                 from medfuse.inference import load_fuser

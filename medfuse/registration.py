@@ -26,7 +26,9 @@ How registration works, and why:
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -108,13 +110,42 @@ def check_work_grid(image: sitk.Image, name: str) -> None:
         )
 
 
+#: Inside :func:`shared_grids`: (input image, spacing, antialias) -> grid already made from it.
+_GRIDS: dict[tuple[int, float, bool], tuple[sitk.Image, sitk.Image]] | None = None
+
+
+@contextlib.contextmanager
+def shared_grids() -> Iterator[None]:
+    """Within this block, :func:`_on_grid` makes each grid of the same image object once.
+
+    The pipeline's head mask for fusion wants the grid registration already made of the MRI (on a
+    clinical-size MRI each costs seconds of smoothing); the images are kept only for the block.
+    """
+    global _GRIDS
+    outer, _GRIDS = _GRIDS, {} if _GRIDS is None else _GRIDS
+    try:
+        yield
+    finally:
+        _GRIDS = outer
+
+
 def _on_grid(image: sitk.Image, spacing: float, antialias: bool = True) -> sitk.Image:
     """``image`` resampled to an isotropic ``spacing`` grid with its own orientation and outer corner.
 
     An image already this coarse is returned as it is (float32). ``antialias`` first smooths away the
     detail the coarser grid cannot hold (when the grid coarsens by 1.5x or more; linear interpolation
-    is smoothing enough below that).
+    is smoothing enough below that). Inside :func:`shared_grids` a grid made before is reused.
     """
+    if _GRIDS is None:
+        return _make_grid(image, spacing, antialias)
+    key = (id(image), float(spacing), antialias)
+    known = _GRIDS.get(key)
+    if known is None or known[0] is not image:
+        known = _GRIDS[key] = (image, _make_grid(image, spacing, antialias))
+    return known[1]
+
+
+def _make_grid(image: sitk.Image, spacing: float, antialias: bool) -> sitk.Image:
     import SimpleITK as sitk
 
     image = sitk.Cast(image, sitk.sitkFloat32)

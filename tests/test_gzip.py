@@ -65,3 +65,23 @@ def test_a_failed_compression_leaves_no_uncompressed_file(tmp_path: Path, monkey
     with pytest.raises(OSError, match="No space left"):
         io.write_volume(_volumes()[0], tmp_path / "out.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("isal", [True, False], ids=["isal", "zlib"])
+def test_damaged_nii_gz_inputs_are_refused_by_either_decompressor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isal: bool
+) -> None:
+    from medfuse.errors import UnreadableInputError
+
+    if not isal:
+        monkeypatch.setitem(sys.modules, "isal.igzip", None)
+    io.write_volume(_volumes()[0], tmp_path / "good.nii.gz")
+    data = bytearray((tmp_path / "good.nii.gz").read_bytes())
+    (tmp_path / "short.nii.gz").write_bytes(bytes(data[: len(data) // 2]))
+    for offset in range(40, len(data) - 8, max(1, (len(data) - 48) // 7)):  # flips inside the deflate stream
+        data[offset] ^= 0x5A
+    (tmp_path / "flipped.nii.gz").write_bytes(bytes(data))
+    assert io.read_volume(tmp_path / "good.nii.gz").GetSize() == (17, 20, 9)
+    for name in ("short.nii.gz", "flipped.nii.gz"):
+        with pytest.raises(UnreadableInputError, match=name):
+            io.read_volume(tmp_path / name)
