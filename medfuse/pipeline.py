@@ -31,6 +31,7 @@ import contextlib
 import json
 import platform
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -223,15 +224,22 @@ def _load_in_background(options: FuseOptions) -> Future[Fuser]:
     """Start loading the fuser (imports, weights, backend export) on a helper thread.
 
     It then loads while the inputs are read and registered; :func:`_fuse` waits for it (a weights
-    error surfaces there) and the report's ``load_fuser`` time is that wait.
+    error surfaces there) and the report's ``load_fuser`` time is that wait. The thread is a daemon:
+    it writes nothing, so a run that stops early (an error, Ctrl-C) does not wait for it.
     """
     from medfuse.inference import load_fuser
 
-    loader = ThreadPoolExecutor(1, thread_name_prefix="medfuse-model")
-    try:
-        return loader.submit(load_fuser, options)
-    finally:
-        loader.shutdown(wait=False)
+    loaded: Future[Fuser] = Future()
+
+    def load() -> None:
+        loaded.set_running_or_notify_cancel()
+        try:
+            loaded.set_result(load_fuser(options))
+        except BaseException as exc:  # handed to the waiting run, which raises it
+            loaded.set_exception(exc)
+
+    threading.Thread(target=load, name="medfuse-model", daemon=True).start()
+    return loaded
 
 
 def _fuse(
