@@ -170,7 +170,6 @@ class OutputTransaction:
                 if final.exists():
                     raise OutputError(f"{final}: appeared while medfuse was running; pass --overwrite to replace it.")
         placed: list[Path] = []
-        final = None
         try:
             for temp, final in self._pending:
                 existed = final.exists()

@@ -7,15 +7,18 @@ imported inside the commands so that ``medfuse --help`` stays instant.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import os
 import signal
 import sys
 import traceback
+import typing
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.text import Text
@@ -23,10 +26,7 @@ from rich.text import Text
 from medfuse import __version__
 from medfuse.console import console, set_quiet, show_warning
 from medfuse.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_PROCESSING, MedfuseError
-from medfuse.options import Method, OutputFormat, RegisterMode
-
-if TYPE_CHECKING:
-    from medfuse.options import FuseOptions
+from medfuse.options import FuseOptions, Method, OutputFormat, RegisterMode
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -102,48 +102,46 @@ def main_options(
     set_quiet(quiet)
 
 
-OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output file (or folder).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
-MethodOpt = Annotated[
-    str, typer.Option("--method", help=f"{Method.choices()}: the trained network, or the classical baseline.")
-]
-WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Network weights file (default: the bundled ones).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto = CUDA when present).")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch and SimpleITK.")]
-RegisterOpt = Annotated[str, typer.Option("--register", help=f"PET to MRI registration: {RegisterMode.choices()}.")]
-FrameOpt = Annotated[str | None, typer.Option("--frame", help="For 4-D PET: frame index N or 'sum'.")]
-PetWindowOpt = Annotated[
-    tuple[float, float] | None,
-    typer.Option("--pet-window", help="PET display window LOW HIGH in image units (default: percentiles)."),
-]
-ColormapOpt = Annotated[str, typer.Option("--colormap", help="Colour map of the overlay.")]
-NoOverlayOpt = Annotated[bool, typer.Option("--no-overlay", help="Do not write the colour overlay.")]
-SuvOpt = Annotated[
-    bool, typer.Option("--suv", help="Convert a DICOM PET to SUVbw (QIBA); --pet-window then takes SUV.")
-]
-AllowOtherPatientOpt = Annotated[
-    bool, typer.Option("--allow-different-patients", help="Fuse even if PatientID differs.")
-]
 
 
 def _fusion_options(
     *,
-    method: str,
-    weights: Path | None,
-    device: str,
-    threads: int | None,
-    register: str,
-    frame: str | None,
-    pet_window: tuple[float, float] | None,
-    colormap: str,
-    no_overlay: bool,
-    suv: bool,
-    allow_different_patients: bool,
-    overwrite: bool,
+    method: Annotated[
+        str, typer.Option("--method", help=f"{Method.choices()}: the trained network, or the classical baseline.")
+    ] = Method.NET,
+    weights: Annotated[
+        Path | None, typer.Option("--weights", help="Network weights file (default: the bundled ones).")
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto = CUDA when present).")
+    ] = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads", min=1, help="CPU threads for torch and SimpleITK (batch: per case, default CPUs / workers)."
+        ),
+    ] = None,
+    register: Annotated[
+        str, typer.Option("--register", help=f"PET to MRI registration: {RegisterMode.choices()}.")
+    ] = RegisterMode.RIGID,
+    frame: Annotated[str | None, typer.Option("--frame", help="For 4-D PET: frame index N or 'sum'.")] = None,
+    pet_window: Annotated[
+        tuple[float, float] | None,
+        typer.Option("--pet-window", help="PET display window LOW HIGH in image units (default: percentiles)."),
+    ] = None,
+    colormap: Annotated[str, typer.Option("--colormap", help="Colour map of the overlay.")] = "aanlib",
+    no_overlay: Annotated[bool, typer.Option("--no-overlay", help="Do not write the colour overlay.")] = False,
+    suv: Annotated[
+        bool, typer.Option("--suv", help="Convert a DICOM PET to SUVbw (QIBA); --pet-window then takes SUV.")
+    ] = False,
+    allow_different_patients: Annotated[
+        bool, typer.Option("--allow-different-patients", help="Fuse even if PatientID differs.")
+    ] = False,
+    overwrite: OverwriteOpt = False,
 ) -> FuseOptions:
-    """The options ``fuse`` and ``batch`` share, as :class:`FuseOptions` (choices checked against their enums)."""
-    from medfuse.options import FuseOptions
-
+    """The options ``fuse`` and ``batch`` share, declared once, as :class:`FuseOptions` (choices parsed)."""
     return FuseOptions(
         method=Method.parse(method),
         weights=weights,
@@ -160,28 +158,46 @@ def _fusion_options(
     )
 
 
+def with_fusion_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` the options of :func:`_fusion_options`; it receives them as one ``options`` argument.
+
+    Typer reads a command's options from its signature and type hints, so the wrapper shows the
+    command's own parameters followed by those of :func:`_fusion_options`. A new option both
+    ``fuse`` and ``batch`` take is one parameter there (and its :class:`FuseOptions` field).
+    """
+    shared = inspect.signature(_fusion_options).parameters
+    hints = typing.get_type_hints(_fusion_options, include_extras=True) | typing.get_type_hints(
+        command, include_extras=True
+    )
+    own = [parameter for name, parameter in inspect.signature(command).parameters.items() if name != "options"]
+    parameters = [parameter.replace(annotation=hints[parameter.name]) for parameter in [*own, *shared.values()]]
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> None:
+        # Typer parsed every value against the declarations of _fusion_options: forward them as given.
+        options = _fusion_options(**{name: values.pop(name) for name in shared})
+        command(options=options, **values)
+
+    wrapper.__dict__["__signature__"] = inspect.Signature(parameters, return_annotation=None)
+    wrapper.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters} | {"return": None}
+    return wrapper
+
+
 # ---- fuse: 2-D branch owned by fusion2d.py, 3-D branch by pipeline.py -------------------------------
 @app.command()
 @handle_errors
+@with_fusion_options
 def fuse(
     mri: Annotated[Path, typer.Argument(help="MRI: NIfTI/NRRD/MHA file, DICOM folder, 2-D image or image folder.")],
     pet: Annotated[Path, typer.Argument(help="PET or SPECT, same kinds as MRI.")],
-    output: OutputOpt,
-    method: MethodOpt = Method.NET,
-    weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
-    threads: ThreadsOpt = None,
-    register: RegisterOpt = RegisterMode.RIGID,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file (or folder).")],
+    options: FuseOptions,
     transform: Annotated[
         Path | None, typer.Option("--transform", help="Reuse this ITK transform (.tfm); skips registration.")
     ] = None,
     save_transform: Annotated[
         Path | None, typer.Option("--save-transform", help="Write the PET-to-MRI transform (.tfm).")
     ] = None,
-    frame: FrameOpt = None,
-    pet_window: PetWindowOpt = None,
-    colormap: ColormapOpt = "aanlib",
-    no_overlay: NoOverlayOpt = False,
     preview: Annotated[Path | None, typer.Option("--preview", help="Write a PNG mosaic of axial slices.")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write a JSON run report.")] = None,
     output_format: Annotated[
@@ -192,7 +208,6 @@ def fuse(
             "series on the MRI grid, DIR/fused and DIR/overlay.",
         ),
     ] = OutputFormat.AUTO,
-    suv: SuvOpt = False,
     mri_series: Annotated[
         str | None,
         typer.Option("--mri-series", help="SeriesInstanceUID of the MRI in a DICOM folder (default: by modality)."),
@@ -201,30 +216,12 @@ def fuse(
         str | None,
         typer.Option("--pet-series", help="SeriesInstanceUID of the PET in a DICOM folder (default: by modality)."),
     ] = None,
-    allow_different_patients: AllowOtherPatientOpt = False,
-    overwrite: OverwriteOpt = False,
 ) -> None:
     """Fuse an MRI with a PET: volumes (with registration) or 2-D images / folders of them."""
-    import dataclasses
-
     from medfuse import fusion2d
 
-    shared = _fusion_options(
-        method=method,
-        weights=weights,
-        device=device,
-        threads=threads,
-        register=register,
-        frame=frame,
-        pet_window=pet_window,
-        colormap=colormap,
-        no_overlay=no_overlay,
-        suv=suv,
-        allow_different_patients=allow_different_patients,
-        overwrite=overwrite,
-    )
     options = dataclasses.replace(
-        shared,
+        options,
         transform=transform,
         save_transform=save_transform,
         preview=preview,
@@ -298,8 +295,10 @@ def preview(
 # ---- batch: owned by batch.py --------------------------------------------------------------------------
 @app.command()
 @handle_errors
+@with_fusion_options
 def batch(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (one subfolder per case).")],
+    options: FuseOptions,
     input_dir: Annotated[
         Path | None, typer.Argument(help="Folder with one subfolder per case (one MRI and one PET each).")
     ] = None,
@@ -325,39 +324,11 @@ def batch(
     scheduler: Annotated[
         str | None, typer.Option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT of its scheduler.")
     ] = None,
-    method: MethodOpt = Method.NET,
-    weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
-    threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="CPU threads per case (default: CPUs / workers).")
-    ] = None,
-    register: RegisterOpt = RegisterMode.RIGID,
-    frame: FrameOpt = None,
-    pet_window: PetWindowOpt = None,
-    colormap: ColormapOpt = "aanlib",
-    no_overlay: NoOverlayOpt = False,
-    suv: SuvOpt = False,
-    allow_different_patients: AllowOtherPatientOpt = False,
-    overwrite: OverwriteOpt = False,
 ) -> None:
     """Fuse every case of a folder of studies (or of a pairs CSV); writes OUTPUT/<case>/ and OUTPUT/summary.csv."""
     from medfuse.batch import DEFAULT_MRI_GLOBS, DEFAULT_PET_GLOBS, print_summary, run_batch
     from medfuse.errors import ProcessingError
 
-    options = _fusion_options(
-        method=method,
-        weights=weights,
-        device=device,
-        threads=threads,
-        register=register,
-        frame=frame,
-        pet_window=pet_window,
-        colormap=colormap,
-        no_overlay=no_overlay,
-        suv=suv,
-        allow_different_patients=allow_different_patients,
-        overwrite=overwrite,
-    )
     result = run_batch(
         input_dir,
         output,

@@ -9,6 +9,7 @@ Outputs are 8-bit, of the input size, in the format their extension names, writt
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,9 +315,7 @@ def fuse_image_folders(
         for chunk in _chunks(pairs, options.batch_size):
             loaded = [_load_pair(mri, pet) for mri, pet in chunk]
             for (mri, _pet), fused in zip(chunk, _fuse_batch(loaded, fuser), strict=True):
-                outputs.append(
-                    transaction.write(out_dir / mri.name, lambda temp, image=fused: write_image(temp, image))
-                )
+                outputs.append(transaction.write(out_dir / mri.name, functools.partial(write_image, image=fused)))
             progress.advance(task, len(chunk))
     return outputs
 

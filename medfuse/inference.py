@@ -90,7 +90,7 @@ def _expected_sha256(path: Path, bundled: bool) -> str | None:
 
 def _channels_from_state(state: dict[str, Any], path: Path) -> tuple[int, ...]:
     """The per-scale widths, read from the shapes of the MRI branch's first convolutions."""
-    channels = []
+    channels: list[int] = []
     while f"mri_branch.stages.{len(channels)}.0.0.weight" in state:
         channels.append(int(state[f"mri_branch.stages.{len(channels)}.0.0.weight"].shape[0]))
     if len(channels) < 3:
@@ -109,7 +109,7 @@ def load_model(weights: str | Path | None = None) -> tuple[FusionNet, str]:
     from medfuse.model import FusionNet
 
     bundled = weights is None
-    path = bundled_weights_path() if bundled else Path(weights)
+    path = bundled_weights_path() if weights is None else Path(weights)
     if bundled and not path.is_file():
         raise WeightsError(f"{path}: the bundled weights are missing; reinstall medfuse or pass --weights FILE.")
     if not path.is_file():

@@ -34,14 +34,14 @@ def _open(path: Path) -> BinaryIO:
     try:
         from isal import igzip
     except ImportError:
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return igzip.open(path, "rb")  # type: ignore[return-value]
+        return gzip.open(path, "rb")  # type: ignore[return-value]  # a GzipFile reads as a binary file
+    return igzip.open(path, "rb")
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
     """What reading a damaged (gzip) file raises: zlib's and ISA-L's stream errors included."""
     try:
-        from isal.igzip_lib import IsalError  # type: ignore[attr-defined]
+        from isal.igzip_lib import IsalError
     except ImportError:
         return (OSError, EOFError, zlib.error)
     return (OSError, EOFError, zlib.error, IsalError)  # type: ignore[return-value]

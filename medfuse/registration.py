@@ -393,7 +393,7 @@ def register(fixed_mri: sitk.Image, moving_pet: sitk.Image, mode: Mode = "rigid"
     )
 
 
-def _initial_transform(coarse: _Level, moving_pet: sitk.Image) -> tuple[sitk.Euler3DTransform, str]:
+def _initial_transform(coarse: _Level, moving_pet: sitk.Image) -> tuple[sitk.Transform, str]:
     """The best of three rigid starting points, scored by the metric on the coarsest level."""
     import SimpleITK as sitk
 

@@ -214,7 +214,7 @@ def sample_batch(pairs: PairSet, rng: np.random.Generator, batch_size: int, crop
                 patch = patch[::-1]
             if flip_cols:
                 patch = patch[:, ::-1]
-            target[b, 0] = np.rot90(patch, turns)
+            target[b, 0] = np.rot90(patch, int(turns))
     return mri_batch, pet_batch
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal
 from medfuse.batch.cases import DEFAULT_MRI_GLOBS, DEFAULT_PET_GLOBS, Case, locate_inputs
 from medfuse.console import is_quiet, set_quiet
 from medfuse.errors import MedfuseError
-from medfuse.options import FuseOptions
+from medfuse.options import FuseOptions, OutputFormat
 
 if TYPE_CHECKING:
     from medfuse.inference import Fuser
@@ -68,7 +68,7 @@ def _case_options(task: CaseTask) -> FuseOptions:
         report=folder / REPORT_NAME,
         save_transform=folder / TRANSFORM_NAME,
         transform=None,
-        output_format="auto",
+        output_format=OutputFormat.AUTO,
     )
 
 

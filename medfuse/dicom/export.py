@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from medfuse import __version__
@@ -88,7 +88,7 @@ def _slice_dataset(
     """A Secondary Capture dataset with the reference's patient/study tags and this series' identity."""
     sop_uid = generate_uid()
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+    meta.MediaStorageSOPClassUID = UID(SECONDARY_CAPTURE)
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     dataset = Dataset()

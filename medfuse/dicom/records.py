@@ -24,9 +24,9 @@ class SliceRecord:
 
     path: Path
     frame: int | None
-    position: tuple[float, float, float] | None
+    position: tuple[float, ...] | None
     orientation: tuple[float, ...] | None
-    pixel_spacing: tuple[float, float] | None
+    pixel_spacing: tuple[float, ...] | None
     rows: int
     columns: int
     slope: float
@@ -85,7 +85,7 @@ def _frame_records(path: Path, dataset: Dataset, frames: int) -> list[SliceRecor
             SliceRecord(
                 path=path,
                 frame=index,
-                position=frame_position,  # type: ignore[arg-type]
+                position=frame_position,
                 orientation=orientation,
                 pixel_spacing=floats(dataset.get("PixelSpacing"), 2),
                 rows=rows,
@@ -108,9 +108,9 @@ def slice_records(path: Path, dataset: Dataset) -> list[SliceRecord]:
         SliceRecord(
             path=path,
             frame=None,
-            position=floats(dataset.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
+            position=floats(dataset.get("ImagePositionPatient"), 3),
             orientation=floats(dataset.get("ImageOrientationPatient"), 6),
-            pixel_spacing=floats(dataset.get("PixelSpacing"), 2),  # type: ignore[arg-type]
+            pixel_spacing=floats(dataset.get("PixelSpacing"), 2),
             rows=int(dataset.get("Rows", 0)),
             columns=int(dataset.get("Columns", 0)),
             slope=number(dataset.get("RescaleSlope"), 1.0) or 1.0,

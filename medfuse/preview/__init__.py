@@ -23,7 +23,7 @@ from medfuse.intensity import robust_window
 from medfuse.preview.command import preview_file, unit_label
 from medfuse.preview.draw import write_png
 from medfuse.preview.layout import CONVENTIONS, Convention, orientation_letters
-from medfuse.preview.render import HOT_SLICE_FRACTION, MODES, MOSAIC_TILES, Mode, mosaic_slices, render_preview
+from medfuse.preview.render import HOT_SLICE_FRACTION, MODES, MOSAIC_TILES, mosaic_slices, render_preview
 
 __all__ = [
     "CONVENTIONS",
@@ -31,7 +31,6 @@ __all__ = [
     "MODES",
     "MOSAIC_TILES",
     "Convention",
-    "Mode",
     "mosaic_slices",
     "orientation_letters",
     "preview_file",

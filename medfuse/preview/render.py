@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,7 +25,6 @@ from medfuse.preview.layout import CONVENTIONS, Convention, Layout, layout_of, m
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
-Mode = Literal["mosaic", "slice", "triplanar", "mip"]
 MODES: tuple[str, ...] = ("mosaic", "slice", "triplanar", "mip")
 #: Slices whose smoothed PET peak is below this fraction of the hottest slice's lie outside the PET's extent.
 HOT_SLICE_FRACTION = 0.25
@@ -142,7 +141,9 @@ class _Renderer:
         if self.layout.is_colour:
             rgb = np.clip(plane.astype(np.float32) * np.float32(self.scale), 0.0, 1.0)
         else:
-            rgb = np.repeat(normalise(plane, window or self.window)[..., None], 3, axis=-1)
+            shown = window or self.window
+            assert shown is not None  # a grey volume always has a window
+            rgb = np.repeat(normalise(plane, shown)[..., None], 3, axis=-1)
         if pet_plane is not None and self.pet_window is not None:
             level = normalise(pet_plane, self.pet_window)
             # fade in over the lowest third of the window, so the dark start of a map does not hide anatomy
@@ -215,7 +216,7 @@ def _project(data: np.ndarray, view: str) -> np.ndarray:
 
 def render_preview(
     volume: sitk.Image,
-    mode: Mode = "mosaic",
+    mode: str = "mosaic",
     *,
     pet: sitk.Image | None = None,
     focus: sitk.Image | None = None,
@@ -226,7 +227,7 @@ def render_preview(
     colormap: str = "hot",
     convention: Convention = "radiological",
 ) -> np.ndarray:
-    """Render ``volume`` (2-D or 3-D, grey or RGB) as an (H, W, 3) uint8 picture.
+    """Render ``volume`` (2-D or 3-D, grey or RGB) as an (H, W, 3) uint8 picture in ``mode`` (one of :data:`MODES`).
 
     ``pet`` is drawn in ``colormap`` over a grey volume (resampled onto its grid when the grids
     differ); ``focus`` (e.g. the PET on the MRI grid) picks the mosaic slices and the default slice
@@ -290,7 +291,7 @@ def _bar_for(
     """The colour bar to draw: of the PET window, else of the grey window; None for colour volumes."""
     if renderer.pet is not None and renderer.pet_window is not None:
         return functools.partial(draw_colorbar, window=renderer.pet_window, colormap=colormap, units=units)
-    if layout.is_colour:
+    if layout.is_colour or renderer.window is None:
         warn("--colorbar needs a grey volume or a --pet overlay; the colour volume is shown without one.")
         return None
     return functools.partial(draw_colorbar, window=renderer.window, colormap="grey", units=units)
@@ -316,7 +317,7 @@ def _display_point(
                 f"--at {' '.join(f'{v:g}' for v in at)} mm lies outside the volume; give a point inside it "
                 "(ITK/DICOM LPS coordinates, as `medfuse info` prints)."
             )
-        return layout.display_index(index)  # type: ignore[arg-type]
+        return layout.display_index(index)
     if slice_index is not None:
         if not 0 <= slice_index < depth:
             raise UsageError(

@@ -163,6 +163,7 @@ main()
 @pytest.mark.parametrize(
     "name", ["fuse with the network", "fuse DICOM folders, DICOM export", "info on a DICOM folder"]
 )
+@pytest.mark.slow
 def test_no_network_access(name: str, studies: Path, tmp_path: Path) -> None:
     args = [str(a) for a in COMMANDS[name](studies, tmp_path / "out")]
     done = subprocess.run([sys.executable, "-c", NO_NETWORK, *args], capture_output=True, text=True, timeout=120)
@@ -197,6 +198,7 @@ def test_reports_and_messages_show_paths_as_given(studies: Path, tmp_path: Path,
     ("name", "code"),
     [("fuse NIfTI + MetaImage, every output", 0), ("fuse DICOM folders, DICOM export", 0), ("refused output", 5)],
 )
+@pytest.mark.slow
 def test_no_temporary_file_is_left_anywhere(name: str, code: int, studies: Path, tmp_path: Path) -> None:
     """A run leaves its outputs (or nothing) in the output folder and nothing in the system temp dir."""
     out, temp = tmp_path / "out", tmp_path / "tmp"

@@ -30,6 +30,7 @@ def fuse(*args: str | Path) -> object:
     return runner.invoke(app, ["fuse", *(str(a) for a in args)])
 
 
+@pytest.mark.slow
 def test_fuse_writes_volumes_preview_report_and_transform(pair: tuple[Path, Path], tmp_path: Path) -> None:
     mri, pet = pair
     out = tmp_path / "out"
@@ -49,6 +50,7 @@ def test_fuse_writes_volumes_preview_report_and_transform(pair: tuple[Path, Path
     assert len(summary) == 1 and "laplacian on cpu" in summary[0] and "registration: rigid (Mattes MI" in summary[0]
 
 
+@pytest.mark.slow
 def test_transform_is_reused_and_register_none_needs_overlap(pair: tuple[Path, Path], tmp_path: Path) -> None:
     mri, pet = pair
     first = fuse(mri, pet, "-o", tmp_path / "a.nii.gz", "--method", "laplacian", "--no-overlay",
@@ -127,6 +129,7 @@ def test_info_lists_and_describes_dicom_series(tmp_path: Path) -> None:
     assert chosen.exit_code == 0 and "description    T1 head" in chosen.output
 
 
+@pytest.mark.slow
 def test_default_method_is_the_bundled_network(pair: tuple[Path, Path], tmp_path: Path) -> None:
     from medfuse.inference import BUNDLED_WEIGHTS_SHA256
 

@@ -430,6 +430,7 @@ def test_refused_cleanly(name: str, inputs: dict[str, Path], tmp_path: Path) -> 
     ["missing PET", "truncated .mha", "zero spacing in MetaImage", "NIfTI header claiming 30000³ voxels",
      "unknown --device (laplacian)", "output equal to the MRI"],
 )  # fmt: skip
+@pytest.mark.slow
 def test_installed_command_prints_one_line(name: str, inputs: dict[str, Path], tmp_path: Path) -> None:
     """The console script: the exit code, one line on stderr (no library chatter), nothing on stdout."""
     script = shutil.which("medfuse", path=str(Path(sys.executable).parent))

@@ -176,6 +176,7 @@ def test_train_command_bad_data_folder(tmp_path: Path) -> None:
     assert "folder not found; --data must point at the Harvard data set" in result.output
 
 
+@pytest.mark.slow
 def test_real_data_split_holds_out_series_41(harvard_dir: Path) -> None:
     train_pairs, val_pairs = split_by_series(load_pairs(harvard_dir, "PET"), "41")
     assert set(train_pairs.series) == {"25", "30"} and set(val_pairs.series) == {"41"}

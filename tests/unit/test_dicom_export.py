@@ -216,6 +216,7 @@ def test_dicom_output_folder_is_checked_before_any_work(tmp_path: Path, mri: dic
 
 
 # ---- medfuse fuse ... --format dicom -----------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_writes_fused_and_overlay_series_on_the_mri_grid(tmp_path: Path) -> None:
     folders = clinical_folders(tmp_path / "in")
     study = folders["study"]

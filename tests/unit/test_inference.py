@@ -283,6 +283,7 @@ def test_bundled_network_keeps_black_background_black() -> None:
     assert fused[18:22, 18:46].mean() > 0.3  # and so does the anatomy around it
 
 
+@pytest.mark.slow
 def test_bundled_network_on_held_out_slices(harvard_dir: Path) -> None:
     """On three slices of the validation series the network keeps edges (Qabf) and a black background."""
     from medfuse.metrics import luminance_255, qabf

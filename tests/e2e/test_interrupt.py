@@ -22,6 +22,9 @@ from synthetic import Grid, phantom_mri, phantom_pet, rigid
 
 from medfuse.errors import EXIT_INTERRUPTED
 
+#: Every test here runs the real command in a subprocess and waits for it.
+pytestmark = pytest.mark.slow
+
 TIMEOUT_S = 30
 INTERRUPTED = "medfuse: error: interrupted; no partial output was left behind."
 

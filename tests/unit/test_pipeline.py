@@ -111,6 +111,7 @@ def test_default_pet_window_puts_the_hot_head_where_training_pet_had_it(pet: sit
     assert "percentiles" in how
 
 
+@pytest.mark.slow
 def test_same_anatomy_stored_ras_lps_or_oblique_fuses_to_the_same_physical_result(pet: sitk.Image) -> None:
     results = []
     for direction in (ORIENTATIONS["LPS"], ORIENTATIONS["RAS"], oblique_direction((4.0, -3.0, 6.0))):

@@ -56,6 +56,7 @@ def _numbers(report: dict) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_volumes_are_bit_identical_across_runs_and_threads(pair: tuple[Path, Path], tmp_path: Path) -> None:
     mri, pet = pair
     runs = []

@@ -159,6 +159,7 @@ def _damage(path: Path, how: str, fraction: float, seed: int) -> None:
     fraction=st.floats(0.0, 0.99),
     seed=st.integers(0, 2**16),
 )
+@pytest.mark.slow
 def test_load_volume_reads_a_clean_volume_or_raises_a_medfuse_error(
     image: sitk.Image, suffix: str, damage: str, fraction: float, seed: int, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -230,12 +231,14 @@ def _fuse_or_refuse(mri: sitk.Image, pet: sitk.Image, options: FuseOptions) -> N
 
 @settings(max_examples=40, **SETTINGS)
 @given(pair=head_pairs(), register=st.sampled_from(["rigid", "affine", "none"]))
+@pytest.mark.slow
 def test_fuse_images_on_random_grids_and_types(pair: tuple[sitk.Image, sitk.Image], register: str) -> None:
     _fuse_or_refuse(*pair, FuseOptions(method="laplacian", register=register))  # type: ignore[arg-type]
 
 
 @settings(max_examples=150, **SETTINGS)
 @given(data=st.data(), mri=images(max_size=14, volume=True), register=st.sampled_from(["rigid", "none"]))
+@pytest.mark.slow
 def test_fuse_images_on_arbitrary_volumes(data: st.DataObject, mri: sitk.Image, register: str) -> None:
     """Any MRI volume with a PET of its own geometry (half the time: a shared scanner space) or of the MRI's."""
     if data.draw(st.booleans(), label="PET on its own grid"):

@@ -91,6 +91,7 @@ def test_fit_from_folder_reads_pngs(tmp_path: Path) -> None:
     assert len(colour.fit_colormap_from_folder(tmp_path)) == 4
 
 
+@pytest.mark.slow
 def test_aanlib_map_reproduces_the_training_pet(harvard_dir: Path) -> None:
     """Every real PET colour lies within 2/255 of the map; refitting gives the committed points."""
     folder = harvard_dir / "PET-MRI" / "PET"

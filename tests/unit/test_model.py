@@ -45,6 +45,7 @@ def test_fused_features_exist_at_every_scale(small_net: FusionNet) -> None:
     assert [tuple(f.shape) for f in features] == [(1, 4, 32, 32), (1, 8, 16, 16), (1, 16, 8, 8)]
 
 
+@pytest.mark.slow
 def test_attention_weights_are_a_per_pixel_softmax() -> None:
     torch.manual_seed(1)
     block = AttentionFusion(4)

@@ -390,6 +390,7 @@ def test_real_pipeline_end_to_end(tmp_path: Path, heads: tuple[Path, Path]) -> N
     assert tree(studies) == before  # inputs untouched
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_results(tmp_path: Path, heads: tuple[Path, Path]) -> None:
     mri, pet = heads
     studies = tmp_path / "studies"
@@ -406,6 +407,7 @@ def test_worker_processes_give_the_same_results(tmp_path: Path, heads: tuple[Pat
         np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_parallel_batch_cleanly(tmp_path: Path, heads: tuple[Path, Path]) -> None:
     """SIGTERM to the command (as a cluster's time limit sends): exit 130, every case whole or absent."""
     mri, pet = heads

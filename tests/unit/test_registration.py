@@ -171,13 +171,14 @@ def test_bad_transform_files_are_refused(tmp_path: Path) -> None:
         registration.read_transform(tmp_path / "flat.tfm")
 
 
+@pytest.mark.slow
 def test_example_pair_registers_to_its_known_misalignment() -> None:
     """The committed example (examples/, made by make_example.py) against its stored truth."""
     import json
 
     from medfuse import io
 
-    examples = Path(__file__).resolve().parents[1] / "examples"
+    examples = Path(__file__).resolve().parents[2] / "examples"
     mri = io.read_volume(examples / "mri.nii.gz")
     pet = io.read_volume(examples / "pet.nii.gz", role="PET")
     record = json.loads((examples / "truth.json").read_text())
