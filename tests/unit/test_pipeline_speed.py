@@ -24,6 +24,7 @@ def pair() -> tuple[sitk.Image, sitk.Image]:
     return phantom_mri(MRI_GRID), phantom_pet(PET_GRID, rigid((4.0, -3.0, 5.0), (6.0, -5.0, 8.0)))
 
 
+@pytest.mark.slow
 def test_shared_grids_make_each_grid_once_and_the_same(
     pair: tuple[sitk.Image, sitk.Image], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -78,6 +79,7 @@ def test_colour_lookup_in_ycbcr_equals_converting_the_rgb_map() -> None:
         np.testing.assert_allclose(table, np.stack([y, cb, cr], axis=-1), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_model_loads_while_inputs_are_read_and_its_errors_still_stop_the_run(
     pair: tuple[sitk.Image, sitk.Image], tmp_path: Path
 ) -> None:

@@ -45,6 +45,7 @@ def _torch_reference(model: nn.Module, mri: np.ndarray, pet: np.ndarray, stride:
         return model(a, b).clamp(0, 1)[:, 0, :height, :width].numpy()
 
 
+@pytest.mark.slow
 def test_onnxruntime_is_the_default_and_matches_float32_pytorch() -> None:
     mri, pet = _brain_slices(3, 200, 232)  # a head crop: not a multiple of the stride
     fuser = NetFuser(device="cpu", threads=2)
@@ -57,6 +58,7 @@ def test_onnxruntime_is_the_default_and_matches_float32_pytorch() -> None:
     assert float(np.max(np.abs(torch_fuser.fuse(mri, pet) - expected))) <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", runtime.CPU_BACKENDS)
 def test_each_backend_is_bit_identical_across_threads_batches_and_runs(tiny_weights: Path, backend: str) -> None:
     mri, pet = _brain_slices(7, 45, 61)
