@@ -368,15 +368,17 @@ def _fuse_volume(
 
     box = _bounding_box(mask)
     slices = [k for k in range(box[0].start, box[0].stop) if mask[k, box[1], box[2]].any()]
-    fused = np.zeros(mri_values.shape, dtype=np.float32)
-    want_overlay = options.overlay or options.preview is not None
-    overlay = np.zeros((*mri_values.shape, 3), dtype=np.uint8) if want_overlay else None
+    # The output volumes, filled batch by batch; popped when turned into images so that each numpy copy
+    # is freed as soon as its image exists (on a clinical-size MRI they are 150 and 110 MB).
+    volumes = {"fused": np.zeros(mri_values.shape, dtype=np.float32)}
+    if options.overlay or options.preview is not None:
+        volumes["overlay"] = np.zeros((*mri_values.shape, 3), dtype=np.uint8)
 
     def prepare(batch: list[int]) -> _Batch:
         pet_x = normalise(pet_values[batch, box[1], box[2]], (pet_low, pet_high))
         network_colours = colormap_ycbcr(pet_x, NETWORK_COLORMAP)
         chroma = None
-        if overlay is not None:
+        if "overlay" in volumes:
             same = options.colormap == NETWORK_COLORMAP
             chroma = (network_colours if same else colormap_ycbcr(pet_x, options.colormap))[..., 1:]
         pet_y = np.clip(network_colours[..., 0], 0.0, 1.0)
@@ -385,11 +387,11 @@ def _fuse_volume(
 
     def store(prepared: _Batch, out: np.ndarray) -> None:
         out = np.where(prepared.inside, out, np.float32(0.0))
-        fused[prepared.slices, box[1], box[2]] = out
-        if overlay is not None and prepared.chroma is not None:
+        volumes["fused"][prepared.slices, box[1], box[2]] = out
+        if prepared.chroma is not None:
             rgb = ycbcr_to_rgb(out, prepared.chroma[..., 0], prepared.chroma[..., 1], keep_luminance=False)
             colour = np.round(rgb * 255.0).astype(np.uint8)
-            overlay[prepared.slices, box[1], box[2]] = np.where(prepared.inside[..., None], colour, np.uint8(0))
+            volumes["overlay"][prepared.slices, box[1], box[2]] = np.where(prepared.inside[..., None], colour, 0)
 
     batches = [slices[start : start + options.batch_size] for start in range(0, len(slices), options.batch_size)]
     with (
@@ -409,11 +411,11 @@ def _fuse_volume(
             progress.update(task, advance=len(prepared.slices))
         for done in stored:
             done.result()
-    fused_image = sitk.GetImageFromArray(fused)
+    fused_image = sitk.GetImageFromArray(volumes.pop("fused"))
     fused_image.CopyInformation(mri)
     overlay_image = None
-    if overlay is not None:
-        overlay_image = sitk.GetImageFromArray(overlay, isVector=True)
+    if "overlay" in volumes:
+        overlay_image = sitk.GetImageFromArray(volumes.pop("overlay"), isVector=True)
         overlay_image.CopyInformation(mri)
     details = {
         "slices_fused": len(slices),
