@@ -155,7 +155,14 @@ def run_batch(
         elif not pending:
             runs = iter(())
         elif parallel > 1:
-            runs = run_processes(pending, inference.load_fuser(options), options, parallel, late=_keeper(results))
+            runs = run_processes(
+                pending,
+                lambda: inference.load_fuser(options),
+                options,
+                parallel,
+                late=_keeper(results),
+                ready=lambda: _create_folder(output_path),
+            )
         else:
             runs = run_here(pending, inference.load_fuser(options))
         _create_folder(output_path)
