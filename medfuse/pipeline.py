@@ -316,7 +316,8 @@ def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> tu
 
     if window is not None:
         return float(window[0]), float(window[1]), "--pet-window"
-    head = sitk.GetArrayFromImage(head_mask(pet, fraction=0.15)).astype(bool)
+    head_image = head_mask(pet, fraction=0.15)
+    head = sitk.GetArrayViewFromImage(head_image).astype(bool)  # the view lives only as long as head_image
     low, top = robust_range(sitk.GetArrayViewFromImage(pet), head, PET_PERCENTILES)
     high = low + (top - low) / TRAINING_PET_TOP
     how = (
@@ -360,7 +361,9 @@ def _fuse_volume(
     from medfuse.colour import colormap_ycbcr, ycbcr_to_rgb
     from medfuse.registration import head_mask
 
-    mask = sitk.GetArrayFromImage(head_mask(mri, fraction=0.1, dilate_mm=3.0)).astype(bool)
+    mask_image = head_mask(mri, fraction=0.1, dilate_mm=3.0)
+    mask = sitk.GetArrayViewFromImage(mask_image).astype(bool)  # one copy (the view needs mask_image alive)
+    del mask_image
     mri_values = sitk.GetArrayViewFromImage(mri)
     mri_low, mri_high = robust_range(mri_values, mask, MRI_PERCENTILES)
     pet_low, pet_high, window_source = pet_window(pet, options.pet_window)

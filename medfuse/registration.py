@@ -148,7 +148,8 @@ def _on_grid(image: sitk.Image, spacing: float, antialias: bool = True) -> sitk.
 def _make_grid(image: sitk.Image, spacing: float, antialias: bool) -> sitk.Image:
     import SimpleITK as sitk
 
-    image = sitk.Cast(image, sitk.sitkFloat32)
+    if image.GetPixelID() != sitk.sitkFloat32:  # a float32 image needs no copy (images copy on write)
+        image = sitk.Cast(image, sitk.sitkFloat32)
     old_spacing = np.array(image.GetSpacing())
     if np.all(old_spacing >= spacing * 0.999):
         return image
