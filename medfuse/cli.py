@@ -198,8 +198,20 @@ def fuse(
     save_transform: Annotated[
         Path | None, typer.Option("--save-transform", help="Write the PET-to-MRI transform (.tfm).")
     ] = None,
+    save_pet: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-pet",
+            help="Write the registered PET on the MRI grid, float32 in its units (SUV with --suv), to this "
+            "volume file (.nii.gz, .nrrd, .mha; also with --format dicom).",
+        ),
+    ] = None,
     preview: Annotated[Path | None, typer.Option("--preview", help="Write a PNG mosaic of axial slices.")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write a JSON run report.")] = None,
+    qc: Annotated[
+        Path | None,
+        typer.Option("--qc", help="Write a QC report: one self-contained HTML page with pictures and a viewer."),
+    ] = None,
     output_format: Annotated[
         str,
         typer.Option(
@@ -224,8 +236,10 @@ def fuse(
         options,
         transform=transform,
         save_transform=save_transform,
+        save_pet=save_pet,
         preview=preview,
         report=report,
+        qc=qc,
         output_format=OutputFormat.parse(output_format),
         mri_series=mri_series,
         pet_series=pet_series,
@@ -324,6 +338,9 @@ def batch(
     scheduler: Annotated[
         str | None, typer.Option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT of its scheduler.")
     ] = None,
+    qc: Annotated[
+        bool, typer.Option("--qc/--no-qc", help="Write each case's QC page (<case>/qc.html) and OUTPUT/index.html.")
+    ] = True,
 ) -> None:
     """Fuse every case of a folder of studies (or of a pairs CSV); writes OUTPUT/<case>/ and OUTPUT/summary.csv."""
     from medfuse.batch import DEFAULT_MRI_GLOBS, DEFAULT_PET_GLOBS, print_summary, run_batch
@@ -339,10 +356,28 @@ def batch(
         skip_existing=skip_existing,
         workers=workers,
         scheduler=scheduler,
+        qc=qc,
     )
     print_summary(result)
     if result.failed:
         raise ProcessingError(f"{len(result.failed)} of {len(result.cases)} cases failed; see {result.summary}.")
+
+
+# ---- report: owned by qc/ ----------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def report(
+    case: Annotated[Path, typer.Argument(help="A finished case: its folder (with report.json) or its report.json.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="HTML page to write (default: qc.html beside report.json).")
+    ] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Rebuild a case's QC page from its outputs (and its inputs, when they still exist)."""
+    from medfuse.console import info
+    from medfuse.qc import rebuild_case_page
+
+    info(f"QC page written to {rebuild_case_page(case, output, overwrite=overwrite)}")
 
 
 # ---- train: owned by training.py -----------------------------------------------------------------------

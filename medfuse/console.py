@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TypeVar
 
 from rich.console import Console
@@ -28,6 +29,8 @@ T = TypeVar("T")
 # emoji=False: a path or option value such as "scan:x:1" must print as given, not as an emoji.
 console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 _state = {"quiet": False}
+#: The message lists of the :func:`collect_warnings` blocks open in this thread (innermost last).
+_collectors: ContextVar[tuple[list[str], ...]] = ContextVar("medfuse_warning_collectors", default=())
 
 
 class MedfuseWarning(UserWarning):
@@ -53,9 +56,28 @@ def info(message: str) -> None:
 def warn(message: str) -> None:
     """Raise a :class:`MedfuseWarning`; the CLI shows it as ``medfuse: warning: ...``.
 
-    Library users can filter or record it with the :mod:`warnings` machinery.
+    Library users can filter or record it with the :mod:`warnings` machinery; every open
+    :func:`collect_warnings` block records it too, whatever the warning filters say.
     """
+    for messages in _collectors.get():
+        if message not in messages:
+            messages.append(message)
     warnings.warn(message, MedfuseWarning, stacklevel=2)
+
+
+@contextmanager
+def collect_warnings() -> Iterator[list[str]]:
+    """Record the message of every :func:`warn` inside the block (in order, each once) in the list it yields.
+
+    The warnings still go to the :mod:`warnings` machinery (and so to the terminal); the list is for
+    reports (``report.json``'s ``warnings``). Blocks nest, and each thread has its own.
+    """
+    messages: list[str] = []
+    token = _collectors.set((*_collectors.get(), messages))
+    try:
+        yield messages
+    finally:
+        _collectors.reset(token)
 
 
 def show_warning(message: str) -> None:

@@ -487,17 +487,22 @@ def _describe_dicom(folder: Path, series_uid: str | None) -> dict[str, Any]:
 
     series = dicom.list_series(folder)
     described: dict[str, Any] = {"path": str(folder), "format": "DICOM", "series": [s.label() for s in series]}
+    why = "the series given by --series"
     if series_uid is None and len(series) == 1:
-        series_uid = series[0].uid
+        series_uid, why = series[0].uid, "the only series in the folder"
     chosen = next((s for s in series if s.uid == series_uid), None)
     if chosen is None:
         if series_uid is not None:
             raise UsageError(f"--series {series_uid}: {folder} holds no such series; pick one of those listed.")
+        described["described"] = f"none of the {len(series)} series; pass --series UID to describe one"
         return described
+    described["described"] = f"{chosen.uid}: {why}"
     role: Role = "PET" if chosen.modality in ("PT", "NM") else "MRI"
-    volume = dicom.read_dicom_series(folder, role=role, series_uid=chosen.uid)
+    volume = dicom.read_dicom_series(folder, role=role, series_uid=chosen.uid, why=why)
     keys = ("series_uid", "modality", "description", "patient_id", "units")
     described["dicom"] = {key: volume.info.get(key) for key in keys if volume.info.get(key) not in (None, "")}
+    if role == "PET":  # what SUV needs, and whether --suv will work, before anything is fused
+        described["suv"] = dicom.suv_readiness(chosen)
     described.update(_image_summary(volume.image))
     return described
 
@@ -528,6 +533,7 @@ def format_description(info: dict[str, Any]) -> str:
     rows: list[tuple[str, Any]] = [("path", info["path"]), ("format", info["format"])]
     rows += [("file size", info["file_size"])] if "file_size" in info else []
     rows += [("series", label) for label in info.get("series", [])]
+    rows += [("described", info["described"])] if "described" in info else []
     if "size" in info:
         orientation = info.get("orientation", "")
         rows += [
@@ -543,4 +549,10 @@ def format_description(info: dict[str, Any]) -> str:
         if info.get("non_finite_voxels"):
             rows.append(("NaN/Inf voxels", f"{info['non_finite_voxels']:,}"))
     rows += [(key.replace("_", " "), value) for key, value in info.get("dicom", {}).items()]
+    if "suv" in info:
+        suv = info["suv"]
+        rows += [
+            ("SUV tag", f"{tag} = {value if value is not None else '(missing)'}") for tag, value in suv["tags"].items()
+        ]
+        rows.append(("--suv", f"will work: {suv['how']}" if suv["suv_works"] else f"will not work: {suv['problem']}"))
     return "\n".join(f"{name:<14} {value}" for name, value in rows)

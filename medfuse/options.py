@@ -91,6 +91,7 @@ class FuseOptions:
     register: RegisterMode = RegisterMode.RIGID
     transform: Path | None = None
     save_transform: Path | None = None
+    save_pet: Path | None = None
     frame: str | None = None
     pet_window: tuple[float, float] | None = None
     colormap: str = "aanlib"
@@ -103,6 +104,7 @@ class FuseOptions:
     mri_series: str | None = None
     pet_series: str | None = None
     allow_different_patients: bool = False
+    qc: Path | None = None  # the QC report page (HTML) of a volume fusion
 
 
 def check_options(options: FuseOptions) -> FuseOptions:

@@ -33,7 +33,7 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +43,7 @@ import numpy as np
 
 from medfuse import __version__
 from medfuse.atomic import VOLUME_EXTENSIONS, check_output_path, full_suffix, output_transaction, sibling
-from medfuse.console import info, make_progress, stage
+from medfuse.console import collect_warnings, info, make_progress, stage
 from medfuse.errors import InvalidInputError, ProcessingError, UsageError
 from medfuse.intensity import normalise, robust_range
 from medfuse.options import FuseOptions, OutputFormat, RegisterMode, check_options
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
     from medfuse.inference import Fuser
     from medfuse.io import Volume
+    from medfuse.qc.page import CasePage
     from medfuse.registration import RegistrationResult
 
 __all__ = ["FuseOptions", "FusionResult", "fuse_files", "fuse_images"]
@@ -81,6 +82,8 @@ class FusionResult:
     registration: RegistrationResult | None = None
     #: What :func:`medfuse.io.load_volume` knew about the MRI (DICOM series info for export), if read from disk.
     mri_info: dict[str, Any] | None = None
+    #: The same for the PET (the exported DICOM series reference a DICOM PET as a source).
+    pet_info: dict[str, Any] | None = None
 
 
 # ---- public API ------------------------------------------------------------------------------------
@@ -100,11 +103,14 @@ def fuse_images(
 
     options = check_options(options or FuseOptions())
     timings: dict[str, float] = {}
-    with _timed(timings, "validate"):
-        mri = io.validate_image(mri, role="MRI", source="the MRI image")
-        pet = io.validate_image(pet, role="PET", source="the PET image", frame=options.frame)
-    inputs = {"mri": _input_record(mri, None, {}), "pet": _input_record(pet, None, {})}
-    return _fuse(mri, pet, options, fuser, inputs, timings)
+    with collect_warnings() as warned:
+        with _timed(timings, "validate"):
+            mri = io.validate_image(mri, role="MRI", source="the MRI image")
+            pet = io.validate_image(pet, role="PET", source="the PET image", frame=options.frame)
+        inputs = {"mri": _input_record(mri, None, {}), "pet": _input_record(pet, None, {})}
+        result = _fuse(mri, pet, options, fuser, inputs, timings)
+    result.report["warnings"] = warned
+    return result
 
 
 def fuse_files(
@@ -117,8 +123,21 @@ def fuse_files(
     """Fuse an MRI and a PET file (or DICOM folder) and write the outputs ``options`` asks for.
 
     Every output path is checked before any work; all outputs (fused volume, overlay, preview,
-    report, transform) appear together or not at all. Returns what :func:`fuse_images` returns.
+    report, transform, QC page) appear together or not at all. Returns what :func:`fuse_images`
+    returns; the report's ``warnings`` lists every warning of the run.
     """
+    with collect_warnings() as warned:
+        return _fuse_files(mri_path, pet_path, output, options, fuser, warned)
+
+
+def _fuse_files(
+    mri_path: str | Path,
+    pet_path: str | Path,
+    output: str | Path,
+    options: FuseOptions | None,
+    fuser: Fuser | None,
+    warned: list[str],
+) -> FusionResult:
     from medfuse import io
 
     started = time.perf_counter()
@@ -138,8 +157,9 @@ def fuse_files(
         "pet": _input_record(pet.image, pet_path, pet.info, frame=options.frame),
     }
     result = _fuse(mri.image, pet.image, options, loading, inputs, timings)
-    result.mri_info = mri.info
-    _write_outputs(result, targets, options, timings, started)
+    result.mri_info, result.pet_info = mri.info, pet.info
+    result.report["warnings"] = warned  # the run's list: warnings while writing join it
+    _write_outputs(result, targets, options, timings, started, (mri.image, pet.image))
     _summarise(result, mri_path, pet_path, targets, time.perf_counter() - started)
     return result
 
@@ -179,6 +199,10 @@ def _plan_outputs(mri: Path, pet: Path, output: Path, options: FuseOptions) -> d
         targets["report"] = checked(options.report, (".json",), "--report")
     if options.save_transform:
         targets["transform"] = checked(options.save_transform, (".tfm", ".txt"), "--save-transform")
+    if options.save_pet:  # a volume file for measuring, also under --format dicom
+        targets["pet"] = checked(options.save_pet, VOLUME_EXTENSIONS, "--save-pet")
+    if options.qc:
+        targets["qc"] = checked(options.qc, (".html",), "--qc")
     seen: dict[Path, str] = {}
     for kind, path in targets.items():
         key = path.resolve()
@@ -270,8 +294,34 @@ def _fuse(
                 fuser = fuser.result()
         with _timed(timings, "fuse"):
             fused, overlay, details = _fuse_volume(mri, pet_on_mri, pet, options, fuser)
+        with _timed(timings, "hotspots"), stage("Reading out the PET hotspots"):
+            hotspots = _hotspots(pet, mri, transform, _pet_units(inputs))
     report = _report(inputs, mri, options, fuser, transform, registered, source, details, timings)
+    report["hotspots"] = hotspots
     return FusionResult(fused, overlay, pet_on_mri, transform, report, registered)
+
+
+def _hotspots(pet: sitk.Image, mri: sitk.Image, transform: sitk.Transform, units: str | None) -> dict[str, Any]:
+    """The hotspot readout of the PET on its own grid (:mod:`medfuse.hotspots`), placed on the MRI too."""
+    import SimpleITK as sitk
+
+    from medfuse.hotspots import Grid, hotspot_report
+
+    try:
+        to_pet = transform.GetInverse()  # transform maps MRI points to PET points
+    except RuntimeError:  # not invertible (a displacement field): positions stay in PET space only
+        to_pet = None
+
+    def mri_voxel(point: Sequence[float]) -> list[int] | None:
+        if to_pet is None:
+            return None
+        index = mri.TransformPhysicalPointToIndex(to_pet.TransformPoint(tuple(float(v) for v in point)))
+        return list(index) if all(0 <= i < n for i, n in zip(index, mri.GetSize(), strict=True)) else None
+
+    grid = Grid(pet.GetOrigin(), pet.GetSpacing(), pet.GetDirection())
+    is_suv = units in ("SUVbw", "GML")
+    values = sitk.GetArrayViewFromImage(pet)
+    return hotspot_report(values, grid, units=units, is_suv=is_suv, to_mri=mri_voxel)
 
 
 def _transform(
@@ -374,7 +424,7 @@ def _fuse_volume(
     # The output volumes, filled batch by batch; popped when turned into images so that each numpy copy
     # is freed as soon as its image exists (on a clinical-size MRI they are 150 and 110 MB).
     volumes = {"fused": np.zeros(mri_values.shape, dtype=np.float32)}
-    if options.overlay or options.preview is not None:
+    if options.overlay or options.preview is not None or options.qc is not None:
         volumes["overlay"] = np.zeros((*mri_values.shape, 3), dtype=np.uint8)
 
     def prepare(batch: list[int]) -> _Batch:
@@ -536,9 +586,14 @@ def _pet_units(inputs: dict[str, Any]) -> str | None:
 
 # ---- writing ---------------------------------------------------------------------------------------
 def _write_outputs(
-    result: FusionResult, targets: dict[str, Path], options: FuseOptions, timings: dict[str, float], started: float
+    result: FusionResult,
+    targets: dict[str, Path],
+    options: FuseOptions,
+    timings: dict[str, float],
+    started: float,
+    inputs: tuple[sitk.Image, sitk.Image],
 ) -> None:
-    """Write every requested output in one transaction (all appear, or none)."""
+    """Write every requested output in one transaction (all appear, or none); ``inputs``: the MRI and PET read."""
     from medfuse import io
     from medfuse.registration import write_transform
 
@@ -549,6 +604,7 @@ def _write_outputs(
         with _timed(timings, "preview"), stage("Rendering the preview"):
             shown = result.overlay if result.overlay is not None else result.fused
             picture = render_preview(shown, mode="mosaic", focus=result.pet_on_mri)
+    qc_page = _qc_page(result, targets, inputs, picture, timings) if "qc" in targets else None
     result.report["outputs"] = {kind: str(path) for kind, path in targets.items()}
     write_started = time.perf_counter()
     jobs: list[tuple[Path, Callable[[Path], object]]] = []
@@ -562,6 +618,7 @@ def _write_outputs(
                 result.fused,
                 result.overlay,
                 reference=reference,
+                pet=(result.pet_info or {}).get("dicom"),
                 method=options.method,
                 transaction=transaction,
             )
@@ -574,24 +631,49 @@ def _write_outputs(
             jobs.append((targets["preview"], lambda path: write_png(picture, path)))
         if "transform" in targets:
             jobs.append((targets["transform"], lambda path: write_transform(result.transform, path)))
+        if "pet" in targets:
+            jobs.append((targets["pet"], lambda path: io.write_volume(result.pet_on_mri, path)))
         transaction.write_parallel(jobs)  # the volumes' compression dominates: one thread each
         timings["write"] = round(time.perf_counter() - write_started, 4)
         timings["total"] = round(time.perf_counter() - started, 4)
+        if qc_page is not None:  # last but the report: it shows the timings
+            html = qc_page.html(result.report)
+            transaction.write(targets["qc"], lambda path: path.write_text(html, encoding="utf-8"))
         if "report" in targets:
             text = json.dumps(result.report, indent=2, default=str) + "\n"
             transaction.write(targets["report"], lambda path: path.write_text(text, encoding="utf-8"))
 
 
+def _qc_page(
+    result: FusionResult,
+    targets: dict[str, Path],
+    inputs: tuple[sitk.Image, sitk.Image],
+    mosaic: np.ndarray | None,
+    timings: dict[str, float],
+) -> CasePage:
+    """The QC page's pictures and viewer volumes (its HTML is made last, when the timings are known)."""
+    from medfuse.qc import CaseVolumes, case_title, prepare_case_page
+
+    with _timed(timings, "qc"), stage("Drawing the QC report"):
+        volumes = CaseVolumes(
+            inputs[0], inputs[1], result.pet_on_mri, result.fused, result.overlay, result.transform, mosaic=mosaic
+        )
+        return prepare_case_page(volumes, result.report, case_title(targets["fused"]))
+
+
 def _summarise(result: FusionResult, mri: Path, pet: Path, targets: dict[str, Path], seconds: float) -> None:
-    """The one summary line at the end of a run."""
+    """The summary line at the end of a run, and the line of the PET hotspot readout."""
+    from medfuse.hotspots import summary_line
+
     fusion = result.report["fusion"]
     registration = result.report["registration"]
     how = registration["source"]
     if "metric_value" in registration:
         how += f" (Mattes MI {registration['metric_value']:.3f})"
-    extras = [kind for kind in ("overlay", "preview", "report", "transform") if kind in targets]
+    extras = [kind for kind in ("overlay", "preview", "report", "transform", "pet", "qc") if kind in targets]
     info(
         f"Fused {mri} + {pet} -> {targets['fused']}{' (+ ' + ', '.join(extras) + ')' if extras else ''} "
         f"in {seconds:.1f} s: {fusion['slices_fused']} slices by {fusion['method']} on {fusion['device']}; "
         f"registration: {how}."
     )
+    info(summary_line(result.report["hotspots"]))

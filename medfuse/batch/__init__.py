@@ -1,8 +1,8 @@
 """Batch fusion of study folders: one case per subfolder (or per row of a pairs CSV).
 
 Each case is fused by :func:`medfuse.pipeline.fuse_files` into ``OUTPUT/<case>/`` (``fused.nii.gz``,
-``fused_overlay.nii.gz``, ``preview.png``, ``pet_to_mri.tfm``, ``report.json``), all written in one
-output transaction, so a case's outputs appear whole or not at all. A failing case is recorded and
+``fused_overlay.nii.gz``, ``preview.png``, ``pet_to_mri.tfm``, ``report.json``, ``pet_on_mri.nii.gz``),
+all written in one output transaction, so a case's outputs appear whole or not at all. A failing case is recorded and
 the batch goes on; ``OUTPUT/summary.csv`` lists every case (written atomically, also after Ctrl-C).
 
 Cases run in this process (``workers=1``), in this process and ``workers - 1`` spawned ones, or as
@@ -29,6 +29,7 @@ from medfuse.batch.run import SUMMARY_NAME, BatchResult, print_summary, run_batc
 from medfuse.batch.task import (
     FUSED_NAME,
     OVERLAY_NAME,
+    PET_NAME,
     PREVIEW_NAME,
     REPORT_NAME,
     TRANSFORM_NAME,
@@ -44,6 +45,7 @@ __all__ = [
     "DEFAULT_PET_GLOBS",
     "FUSED_NAME",
     "OVERLAY_NAME",
+    "PET_NAME",
     "PREVIEW_NAME",
     "REPORT_NAME",
     "SUMMARY_NAME",

@@ -17,6 +17,7 @@ from medfuse.console import batch_progress, console, info, is_quiet, show_warnin
 from medfuse.errors import InvalidInputError, MedfuseError, OutputError, UsageError
 from medfuse.memory import available_memory
 from medfuse.options import FuseOptions
+from medfuse.qc.index import INDEX_NAME
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ("case", "status", "error", "seconds", "outputs")
@@ -28,6 +29,7 @@ class BatchResult:
 
     cases: list[CaseResult]
     summary: Path
+    index: Path | None = None  # the QC index page, when the batch wrote one
 
     @property
     def failed(self) -> list[CaseResult]:
@@ -105,14 +107,16 @@ def run_batch(
     skip_existing: bool = False,
     workers: int | str = AUTO,
     scheduler: str | None = None,
+    qc: bool = True,
 ) -> BatchResult:
     """Fuse every case of ``input_dir`` (or of the ``pairs`` CSV) into ``output_dir``; never stops at a failed case.
 
     ``workers`` > 1 runs cases in that many processes, this one included (each with ``options.threads``
     or, by default, an equal share of the CPUs); ``"auto"`` (the default) chooses processes and threads
     from the CPUs, the free memory and the first case's size (:mod:`medfuse.batch.plan`);
-    ``scheduler`` (``tcp://host:port``) sends the cases to a Dask cluster instead. Returns the results;
-    ``summary.csv`` is written even when interrupted.
+    ``scheduler`` (``tcp://host:port``) sends the cases to a Dask cluster instead. ``qc`` writes each
+    case's QC page (``<case>/qc.html``) and the batch's ``index.html``. Returns the results;
+    ``summary.csv`` (and the index) are written even when interrupted.
     """
     if (input_dir is None) == (pairs is None):
         raise UsageError("give either INPUT_DIR (one subfolder per case) or --pairs FILE.csv, not both or neither.")
@@ -130,7 +134,7 @@ def run_batch(
             "or list the cases with --pairs."
         )
     output_path = _check_output(Path(output_dir), input_path)
-    tasks = [CaseTask(case, output_path, options, tuple(mri_globs), tuple(pet_globs)) for case in cases]
+    tasks = [CaseTask(case, output_path, options, tuple(mri_globs), tuple(pet_globs), qc) for case in cases]
     results = {task.case.name: early for task in tasks if (early := _precheck(task, skip_existing))}
     pending = [task for task in tasks if task.case.name not in results]
     parallel = min(requested or 1, len(pending))
@@ -166,11 +170,11 @@ def run_batch(
         else:
             runs = run_here(pending, inference.load_fuser(options))
         _create_folder(output_path)
-        ordered = _collect(runs, tasks, results, len(pending), output_path / SUMMARY_NAME)
+        ordered = _collect(runs, tasks, results, len(pending), output_path / SUMMARY_NAME, qc)
     finally:
         if client is not None:
             client.close()
-    return BatchResult(ordered, output_path / SUMMARY_NAME)
+    return BatchResult(ordered, output_path / SUMMARY_NAME, output_path / INDEX_NAME if qc else None)
 
 
 def _first_case_voxels(tasks: list[CaseTask]) -> int | None:
@@ -193,9 +197,14 @@ def _keeper(results: dict[str, CaseResult]) -> Callable[[CaseResult], None]:
 
 
 def _collect(
-    runs: Iterator[CaseResult], tasks: list[CaseTask], results: dict[str, CaseResult], total: int, summary: Path
+    runs: Iterator[CaseResult],
+    tasks: list[CaseTask],
+    results: dict[str, CaseResult],
+    total: int,
+    summary: Path,
+    qc: bool,
 ) -> list[CaseResult]:
-    """Gather results with a progress bar; write the summary at the end, or when interrupted."""
+    """Gather results with a progress bar; write the summary (and the QC index) at the end, or when interrupted."""
     try:
         with batch_progress() as progress:
             bar = progress.add_task("Fusing cases", total=total, failed=0)
@@ -212,7 +221,19 @@ def _collect(
     finally:
         ordered = [results.get(t.case.name) or CaseResult(t.case.name, "skipped", NOT_RUN) for t in tasks]
         write_summary(ordered, summary)
+        if qc:
+            _write_index(summary.parent, ordered)
     return ordered
+
+
+def _write_index(output_dir: Path, results: list[CaseResult]) -> None:
+    """Write the QC index; a failure to do so is a warning, never the batch's failure."""
+    from medfuse.qc.index import write_index
+
+    try:
+        write_index(output_dir, results)
+    except (MedfuseError, OSError) as exc:
+        warn(f"{output_dir / INDEX_NAME}: the QC index could not be written ({exc}).")
 
 
 def print_summary(result: BatchResult) -> None:
@@ -231,9 +252,10 @@ def print_summary(result: BatchResult) -> None:
             Text(case.case), Text(case.status, style=styles[case.status]), f"{case.seconds:.1f}", Text(case.error)
         )
     console.print(table)
+    index = f", QC index {result.index}" if result.index is not None and result.index.exists() else ""
     console.print(
         f"{result.count('ok')} ok, {result.count('failed')} failed, {result.count('skipped')} skipped; "
-        f"summary written to {result.summary}",
+        f"summary written to {result.summary}{index}",
         markup=False,
         highlight=False,
     )

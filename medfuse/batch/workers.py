@@ -73,7 +73,7 @@ def run_case_on_worker(task: CaseTask) -> CaseResult:
 
 def _interrupted(task: CaseTask, started: float) -> CaseResult:
     """An interrupted case: done when all its outputs had been committed by then, else rolled back."""
-    outputs = case_outputs(task.output_dir, task.case.name, task.options)
+    outputs = case_outputs(task.output_dir, task.case.name, task.options, task.qc)
     if all(path.exists() and path.stat().st_mtime >= started for path in outputs):
         return CaseResult(task.case.name, "ok", "", round(time.time() - started, 2), [str(p) for p in outputs])
     return CaseResult(task.case.name, "skipped", "interrupted while running; nothing was written for it.")

@@ -9,7 +9,7 @@ One module per concern (a dependency only points down this list):
 - :mod:`~medfuse.dicom.series`: describing a folder's series (:func:`list_series`), choosing MRI or PET.
 - :mod:`~medfuse.dicom.suv`: PET to SUVbw, one function per DICOM Units case.
 - :mod:`~medfuse.dicom.read`: reading the chosen series as a volume (:func:`read_dicom_series`).
-- :mod:`~medfuse.dicom.export`: writing results as new Secondary Capture series.
+- :mod:`~medfuse.dicom.export`: writing results as new Enhanced MR (Color) series.
 
 The names below are imported on first use, so that ``medfuse.dicom.files`` stays free of pydicom
 and SimpleITK for callers that only sort files.
@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from medfuse.dicom.export import (
+        ENHANCED_MR,
+        ENHANCED_MR_COLOR,
         FUSED_SERIES_FOLDER,
         OVERLAY_SERIES_FOLDER,
-        SECONDARY_CAPTURE,
         export_reference,
         plan_dicom_outputs,
         write_dicom_series,
@@ -55,15 +56,17 @@ if TYPE_CHECKING:
     )
     from medfuse.dicom.suv import (
         suv_factors,
+        suv_readiness,
     )
 
 __all__ = [
     "DICOM_SUFFIXES",
+    "ENHANCED_MR",
+    "ENHANCED_MR_COLOR",
     "FUSED_SERIES_FOLDER",
     "MIN_SLICES",
     "OVERLAY_SERIES_FOLDER",
     "ROLE_MODALITIES",
-    "SECONDARY_CAPTURE",
     "SERIES_OPTION",
     "SPACING_TOLERANCE",
     "DicomVolume",
@@ -77,6 +80,7 @@ __all__ = [
     "plan_dicom_outputs",
     "read_dicom_series",
     "suv_factors",
+    "suv_readiness",
     "write_dicom_series",
     "write_fused_dicom",
 ]

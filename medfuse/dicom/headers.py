@@ -39,6 +39,8 @@ PATIENT_STUDY_KEYWORDS = (
     "StudyDescription",
     "FrameOfReferenceUID",
 )
+#: What an exported series copies from the MRI: the above, and where the patient lay and what was scanned.
+EXPORT_KEYWORDS = (*PATIENT_STUDY_KEYWORDS, "PatientPosition", "BodyPartExamined")
 
 
 def quiet_dcmread(path: Path, *, stop_before_pixels: bool = False) -> Dataset:

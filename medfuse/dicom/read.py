@@ -22,7 +22,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medfuse.console import info as say
 from medfuse.console import track, warn
-from medfuse.dicom.headers import PATIENT_STUDY_KEYWORDS, quiet_dcmread, read_header
+from medfuse.dicom.headers import EXPORT_KEYWORDS, quiet_dcmread, read_header
+from medfuse.dicom.records import source_references
 from medfuse.dicom.series import ROLE_MODALITIES, SERIES_OPTION, Role, choose_series, list_series
 from medfuse.dicom.stack import Stack, analyse_stack
 from medfuse.dicom.suv import suv_factors
@@ -132,15 +133,18 @@ def read_dicom_series(
     role: Role,
     series_uid: str | None = None,
     suv: bool = False,
+    why: str | None = None,
 ) -> DicomVolume:
     """Read the MRI or PET series of a DICOM folder as a float32 volume of real-world values.
 
     ``folder`` may also be one file of the series. The series is chosen by ``series_uid``, else by
     Modality (MR; PT, then NM for SPECT), else as the largest proper 3-D volume, ignoring localizers
     and derived images; the choice and its reason are printed and stored in ``info["reason"]``.
-    ``suv=True`` converts PET to SUVbw (:func:`suv_factors`). Raises :class:`UnreadableInputError`
-    (no DICOM, corrupt file, undecodable pixels), :class:`InvalidInputError` (no usable or an
-    ambiguous series, gaps, SUV tags missing) or :class:`UsageError` (unknown ``series_uid``).
+    ``suv=True`` converts PET to SUVbw (:func:`suv_factors`). ``why`` replaces the role's reason in
+    the message and ``info["reason"]`` when the caller chose the series itself (``medfuse info``).
+    Raises :class:`UnreadableInputError` (no DICOM, corrupt file, undecodable pixels),
+    :class:`InvalidInputError` (no usable or an ambiguous series, gaps, SUV tags missing) or
+    :class:`UsageError` (unknown ``series_uid``).
     """
     if role not in ROLE_MODALITIES:
         raise ValueError(f"role must be 'MRI' or 'PET', not {role!r}")
@@ -175,9 +179,16 @@ def read_dicom_series(
     if suv:
         factors, suv_details = suv_factors(chosen, stack.slices)
         units = "SUVbw"
-    say(f"{role}: series {chosen.label()} from {folder}: {reason}.")
+    if why is not None:
+        reason = why
+        say(f"Series {chosen.label()} from {folder}: {reason}.")
+    else:
+        say(f"{role}: series {chosen.label()} from {folder}: {reason}.")
     image = _to_image(_real_world(stack, folder, factors), stack)
     reference = quiet_dcmread(stack.slices[0].path, stop_before_pixels=True)
+    with warnings.catch_warnings():  # invalid values are pydicom's warning on access; the export repairs them
+        warnings.simplefilter("ignore")
+        export_tags = {kw: str(reference.get(kw, "") or "") for kw in EXPORT_KEYWORDS}
     return DicomVolume(
         image=image,
         info={
@@ -195,7 +206,9 @@ def read_dicom_series(
             "suv": suv_details,
             "reference_file": str(stack.slices[0].path),
             "files": [str(p) for p in dict.fromkeys(r.path for r in stack.slices)],
-            "export_tags": {kw: str(reference.get(kw, "") or "") for kw in PATIENT_STUDY_KEYWORDS},
+            "export_tags": export_tags,
+            "source_slices": source_references(stack.slices),  # one per slice of the volume, in its order
+            "source_instances": source_references(chosen.slices),  # the whole series
         },
     )
 

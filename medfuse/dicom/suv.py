@@ -192,3 +192,50 @@ def _missing(path: Path, names: list[str]) -> InvalidInputError:
     return InvalidInputError(
         f"{path}: cannot compute SUV because the PET header lacks {listed}; complete the tags or omit --suv."
     )
+
+
+#: What ``medfuse info`` shows of a PET header for SUV: keyword (in the header, or its isotope item) and tag.
+_READINESS_TAGS = (
+    ("Units", "(0054,1001)", False),
+    ("PatientWeight", "(0010,1030)", False),
+    ("RadionuclideTotalDose", "(0018,1074)", True),
+    ("RadionuclideHalfLife", "(0018,1075)", True),
+    ("RadiopharmaceuticalStartDateTime", "(0018,1078)", True),
+    ("RadiopharmaceuticalStartTime", "(0018,1072)", True),
+    ("SeriesDate", "(0008,0021)", False),
+    ("SeriesTime", "(0008,0031)", False),
+    ("AcquisitionTime", "(0008,0032)", False),
+    ("CorrectedImage", "(0028,0051)", False),
+    ("DecayCorrection", "(0054,1102)", False),
+)
+
+
+def suv_readiness(series: SeriesInfo) -> dict[str, Any]:
+    """The header values SUV needs and whether ``--suv`` will work, from the headers alone (``medfuse info``).
+
+    ``tags`` maps ``"Keyword (gggg,eeee)"`` to the value as stored (``None`` when absent; the earliest
+    AcquisitionTime of the series); ``suv_works`` says whether :func:`suv_factors` accepts them, with
+    ``how`` (method, factor, decay time) or ``problem`` (its refusal, naming the tag).
+    """
+    slices = series.slices
+    header = quiet_dcmread(slices[0].path, stop_before_pixels=True)
+    isotope = first_item(header, "RadiopharmaceuticalInformationSequence") or Dataset()
+    acquired = [record.acquired for record in slices if record.acquired is not None]
+    tags: dict[str, str | None] = {}
+    for keyword, tag, in_isotope in _READINESS_TAGS:
+        value = (isotope if in_isotope else header).get(keyword)
+        if keyword == "AcquisitionTime" and acquired:
+            value = f"{min(acquired):%H%M%S} (earliest of the series)"
+        if isinstance(value, MultiValue | list):
+            value = "\\".join(str(v) for v in value)
+        tags[f"{keyword} {tag}"] = str(value) if value not in (None, "") else None
+    record: dict[str, Any] = {"tags": tags}
+    try:
+        _factors, details = suv_factors(series, slices)
+    except InvalidInputError as exc:
+        problem = exc.message.removeprefix(f"{slices[0].path}: ")
+        return {**record, "suv_works": False, "problem": problem}
+    how = details["method"]
+    if "factor" in details and "decay_seconds" in details:
+        how += f", factor {details['factor']:.4g} g/Bq, {details['decay_seconds']:.0f} s from injection to scan start"
+    return {**record, "suv_works": True, "how": how}

@@ -35,10 +35,12 @@ def test_fuse_writes_volumes_preview_report_and_transform(pair: tuple[Path, Path
     mri, pet = pair
     out = tmp_path / "out"
     result = fuse(mri, pet, "-o", out / "fused.nrrd", "--method", "laplacian", "--preview", out / "preview.png",
-                  "--report", out / "report.json", "--save-transform", out / "pet_to_mri.tfm")  # fmt: skip
+                  "--report", out / "report.json", "--save-transform", out / "pet_to_mri.tfm",
+                  "--save-pet", out / "pet_on_mri.nii.gz")  # fmt: skip
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["fused.nrrd", "fused_overlay.nrrd", "pet_to_mri.tfm", "preview.png", "report.json"]
+    assert names == ["fused.nrrd", "fused_overlay.nrrd", "pet_on_mri.nii.gz", "pet_to_mri.tfm", "preview.png",
+                     "report.json"]  # fmt: skip
     fused = sitk.ReadImage(str(out / "fused.nrrd"))
     reference = sitk.ReadImage(str(mri))
     assert fused.GetSize() == reference.GetSize() and fused.GetPixelID() == sitk.sitkFloat32
@@ -48,6 +50,14 @@ def test_fuse_writes_volumes_preview_report_and_transform(pair: tuple[Path, Path
     assert report["fusion"]["method"] == "laplacian" and report["fusion"]["device"] == "cpu"
     summary = [line for line in result.output.splitlines() if line.startswith("Fused ")]
     assert len(summary) == 1 and "laplacian on cpu" in summary[0] and "registration: rigid (Mattes MI" in summary[0]
+    assert "(+ overlay, preview, report, transform, pet)" in summary[0]
+    hotspots = [line for line in result.output.splitlines() if line.startswith("Hotspots ")]
+    assert (
+        len(hotspots) == 1 and hotspots[0].startswith("Hotspots (image units): max ") and "MRI voxel (" in hotspots[0]
+    )
+    assert report["hotspots"]["regions"][0]["rank"] == 1
+    pet_on_mri = sitk.ReadImage(str(out / "pet_on_mri.nii.gz"))
+    assert pet_on_mri.GetPixelID() == sitk.sitkFloat32 and pet_on_mri.GetSize() == reference.GetSize()
 
 
 @pytest.mark.slow
@@ -122,11 +132,19 @@ def test_info_lists_and_describes_dicom_series(tmp_path: Path) -> None:
     assert single.exit_code == 0, single.output
     assert "format         DICOM" in single.output and "size           20 × 22 × 18" in single.output
     assert "modality       MR" in single.output and "description    T1 head" in single.output
+    assert "the only series in the folder" in single.output and "--mri-series" not in single.output
     make_series(tmp_path / "one" / "more", mri, modality="MR", description="T2 head", series_number=2)
     listed = runner.invoke(app, ["info", str(tmp_path / "one")])
-    assert listed.exit_code == 0 and listed.output.count("series ") == 2 and "size" not in listed.output
+    assert listed.exit_code == 0 and "size" not in listed.output
+    assert sum(line.startswith("series ") for line in listed.output.splitlines()) == 2
+    assert "described      none of the 2 series; pass --series UID to describe one" in listed.output
     chosen = runner.invoke(app, ["info", str(tmp_path / "one"), "--series", built.uid])
     assert chosen.exit_code == 0 and "description    T1 head" in chosen.output
+    assert f"described      {built.uid}: the series given by --series" in chosen.output
+    assert f"Series {built.uid} (MR, 'T1 head', 18 slices) from {tmp_path / 'one'}: the series given by --series." in (
+        chosen.output
+    )
+    assert "--mri-series" not in chosen.output and "MRI:" not in chosen.output
 
 
 @pytest.mark.slow

@@ -710,7 +710,7 @@ def test_dicom_series_output_appears_whole_or_not_at_all(inputs: dict[str, Path]
     original, saved = Dataset.save_as, []
 
     def disk_fills_up(self: Dataset, filename: object, *args: object, **kwargs: object) -> None:
-        if len(saved) == 5:
+        if len(saved) == 1:  # the overlay, after the fused series
             Path(str(filename)).write_bytes(b"\0" * 64)
             raise OSError(errno.ENOSPC, "No space left on device")
         saved.append(filename)
@@ -720,15 +720,18 @@ def test_dicom_series_output_appears_whole_or_not_at_all(inputs: dict[str, Path]
     out.mkdir()
     monkeypatch.setattr(Dataset, "save_as", disk_fills_up)
     result = invoke("fuse", inputs["mri"], inputs["pet"], "-o", out, "--format", "dicom", "--method", "laplacian")
-    assert_clean_failure(result, EXIT_OUTPUT, ("fused", "No space left on device"))
-    assert len(saved) == 5 and list(out.iterdir()) == []
+    assert_clean_failure(result, EXIT_OUTPUT, ("overlay", "No space left on device"))
+    assert len(saved) == 1 and list(out.iterdir()) == []
 
     monkeypatch.setattr(Dataset, "save_as", original)
     written = invoke("fuse", inputs["mri"], inputs["pet"], "-o", out, "--format", "dicom", "--method", "laplacian")
     assert written.exit_code == 0, written.output
     slices = sitk.ReadImage(str(inputs["mri"])).GetSize()[2]
     assert sorted(p.name for p in out.iterdir()) == ["fused", "overlay"]
-    assert [len(list((out / name).iterdir())) for name in ("fused", "overlay")] == [slices, slices]
+    frames = [
+        int(pydicom.dcmread(path).NumberOfFrames) for name in ("fused", "overlay") for path in (out / name).iterdir()
+    ]
+    assert frames == [slices, slices]  # one multi-frame file per series
 
 
 # ---- unexpected errors --------------------------------------------------------------------------------

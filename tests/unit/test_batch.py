@@ -33,7 +33,15 @@ from medfuse.cli import app
 from medfuse.errors import InvalidInputError, OutputError, UsageError, WeightsError
 from medfuse.options import FuseOptions
 
-CASE_FILES = ["fused.nii.gz", "fused_overlay.nii.gz", "pet_to_mri.tfm", "preview.png", "report.json"]
+CASE_FILES = [
+    "fused.nii.gz",
+    "fused_overlay.nii.gz",
+    "pet_on_mri.nii.gz",
+    "pet_to_mri.tfm",
+    "preview.png",
+    "qc.html",
+    "report.json",
+]
 
 
 class FakePipeline:
@@ -54,7 +62,9 @@ class FakePipeline:
             raise ZeroDivisionError("division by zero")
         if behaviour == "interrupt":
             raise KeyboardInterrupt
-        targets = [output, options.preview, options.save_transform, options.report]
+        targets = [output, options.preview, options.save_transform, options.report, options.save_pet]
+        if options.qc:
+            targets.append(options.qc)
         if options.overlay:
             targets.append(sibling(output, "_overlay"))
         with output_transaction(options.overwrite) as transaction:
@@ -196,10 +206,18 @@ def test_failures_are_isolated_and_summarised(tmp_path: Path, fake: FakePipeline
     assert rows["c-crash"]["error"].startswith("unexpected internal error (ZeroDivisionError: division by zero)")
     assert "No space left on device" in rows["d-full"]["error"]
     assert "no MRI found" in rows["e-empty"]["error"]
-    written = ["fused.nii.gz", "fused_overlay.nii.gz", "preview.png", "pet_to_mri.tfm", "report.json"]
+    written = [
+        "fused.nii.gz",
+        "fused_overlay.nii.gz",
+        "preview.png",
+        "pet_to_mri.tfm",
+        "report.json",
+        "pet_on_mri.nii.gz",
+        "qc.html",
+    ]
     assert rows["a-ok"]["outputs"].split(";") == [str(out / "a-ok" / name) for name in written]
     assert float(rows["a-ok"]["seconds"]) >= 0 and rows["a-ok"]["error"] == ""
-    assert sorted(p.name for p in out.iterdir()) == ["a-ok", "summary.csv"]  # nothing partial of failed cases
+    assert sorted(p.name for p in out.iterdir()) == ["a-ok", "index.html", "summary.csv"]  # nothing of failed cases
     assert sorted(p.name for p in (out / "a-ok").iterdir()) == CASE_FILES
     assert len(fake.loads) == 1  # the model is loaded once for the whole batch
     assert len({id(call["fuser"]) for call in fake.calls}) == 1
@@ -207,6 +225,7 @@ def test_failures_are_isolated_and_summarised(tmp_path: Path, fake: FakePipeline
     assert (first.method, first.register, first.pet_window) == ("laplacian", "affine", (1.0, 5.0))
     assert first.preview == out / "a-ok" / "preview.png" and first.report == out / "a-ok" / "report.json"
     assert first.save_transform == out / "a-ok" / "pet_to_mri.tfm"
+    assert first.save_pet == out / "a-ok" / "pet_on_mri.nii.gz"
     assert [c.status for c in result.cases] == ["ok", "failed", "failed", "failed", "failed"] and len(
         result.failed
     ) == 4
@@ -245,7 +264,7 @@ def test_interrupt_keeps_finished_cases_and_writes_the_summary(tmp_path: Path, f
     rows = read_summary(out / "summary.csv")
     assert [(r["case"], r["status"]) for r in rows] == [("a", "ok"), ("b", "skipped"), ("c", "skipped")]
     assert rows[1]["error"] == "not run: the batch was interrupted."
-    assert sorted(p.name for p in out.iterdir()) == ["a", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["a", "index.html", "summary.csv"]
 
 
 def test_ctrl_c_in_a_worker_process(tmp_path: Path, fake: FakePipeline, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -271,7 +290,7 @@ def test_ctrl_c_in_a_worker_process(tmp_path: Path, fake: FakePipeline, monkeypa
     batch.workers._STOP.clear()
     batch.run_case_on_worker(tasks["b"])  # interrupted right after its outputs were committed: it is done
     done = batch.workers._interrupted(tasks["b"], started=0.0)
-    assert done.status == "ok" and len(done.outputs) == 5
+    assert done.status == "ok" and len(done.outputs) == len(CASE_FILES)
     assert batch.workers._interrupted(tasks["b"], started=time.time() + 60).status == "skipped"
 
 
@@ -376,7 +395,7 @@ def test_real_pipeline_end_to_end(tmp_path: Path, heads: tuple[Path, Path]) -> N
     result = run_batch(studies, out, FuseOptions(method="laplacian"))
     assert [(c.case, c.status) for c in result.cases] == [("flat-pet", "failed"), ("good", "ok")]
     assert "constant" in result.cases[0].error and str(studies / "flat-pet") in result.cases[0].error
-    assert sorted(p.name for p in out.iterdir()) == ["good", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["good", "index.html", "summary.csv"]
     assert sorted(p.name for p in (out / "good").iterdir()) == CASE_FILES
     reference, fused = sitk.ReadImage(str(mri)), sitk.ReadImage(str(out / "good" / "fused.nii.gz"))
     assert fused.GetSize() == reference.GetSize()
@@ -385,6 +404,14 @@ def test_real_pipeline_end_to_end(tmp_path: Path, heads: tuple[Path, Path]) -> N
     np.testing.assert_allclose(fused.GetDirection(), reference.GetDirection(), atol=1e-6)
     report = json.loads((out / "good" / "report.json").read_text())
     assert report["outputs"]["preview"] == str(out / "good" / "preview.png")
+    # the registered PET, for measuring: float32 on the MRI grid, and the hotspot readout of the native PET
+    assert report["outputs"]["pet"] == str(out / "good" / "pet_on_mri.nii.gz")
+    pet_on_mri = sitk.ReadImage(str(out / "good" / "pet_on_mri.nii.gz"))
+    assert pet_on_mri.GetPixelID() == sitk.sitkFloat32 and pet_on_mri.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(pet_on_mri.GetOrigin(), reference.GetOrigin(), atol=1e-6)
+    native = sitk.GetArrayFromImage(sitk.ReadImage(str(pet)))
+    assert 0 < sitk.GetArrayFromImage(pet_on_mri).max() <= native.max() + 1e-3  # linear resampling: no new maxima
+    assert report["hotspots"]["units"] == "image units" and report["hotspots"]["max"]["value"] <= native.max()
     with Image.open(out / "good" / "preview.png") as preview:
         assert preview.mode == "RGB" and min(preview.size) > 100
     assert tree(studies) == before  # inputs untouched
@@ -464,7 +491,7 @@ def test_clinical_style_dicom_cases(tmp_path: Path) -> None:
     assert status["good"] == ("ok", ""), status["good"]
     assert status["mixup"][0] == "failed" and "PAT-A" in status["mixup"][1] and "PAT-B" in status["mixup"][1]
     assert status["corrupt"][0] == "failed" and "IM9999.dcm" in status["corrupt"][1]
-    assert sorted(p.name for p in out.iterdir()) == ["good", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["good", "index.html", "summary.csv"]
     fused, expected = sitk.ReadImage(str(out / "good" / "fused.nii.gz")), t1.image()
     assert fused.GetSize() == expected.GetSize()
     np.testing.assert_allclose(fused.GetOrigin(), expected.GetOrigin(), atol=1e-6)

@@ -312,3 +312,68 @@ def test_dicom_folders_keep_their_series_info_and_patients_are_checked(
     assert result.mri_info["dicom"]["patient_id"] == "PAT-A"
     assert result.report["inputs"]["pet"]["dicom"]["modality"] == "PT"
     assert result.report["inputs"]["mri"]["format"] == "DICOM"
+
+
+# ---- the registered PET (--save-pet) and the hotspot readout ------------------------------------------
+def test_save_pet_writes_the_registered_pet_and_the_report_reads_out_the_lesion(
+    files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from synthetic import LESION_CENTRE, LESION_RADIUS
+
+    mri_path, pet_path = files
+    out = tmp_path / "out"
+    options = FuseOptions(report=out / "report.json", save_pet=out / "pet_on_mri.nrrd")
+    with pytest.warns(MedfuseWarning, match="did not exist and was created"):
+        result = pipeline.fuse_files(mri_path, pet_path, out / "fused.nii.gz", options, fuser=FakeFuser())
+    saved = sitk.ReadImage(str(out / "pet_on_mri.nrrd"))
+    mri = sitk.ReadImage(str(mri_path))
+    assert_on_grid(saved, mri)
+    assert saved.GetPixelID() == sitk.sitkFloat32  # the PET's own values, for measuring
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(saved), sitk.GetArrayFromImage(result.pet_on_mri))
+    report = json.loads((out / "report.json").read_text())
+    assert report["outputs"]["pet"] == str(out / "pet_on_mri.nrrd")
+    hotspots = report["hotspots"]
+    assert hotspots["units"] == "image units" and hotspots["is_suv"] is False
+    assert hotspots["grid"] == "PET (native, not resampled)"
+    native = sitk.ReadImage(str(pet_path))
+    assert hotspots["max"]["value"] == pytest.approx(float(sitk.GetArrayFromImage(native).max()))
+    lesion = hotspots["regions"][0]  # the lesion (20 against grey matter's 8) is the hottest, in PET space...
+    np.testing.assert_allclose(lesion["centre_mm"], TRUTH.TransformPoint(LESION_CENTRE), atol=2.0)
+    assert lesion["volume_ml"] == pytest.approx(4 / 3 * np.pi * LESION_RADIUS**3 / 1000, rel=0.35)
+    # ... and falls in the MRI voxel of the lesion, through the registration
+    expected = mri.TransformPhysicalPointToIndex(LESION_CENTRE)
+    assert np.abs(np.subtract(lesion["mri_voxel"], expected)).max() <= 1
+    assert "hotspots" in report["timings_s"]
+
+
+def test_save_pet_is_checked_with_the_other_outputs(files: tuple[Path, Path], tmp_path: Path) -> None:
+    mri_path, pet_path = files
+    wrong = FuseOptions(save_pet=tmp_path / "pet.png")
+    with pytest.raises(OutputError, match=r"pet\.png: unknown output extension '\.png' for --save-pet"):
+        pipeline.fuse_files(mri_path, pet_path, tmp_path / "f.nii.gz", wrong)
+    same = FuseOptions(save_pet=tmp_path / "f.nii.gz")
+    with pytest.raises(UsageError, match="the fused and the pet outputs would be the same file"):
+        pipeline.fuse_files(mri_path, pet_path, tmp_path / "f.nii.gz", same)
+    assert sorted(tmp_path.iterdir()) == sorted([mri_path, pet_path])
+
+
+def test_dicom_pet_in_suv_with_a_dicom_export(mri: sitk.Image, pet: sitk.Image, tmp_path: Path) -> None:
+    """--suv --format dicom --save-pet: DICOM series out, the registered PET in SUV as a volume file."""
+    from dicom_factory import make_series, pet_suv_tags
+
+    make_series(tmp_path / "in" / "mri", mri, modality="MR", description="T1")
+    built = make_series(tmp_path / "in" / "pet", pet, modality="PT", rescale="slice", description="FDG",
+                        extra=pet_suv_tags())  # fmt: skip
+    options = FuseOptions(suv=True, output_format="dicom", save_pet=tmp_path / "pet_suv.nii.gz", register="none")
+    with pytest.warns(MedfuseWarning, match="was created"):
+        result = pipeline.fuse_files(tmp_path / "in" / "mri", tmp_path / "in" / "pet", tmp_path / "out", options,
+                                     FakeFuser())  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fused", "overlay"]
+    saved = sitk.ReadImage(str(tmp_path / "pet_suv.nii.gz"))
+    assert_on_grid(saved, result.fused)
+    factor = 2.960750161260463e-4  # 75 kg, 370 MBq, 1 h of F-18 decay (tests/unit/test_suv.py)
+    suv_max = float(built.values.max()) * factor
+    assert 0.5 * suv_max < float(sitk.GetArrayFromImage(saved).max()) <= suv_max * (1 + 1e-5)
+    hotspots = result.report["hotspots"]
+    assert hotspots["units"] == "SUVbw (g/mL)" and hotspots["is_suv"] is True
+    assert hotspots["max"]["value"] == pytest.approx(suv_max, rel=1e-5)

@@ -134,3 +134,45 @@ def test_suv_of_spect_is_refused(tmp_path: Path) -> None:
     make_nm_series(tmp_path / "spect", phantom((4, 6, 6), kind="pet") / 10.0)
     with pytest.raises(InvalidInputError, match=r"--suv applies to PET \(Modality PT\) but this series is NM"):
         suv_of(tmp_path / "spect")
+
+
+# ---- what medfuse info shows before anything is fused -------------------------------------------------
+def test_readiness_lists_the_tags_and_says_suv_will_work(tmp_path: Path) -> None:
+    built = pet(tmp_path, pet_suv_tags())
+    (series,) = dicom.list_series(built.folder)
+    readiness = dicom.suv_readiness(series)
+    assert readiness["suv_works"] is True
+    assert readiness["how"] == "Units BQML: QIBA SUVbw, factor 0.0002961 g/Bq, 3600 s from injection to scan start"
+    tags = readiness["tags"]
+    assert tags["Units (0054,1001)"] == "BQML" and tags["PatientWeight (0010,1030)"] == "75.0"
+    assert tags["RadiopharmaceuticalStartTime (0018,1072)"] == "093000"
+    assert tags["RadiopharmaceuticalStartDateTime (0018,1078)"] is None
+    assert tags["CorrectedImage (0028,0051)"] == "ATTN\\DECY\\NORM" and tags["DecayCorrection (0054,1102)"] == "START"
+    assert tags["AcquisitionTime (0008,0032)"] == "103000 (earliest of the series)"
+
+
+def test_readiness_names_the_missing_tag_without_the_path(tmp_path: Path) -> None:
+    tags = pet_suv_tags()
+    del tags["PatientWeight"]
+    (series,) = dicom.list_series(pet(tmp_path, tags).folder)
+    readiness = dicom.suv_readiness(series)
+    assert readiness["suv_works"] is False and readiness["tags"]["PatientWeight (0010,1030)"] is None
+    assert readiness["problem"] == (
+        "cannot compute SUV because the PET header lacks PatientWeight (0010,1030); complete the tags or omit --suv."
+    )
+
+
+def test_info_on_a_pet_folder_shows_what_suv_needs(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medfuse.cli import app
+
+    built = pet(tmp_path, pet_suv_tags(units="CNTS"))
+    result = CliRunner().invoke(app, ["info", str(built.folder)])
+    assert result.exit_code == 0, result.output
+    assert f"described      {built.uid}: the only series in the folder" in result.output
+    assert "SUV tag        Units (0054,1001) = CNTS" in result.output
+    assert "--suv          will not work: the PET is in scanner counts (Units CNTS) without Philips' SUV scale" in (
+        result.output
+    )
+    assert "MRI:" not in result.output and "--pet-series" not in result.output
