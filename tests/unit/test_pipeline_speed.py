@@ -12,6 +12,7 @@ from synthetic import FakeFuser, Grid, phantom_mri, phantom_pet, rigid
 
 from medfuse import colour, pipeline, registration
 from medfuse.atomic import output_transaction
+from medfuse.console import MedfuseWarning
 from medfuse.errors import OutputError, ProcessingError, WeightsError
 from medfuse.options import FuseOptions
 
@@ -109,7 +110,10 @@ def test_parallel_writes_appear_together_or_not_at_all(tmp_path: Path) -> None:
         raise OSError(28, "No space left on device")
 
     folder = tmp_path / "second"
-    with pytest.raises(OutputError, match=r"b\.txt: could not be written \(No space left on device\)"):
-        with output_transaction() as transaction:
-            transaction.write_parallel([(folder / "a.txt", slow_text("a")), (folder / "b.txt", disk_full)])
+    with (
+        pytest.raises(OutputError, match=r"b\.txt: could not be written \(No space left on device\)"),
+        pytest.warns(MedfuseWarning, match="did not exist and was created"),
+        output_transaction() as transaction,
+    ):
+        transaction.write_parallel([(folder / "a.txt", slow_text("a")), (folder / "b.txt", disk_full)])
     assert not folder.exists()
