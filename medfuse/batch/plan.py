@@ -65,7 +65,7 @@ def plan_workers(
     by_cpu = max(1, cpus // threads) if threads else cpus
     by_memory = by_cpu if available_bytes is None else max(1, int(available_bytes * MEMORY_SHARE // per_process))
     processes = min(by_cpu, cases, by_memory)
-    limits = {by_cpu: f"{cpus} CPUs", cases: f"{cases} case{'s' if cases != 1 else ''}"}
+    limits = {cases: f"{cases} case{'s' if cases != 1 else ''}", by_cpu: f"{cpus} CPUs"}  # CPUs named on a tie
     if available_bytes is not None:
         limits.setdefault(
             by_memory,
