@@ -2,9 +2,10 @@
 
 On a small machine one process cannot keep every core busy: reading, masks, previews and writing
 run on one thread, and only registration and the network use them all. So ``auto`` runs one
-single-threaded process per CPU, each fusing whole cases side by side, unless memory says fewer
+single-threaded process per idle CPU, each fusing whole cases side by side, unless memory says fewer
 (each process holds a case's volumes; the first case's MRI header gives their size) or there are
-fewer cases than CPUs; the CPUs are then shared out as threads.
+fewer cases than CPUs; the CPUs are then shared out as threads. CPUs that other work keeps busy
+(measured over a moment before the batch) get no process of their own.
 """
 
 from __future__ import annotations
@@ -53,27 +54,64 @@ def parse_workers(workers: int | str) -> int | None:
 
 
 def plan_workers(
-    cpus: int, cases: int, available_bytes: int | None, case_voxels: int | None, threads: int | None = None
+    cpus: int,
+    cases: int,
+    available_bytes: int | None,
+    case_voxels: int | None,
+    threads: int | None = None,
+    busy: float = 0.0,
 ) -> WorkerPlan:
     """The plan for ``cases`` cases on ``cpus`` CPUs with ``available_bytes`` of memory (``None``: unknown).
 
     ``threads`` (``--threads``) fixes the threads per process; processes then share the CPUs by it.
+    ``busy`` is how many CPUs other work kept busy just before the batch (:func:`busy_cpus`); those
+    (rounded, at most all but one) get no process of their own, since on a busy machine one
+    multi-threaded process gets more of the CPUs than several single-threaded ones that each pay
+    their start-up.
     """
     cpus, cases = max(cpus, 1), max(cases, 1)
+    taken = min(cpus - 1, max(round(busy), 0))
     voxels = case_voxels or DEFAULT_CASE_VOXELS
     per_process = PROCESS_BASE_BYTES + CASE_BYTES_PER_VOXEL * voxels
-    by_cpu = max(1, cpus // threads) if threads else cpus
+    by_cpu = max(1, (cpus - taken) // threads) if threads else cpus - taken
     by_memory = by_cpu if available_bytes is None else max(1, int(available_bytes * MEMORY_SHARE // per_process))
     processes = min(by_cpu, cases, by_memory)
-    limits = {cases: f"{cases} case{'s' if cases != 1 else ''}", by_cpu: f"{cpus} CPUs"}  # CPUs named on a tie
+    free = f"{cpus} CPUs" if not taken else f"{cpus} CPUs, {busy:.1f} of them busy with other work"
+    limits = {cases: f"{cases} case{'s' if cases != 1 else ''}", by_cpu: free}  # the CPUs named on a tie
     if available_bytes is not None:
         limits.setdefault(
             by_memory,
             f"{format_bytes(available_bytes)} free memory at about {format_bytes(per_process)} per process",
         )
-    reason = limits.get(processes, f"{cpus} CPUs")
+    reason = limits.get(processes, free)
     size = f"cases of about {voxels / 1e6:.1f} M voxels" if case_voxels else "case size unknown"
     return WorkerPlan(processes, threads or max(1, cpus // processes), f"{reason}; {size}")
+
+
+def busy_cpus(seconds: float = 0.3) -> float:
+    """CPUs other processes keep busy, measured from /proc/stat over ``seconds`` (0 where it cannot be read).
+
+    An instant measure rather than the load average, which still counts a batch that just ended.
+    """
+    import time
+
+    def counters() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as stat:
+            values = [int(v) for v in stat.readline().split()[1:]]
+        return sum(values), values[3] + (values[4] if len(values) > 4 else 0)  # total, idle + iowait
+
+    try:
+        total_before, idle_before = counters()
+        time.sleep(seconds)
+        total_after, idle_after = counters()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    elapsed = total_after - total_before
+    if elapsed <= 0:
+        return 0.0
+    from os import cpu_count
+
+    return (1.0 - (idle_after - idle_before) / elapsed) * (cpu_count() or 1)
 
 
 def case_voxels(mri: Path) -> int | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from medfuse.atomic import check_output_path, output_transaction
 from medfuse.batch.cases import DEFAULT_MRI_GLOBS, DEFAULT_PET_GLOBS, Case, find_cases, locate_inputs, read_pairs
-from medfuse.batch.plan import AUTO, case_voxels, parse_workers, plan_workers
+from medfuse.batch.plan import AUTO, busy_cpus, case_voxels, parse_workers, plan_workers
 from medfuse.batch.task import NOT_RUN, CaseResult, CaseTask, Status, case_outputs
 from medfuse.batch.workers import available_cpus, connect, run_dask, run_here, run_processes
 from medfuse.console import batch_progress, console, info, is_quiet, show_warning, warn
@@ -141,7 +141,12 @@ def run_batch(
     threads = max(1, available_cpus() // max(parallel, 1))
     if scheduler is None and requested is None and pending:
         plan = plan_workers(
-            available_cpus(), len(pending), available_memory(), _first_case_voxels(pending), options.threads
+            available_cpus(),
+            len(pending),
+            available_memory(),
+            _first_case_voxels(pending),
+            options.threads,
+            busy_cpus(),
         )
         parallel, threads = plan.processes, plan.threads
         info(f"Running {plan}.")

@@ -40,6 +40,29 @@ def test_auto_chooses_processes_and_threads(
     assert memory is None or chosen.processes == 1 or chosen.processes * needed <= memory * plan.MEMORY_SHARE
 
 
+@pytest.mark.parametrize(
+    ("cpus", "busy", "threads", "expected"),
+    [
+        (2, 0.3, None, (2, 1)),  # an idle machine: one process per CPU
+        (2, 1.2, None, (1, 2)),  # others keep a CPU busy: one process, both CPUs as threads
+        (8, 2.4, None, (6, 1)),  # two of eight busy: six processes
+        (8, 2.4, 2, (3, 2)),
+        (4, 4.0, None, (1, 4)),  # never fewer than one process
+    ],
+)
+def test_cpus_busy_with_other_work_get_no_process(
+    cpus: int, busy: float, threads: int | None, expected: tuple[int, int]
+) -> None:
+    chosen = plan_workers(cpus, 50, 64 * GB, 2_600_000, threads, busy)
+    assert (chosen.processes, chosen.threads) == expected
+    if round(busy):
+        assert f"{busy:.1f} of them busy with other work" in chosen.reason
+
+
+def test_busy_cpus_is_measured_between_none_and_all() -> None:
+    assert 0.0 <= plan.busy_cpus(0.05) <= (__import__("os").cpu_count() or 1) + 1e-9
+
+
 def test_the_plan_says_what_limited_it() -> None:
     assert str(plan_workers(2, 8, 20 * GB, 2_600_000)) == (
         "2 worker processes × 1 thread (2 CPUs; cases of about 2.6 M voxels)"
