@@ -19,6 +19,7 @@ PyTorch's; any export problem (a layer ONNX cannot express, a missing ``onnx`` p
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from typing import TYPE_CHECKING, Protocol
 
@@ -32,6 +33,7 @@ DEFAULT_CPU_BACKEND = "onnxruntime"
 #: Largest difference from PyTorch's float32 output accepted for an exported network (the probe check).
 EXPORT_TOLERANCE = 1e-4
 _OPSET = 17
+_EXPORT_LOCK = threading.Lock()
 
 
 class SliceRunner(Protocol):
@@ -92,14 +94,18 @@ class OnnxRunner:
 
 
 def export_onnx(model: nn.Module, stride: int) -> bytes:
-    """The model as an ONNX graph (bytes) with free batch, height and width (multiples of ``stride``)."""
+    """The model as an ONNX graph (bytes) with free batch, height and width (multiples of ``stride``).
+
+    One export at a time per process: the exporter keeps global state (two fusions started together,
+    each loading its model on a helper thread, would otherwise break each other's export).
+    """
     import torch
 
     size = 4 * stride
     example = (torch.zeros(1, 1, size, size), torch.zeros(1, 1, size, size))
     axes = {0: "slices", 2: "height", 3: "width"}
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode():
+    with _EXPORT_LOCK, warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's concern
         torch.onnx.export(
             model,

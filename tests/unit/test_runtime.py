@@ -103,6 +103,15 @@ def test_the_export_follows_any_network_and_any_size(model: nn.Module) -> None:
         np.testing.assert_allclose(onnx_runner(mri, pet), torch_runner(mri, pet), atol=1e-5)
 
 
+def test_exports_from_several_threads_at_once_all_succeed(tiny_weights: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, _ = load_model(tiny_weights)
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: runtime.cpu_runner(model, model.stride), range(3)))
+    assert [(runner.name, reason) for runner, reason in results] == [("onnxruntime", None)] * 3
+
+
 def test_a_failed_export_falls_back_to_pytorch_with_a_warning(
     tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
