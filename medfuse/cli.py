@@ -333,7 +333,13 @@ def batch(
     skip_existing: Annotated[
         bool, typer.Option("--skip-existing", help="Skip cases whose outputs are all there (resume).")
     ] = False,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Cases fused in parallel processes.")] = 1,
+    workers: Annotated[
+        str,
+        typer.Option(
+            "--workers",
+            help="Cases fused in parallel processes: a number, or auto (from the CPUs, free memory and case size).",
+        ),
+    ] = "auto",
     scheduler: Annotated[
         str | None, typer.Option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT of its scheduler.")
     ] = None,

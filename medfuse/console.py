@@ -100,6 +100,27 @@ def make_progress(transient: bool = False) -> Progress:
     )
 
 
+def batch_progress(target: Console | None = None) -> Progress:
+    """The batch's progress display: cases done of all, how many failed, time spent and an ETA.
+
+    Its task takes a ``failed`` field (``progress.add_task(..., failed=0)``). The ETA is rich's estimate
+    from the recent rate of finished cases (shown once a case has ended).
+    """
+    shown = target or console
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("done, {task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=shown,
+        disable=_state["quiet"] or not shown.is_terminal,
+    )
+
+
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     """Iterate over ``items`` with a progress bar."""
     with make_progress(transient=True) as progress:

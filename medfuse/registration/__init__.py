@@ -34,7 +34,13 @@ How registration works, and why (one module per step):
 
 from medfuse.registration.assess import Confidence
 from medfuse.registration.core import Mode, RegistrationResult, register
-from medfuse.registration.grids import LEVEL_SPACINGS_MM, WORK_SPACING_MM, check_work_grid, resample_to
+from medfuse.registration.grids import (
+    LEVEL_SPACINGS_MM,
+    WORK_SPACING_MM,
+    check_work_grid,
+    resample_to,
+    shared_grids,
+)
 from medfuse.registration.masks import MIN_OVERLAP, foreground_mask, overlap_fraction
 from medfuse.registration.placement import Placement, place_pet, shared_frame
 from medfuse.registration.transforms import describe_transform, read_transform, transform_matrix, write_transform
@@ -56,6 +62,7 @@ __all__ = [
     "register",
     "resample_to",
     "shared_frame",
+    "shared_grids",
     "transform_matrix",
     "write_transform",
 ]

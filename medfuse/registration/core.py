@@ -100,10 +100,13 @@ def register(fixed_mri: sitk.Image, moving_pet: sitk.Image, mode: Mode = "rigid"
 
     if mode not in ("rigid", "affine"):
         raise ValueError(f"mode must be 'rigid' or 'affine', not {mode!r}")
-    moving_pet = sitk.Cast(moving_pet, sitk.sitkFloat32)
+    if moving_pet.GetPixelID() != sitk.sitkFloat32:  # float32 images stay the same objects (shared grids)
+        moving_pet = sitk.Cast(moving_pet, sitk.sitkFloat32)
+    if fixed_mri.GetPixelID() != sitk.sitkFloat32:
+        fixed_mri = sitk.Cast(fixed_mri, sitk.sitkFloat32)
     check_extent(fixed_mri, "MRI")
     check_extent(moving_pet, "PET")
-    levels = pyramid(sitk.Cast(fixed_mri, sitk.sitkFloat32), moving_pet)
+    levels = pyramid(fixed_mri, moving_pet)
     coarse, middle = levels[0], levels[-2] if len(levels) > 1 else levels[-1]
     sampled = local.SampledMetric(middle)
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -69,6 +71,25 @@ def check_extent(image: sitk.Image, role: str) -> None:
         )
 
 
+#: Inside :func:`shared_grids`: (input image, spacing, antialias) -> grid already made from it.
+_GRIDS: dict[tuple[int, float, bool], tuple[sitk.Image, sitk.Image]] | None = None
+
+
+@contextlib.contextmanager
+def shared_grids() -> Iterator[None]:
+    """Within this block, :func:`on_grid` makes each grid of the same image object once.
+
+    The pipeline's foreground mask for fusion wants the grid registration already made of the MRI (on
+    a clinical-size MRI each costs seconds of smoothing); the images are kept only for the block.
+    """
+    global _GRIDS
+    outer, _GRIDS = _GRIDS, {} if _GRIDS is None else _GRIDS
+    try:
+        yield
+    finally:
+        _GRIDS = outer
+
+
 def on_grid(image: sitk.Image, spacing: float, antialias: bool = True) -> sitk.Image:
     """``image`` resampled to an isotropic ``spacing`` grid with its own orientation and outer corner.
 
@@ -76,11 +97,23 @@ def on_grid(image: sitk.Image, spacing: float, antialias: bool = True) -> sitk.I
     detail the coarser grid cannot hold (when the grid coarsens by 1.5x or more; linear interpolation
     is smoothing enough below that). Voxels of the new grid that lie within half an old voxel of the
     outer corner take the nearest edge value, not 0: a field of view that cuts through the body must
-    not gain a dark rim that looks like the body's outline.
+    not gain a dark rim that looks like the body's outline. Inside :func:`shared_grids` a grid made
+    before is reused.
     """
+    if _GRIDS is None:
+        return _make_grid(image, spacing, antialias)
+    key = (id(image), float(spacing), antialias)
+    known = _GRIDS.get(key)
+    if known is None or known[0] is not image:
+        known = _GRIDS[key] = (image, _make_grid(image, spacing, antialias))
+    return known[1]
+
+
+def _make_grid(image: sitk.Image, spacing: float, antialias: bool) -> sitk.Image:
     import SimpleITK as sitk
 
-    image = sitk.Cast(image, sitk.sitkFloat32)
+    if image.GetPixelID() != sitk.sitkFloat32:  # a float32 image needs no copy (images copy on write)
+        image = sitk.Cast(image, sitk.sitkFloat32)
     old_spacing = np.array(image.GetSpacing())
     if np.all(old_spacing >= spacing * 0.999):
         return image

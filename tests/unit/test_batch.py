@@ -87,6 +87,7 @@ def install_fake(monkeypatch: pytest.MonkeyPatch) -> FakePipeline:
 
     monkeypatch.setattr(medfuse.inference, "load_fuser", load)
     monkeypatch.setattr(batch.workers, "_FUSERS", {})
+    monkeypatch.setattr(batch.run, "available_cpus", lambda: 1)  # the fake lives here: --workers auto plans 1 process
     return pipeline
 
 
