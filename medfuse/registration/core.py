@@ -112,12 +112,14 @@ def register(fixed_mri: sitk.Image, moving_pet: sitk.Image, mode: Mode = "rigid"
     try:
         starts = candidate_starts(coarse, moving_pet)
         scales = parameter_scales(middle.mask, starts[0].transform)
-        refined = []
         best = starts[0].metric
         promising = [start for start in starts if start.metric <= best + REFINE_MARGIN * abs(best)]
-        for start in _distinct(promising, coarse.spacing)[:STARTS_REFINED]:
+        chosen = _distinct(promising, coarse.spacing)[:STARTS_REFINED]
+        refined = []
+        for start in chosen:
             transform, _ = optimise(coarse, start.transform, scales)
-            refined.append((_score(middle, transform), start.name, transform))
+            score = _score(middle, transform) if len(chosen) > 1 else 0.0  # one start needs no judging
+            refined.append((score, start.name, transform))
         _, initialisation, transform = min(refined, key=lambda found: found[0])
         transform, method = _refine(levels, transform, scales)
         analysis = _analyse(middle, sampled, transform, scales)
