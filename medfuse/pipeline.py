@@ -44,7 +44,7 @@ import numpy as np
 
 from medfuse import __version__
 from medfuse.atomic import VOLUME_EXTENSIONS, check_output_path, full_suffix, output_transaction, sibling
-from medfuse.console import collect_warnings, info, make_progress, stage
+from medfuse.console import collect_warnings, info, make_progress, stage, warn
 from medfuse.errors import ProcessingError, UsageError
 from medfuse.intensity import normalise, robust_range
 from medfuse.options import FuseOptions, OutputFormat, check_options
@@ -296,33 +296,56 @@ def _fuse(
         with _timed(timings, "fuse"):
             fused, overlay, details = _fuse_volume(mri, pet_on_mri, pet, options, fuser)
         with _timed(timings, "hotspots"), stage("Reading out the PET hotspots"):
-            hotspots = _hotspots(pet, mri, placement.transform, _pet_units(inputs))
+            hotspots, skipped = _hotspots(pet, mri, placement.transform, _pet_units(inputs), pet_name)
     report = _report(inputs, mri, options, fuser, placement.record, details, timings)
     report["hotspots"] = hotspots
+    if skipped:
+        report["hotspots_skipped"] = skipped
     return FusionResult(fused, overlay, pet_on_mri, placement.transform, report, placement.registered)
 
 
-def _hotspots(pet: sitk.Image, mri: sitk.Image, transform: sitk.Transform, units: str | None) -> dict[str, Any]:
-    """The hotspot readout of the PET on its own grid (:mod:`medfuse.hotspots`), placed on the MRI too."""
+def _hotspots(
+    pet: sitk.Image, mri: sitk.Image, transform: sitk.Transform, units: str | None, pet_name: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The hotspot readout of the PET on its own grid (:mod:`medfuse.hotspots`), placed on the MRI too.
+
+    A readout that does not fit in memory is skipped with a warning: ``(None, reason)``; the fusion
+    does not depend on it.
+    """
     import SimpleITK as sitk
 
-    from medfuse.hotspots import Grid, hotspot_report
+    from medfuse.hotspots import Grid, hotspot_report, readout_bytes
+    from medfuse.memory import available_memory, format_bytes
 
-    try:
-        to_pet = transform.GetInverse()  # transform maps MRI points to PET points
-    except RuntimeError:  # not invertible (a displacement field): positions stay in PET space only
-        to_pet = None
+    needed = readout_bytes(pet.GetSize()[::-1], pet.GetSpacing())
+    available = available_memory()
+    reason = None
+    if available is not None and needed > available:
+        reason = f"it needs up to {format_bytes(needed)} of memory, more than the {format_bytes(available)} available"
+    else:
+        try:
+            to_pet = transform.GetInverse()  # transform maps MRI points to PET points
+        except RuntimeError:  # not invertible (a displacement field): positions stay in PET space only
+            to_pet = None
 
-    def mri_voxel(point: Sequence[float]) -> list[int] | None:
-        if to_pet is None:
-            return None
-        index = mri.TransformPhysicalPointToIndex(to_pet.TransformPoint(tuple(float(v) for v in point)))
-        return list(index) if all(0 <= i < n for i, n in zip(index, mri.GetSize(), strict=True)) else None
+        def mri_voxel(point: Sequence[float]) -> list[int] | None:
+            if to_pet is None:
+                return None
+            index = mri.TransformPhysicalPointToIndex(to_pet.TransformPoint(tuple(float(v) for v in point)))
+            return list(index) if all(0 <= i < n for i, n in zip(index, mri.GetSize(), strict=True)) else None
 
-    grid = Grid(pet.GetOrigin(), pet.GetSpacing(), pet.GetDirection())
-    is_suv = units in ("SUVbw", "GML")
-    values = sitk.GetArrayViewFromImage(pet)
-    return hotspot_report(values, grid, units=units, is_suv=is_suv, to_mri=mri_voxel)
+        grid = Grid(pet.GetOrigin(), pet.GetSpacing(), pet.GetDirection())
+        is_suv = units in ("SUVbw", "GML")
+        values = sitk.GetArrayViewFromImage(pet)
+        try:
+            return hotspot_report(values, grid, units=units, is_suv=is_suv, to_mri=mri_voxel), None
+        except MemoryError:
+            reason = "this machine ran out of memory during it"
+    warn(
+        f"{pet_name}: the PET hotspot readout was skipped ({reason}); the fused outputs are complete, "
+        'and report.json has "hotspots": null.'
+    )
+    return None, f"skipped: {reason}"
 
 
 def _transform(
@@ -658,4 +681,5 @@ def _summarise(result: FusionResult, mri: Path, pet: Path, targets: dict[str, Pa
         f"in {seconds:.1f} s: {fusion['slices_fused']} slices by {fusion['method']} on {fusion['device']}; "
         f"registration: {how}."
     )
-    info(summary_line(result.report["hotspots"]))
+    if result.report["hotspots"] is not None:
+        info(summary_line(result.report["hotspots"]))

@@ -352,6 +352,35 @@ def test_save_pet_writes_the_registered_pet_and_the_report_reads_out_the_lesion(
     assert "hotspots" in report["timings_s"]
 
 
+@pytest.mark.parametrize("shortage", ["estimate", "allocation"])
+def test_a_hotspot_readout_that_does_not_fit_in_memory_is_skipped_with_a_warning(
+    files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shortage: str
+) -> None:
+    from medfuse import hotspots
+
+    if shortage == "estimate":  # more than the machine has: not even tried
+        monkeypatch.setattr(hotspots, "readout_bytes", lambda shape, spacing: 10**18)
+        reason = r"it needs up to 1000000\.0 TB of memory, more than the .* available"
+    else:  # tried, and an allocation failed
+
+        def out_of_memory(*args: object, **kwargs: object) -> None:
+            raise MemoryError
+
+        monkeypatch.setattr(hotspots, "find_hotspots", out_of_memory)
+        reason = "this machine ran out of memory during it"
+    mri_path, pet_path = files
+    out = tmp_path / "fused.nii.gz"
+    with pytest.warns(MedfuseWarning, match=rf"pet\.nrrd: the PET hotspot readout was skipped \({reason}\); the fused "
+                      "outputs are complete"):  # fmt: skip
+        result = pipeline.fuse_files(
+            mri_path, pet_path, out, FuseOptions(report=tmp_path / "r.json"), fuser=FakeFuser()
+        )
+    assert out.is_file() and result.report["hotspots"] is None
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["hotspots"] is None and report["hotspots_skipped"].startswith("skipped: ")
+    assert any("hotspot readout was skipped" in text for text in report["warnings"])
+
+
 def test_save_pet_is_checked_with_the_other_outputs(files: tuple[Path, Path], tmp_path: Path) -> None:
     mri_path, pet_path = files
     wrong = FuseOptions(save_pet=tmp_path / "pet.png")
