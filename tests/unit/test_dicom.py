@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from dicom_factory import (
     make_nm_series,
     make_series,
     mixed_study,
+    pet_suv_tags,
     phantom,
     write_corrupt_file,
     write_undecodable_file,
@@ -366,6 +368,46 @@ def test_copies_of_an_instance_are_ignored_with_a_warning(tmp_path: Path) -> Non
     with pytest.warns(MedfuseWarning, match=r"zz_copy\.dcm: is a copy of .* \(same SOPInstanceUID\) and was ignored"):
         volume = dicom.read_dicom_series(tmp_path / "mr", role="MRI")
     np.testing.assert_allclose(sitk.GetArrayFromImage(volume.image), built.values, rtol=1e-6)
+
+
+def _series_with_invalid_values(folder: Path) -> Path:
+    """A PET series whose headers break their VRs as real exports do: UIDs with a leading zero or
+    letters, a 20-character StudyID (SH: 16), 70-character LO values."""
+    tags = {**pet_suv_tags(), "StudyID": "X" * 20, "StudyInstanceUID": "1.2.3.abc", "SeriesDescription": "x" * 70}
+    with warnings.catch_warnings():  # pydicom warns about the invalid values it is told to write
+        warnings.simplefilter("ignore")
+        make_series(folder, phantom((5, 9, 7), kind="pet"), modality="PT", series_uid="1.2.3.04", rescale="slice",
+                    patient_id="P" * 70, extra=tags)  # fmt: skip
+    return folder
+
+
+def test_invalid_header_values_raise_no_pydicom_warnings_and_an_invalid_series_uid_is_named(tmp_path: Path) -> None:
+    folder = _series_with_invalid_values(tmp_path / "pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (series,) = dicom.list_series(folder)
+        dicom.suv_readiness(series)
+        dicom.read_dicom_series(folder, role="PET", suv=True)
+    assert [str(w.message) for w in caught if not issubclass(w.category, MedfuseWarning)] == []
+    (named,) = [str(w.message) for w in caught]
+    assert re.fullmatch(
+        rf"{re.escape(str(folder))}/IM\d+\.dcm: its SeriesInstanceUID '1\.2\.3\.04' is not a valid DICOM UID \(digits "
+        r"and dots, no leading zeros, at most 64 characters\); medfuse groups and selects the series by it as "
+        r"written, but other DICOM tools may not\.",
+        named,
+    )
+
+
+def test_info_on_invalid_headers_prints_only_medfuse_s_warning(tmp_path: Path) -> None:
+    folder = _series_with_invalid_values(tmp_path / "pt")
+    result = CliRunner().invoke(app, ["info", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "Invalid value for VR" not in result.output and "exceeds the maximum length" not in result.output
+    assert (
+        result.output.count("warning:") == 1
+        and "SeriesInstanceUID '1.2.3.04' is not a valid DICOM UID" in result.output
+    )
+    assert "--suv          will work" in result.output
 
 
 def test_files_without_preamble_or_extension_are_read(tmp_path: Path) -> None:

@@ -566,7 +566,6 @@ def test_a_volume_off_the_mri_grid_references_the_mri_as_a_whole_series(tmp_path
     )
 
 
-@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # pydicom's, when the series is listed (series.py)
 def test_an_mri_with_an_invalid_uid_is_not_referenced_and_the_export_stays_valid(tmp_path: Path) -> None:
     built = make_series(tmp_path / "mri", phantom((5, 9, 7)), spacing=(0.8, 0.9, 3.0))
     broken = pydicom.dcmread(built.paths[2])
