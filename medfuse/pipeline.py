@@ -561,6 +561,7 @@ def _report(
 
     return {
         "medfuse_version": __version__,
+        "working_directory": str(Path.cwd()),  # where the inputs' paths, as typed, are relative to
         "inputs": inputs,
         "output_grid": geometry(mri),
         "registration": registration_record,

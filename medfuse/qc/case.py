@@ -272,15 +272,27 @@ def _read_report(case: Path) -> tuple[Path, dict[str, Any]]:
     return path.parent, report
 
 
-def find_output(case_dir: Path, report: dict[str, Any], kind: str) -> Path | None:
-    """A case's output of ``kind`` where the report's ``outputs`` says, else under that name in ``case_dir``.
+def recorded_places(recorded: str, report: dict[str, Any], case_dir: Path) -> list[Path]:
+    """Where a path the report recorded may be now: itself when absolute; a relative one (as typed on the
+    command line) against the run's ``working_directory``, then the case folder, then the current folder."""
+    path = Path(recorded)
+    if path.is_absolute():
+        return [path]
+    run_dir = report.get("working_directory")
+    places = [Path(run_dir) / path] if isinstance(run_dir, str) and Path(run_dir).is_absolute() else []
+    return [*places, case_dir / path, path]
 
-    The second place finds the outputs of a case folder that was moved or copied since the run.
+
+def find_output(case_dir: Path, report: dict[str, Any], kind: str) -> Path | None:
+    """A case's output of ``kind`` where the report's ``outputs`` says (:func:`recorded_places`), else
+    under that name in ``case_dir``.
+
+    The last place finds the outputs of a case folder that was moved or copied since the run.
     """
     recorded = as_dict(report.get("outputs")).get(kind)
     if not isinstance(recorded, str):
         return None
-    for candidate in (Path(recorded), case_dir / Path(recorded).name):
+    for candidate in (*recorded_places(recorded, report, case_dir), case_dir / Path(recorded).name):
         if candidate.is_file():
             return candidate
     return None
@@ -299,19 +311,22 @@ def _read_image(path: Path, what: str, notes: list[str], colour: bool = False) -
     return sitk.Cast(image, sitk.sitkFloat32) if image.GetNumberOfComponentsPerPixel() == 1 else None
 
 
-def _read_input(report: dict[str, Any], role: str, notes: list[str]) -> sitk.Image | None:
-    """An input named in the report, read as ``fuse`` read it; None (with a note) when it is gone."""
+def _read_input(report: dict[str, Any], role: str, case_dir: Path, notes: list[str]) -> sitk.Image | None:
+    """An input named in the report (found by :func:`recorded_places`), read as ``fuse`` read it; None
+    (with a note) when it is gone."""
     from medfuse import io
 
     record = as_dict(as_dict(report.get("inputs")).get(role.lower()))
-    path = record.get("path")
-    if not path:
+    recorded = record.get("path")
+    if not recorded or not isinstance(recorded, str):
         notes.append(f"The report names no {role} input file: its pictures are left out.")
         return None
-    if not Path(path).exists():
-        notes.append(
-            f"The {role} input {path} no longer exists (or is relative to another folder): its pictures are left out."
-        )
+    places = recorded_places(recorded, report, case_dir)
+    path = next((place for place in places if place.exists()), None)
+    if path is None:
+        where = ", ".join(str(place) for place in places)
+        looked = f" (looked for {where})" if len(places) > 1 else ""
+        notes.append(f"The {role} input {recorded} no longer exists{looked}: its pictures are left out.")
         return None
     dicom = as_dict(record.get("dicom"))
     try:
@@ -346,8 +361,8 @@ def load_case_volumes(case_dir: Path, report: dict[str, Any]) -> CaseVolumes:
     for kind, what in (("fused", "fused volume"), ("overlay", "colour overlay")):
         if found[kind] is None:
             notes.append(f"The {what} the report names is not found (nor in {case_dir}): its pictures are left out.")
-    mri = _read_input(report, "MRI", notes)
-    pet = _read_input(report, "PET", notes)
+    mri = _read_input(report, "MRI", case_dir, notes)
+    pet = _read_input(report, "PET", case_dir, notes)
     if pet_on_mri is None and (pet is None or transform is None):
         notes.append("The registered PET (pet_on_mri.nii.gz, --save-pet) is not there: the viewer shows no PET.")
     return CaseVolumes(mri, pet, pet_on_mri, fused, overlay, transform, notes=notes)

@@ -73,3 +73,36 @@ def test_batch_writes_case_pages_and_an_index_and_report_rebuilds_a_page(case: C
     assert medfuse("batch", studies, "-o", plain, *FAST, "--no-qc").exit_code == 1
     assert not (plain / "index.html").exists() and not (plain / "good" / "qc.html").exists()
     assert (plain / "good" / "report.json").is_file()
+
+
+@pytest.mark.slow
+def test_report_finds_inputs_typed_relative_to_the_run_s_folder_from_another_folder(
+    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir, elsewhere = tmp_path / "study", tmp_path / "elsewhere"
+    (run_dir / "in").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(case.mri_path, run_dir / "in" / "mri.nii.gz")
+    shutil.copy(case.pet_path, run_dir / "in" / "pet.nii.gz")
+    monkeypatch.chdir(run_dir)
+    result = medfuse("fuse", "in/mri.nii.gz", "in/pet.nii.gz", "-o", "out/fused.nii.gz", *FAST,
+                     "--report", "out/report.json", "--save-pet", "out/pet.nii.gz")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((run_dir / "out" / "report.json").read_text(encoding="utf-8"))
+    assert report["working_directory"] == str(run_dir) and report["inputs"]["mri"]["path"] == "in/mri.nii.gz"
+
+    monkeypatch.chdir(elsewhere)  # the inputs' paths as typed mean nothing here
+    rebuilt = medfuse("report", run_dir / "out")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "no longer exists" not in rebuilt.output
+    html = (run_dir / "out" / "qc.html").read_text(encoding="utf-8")
+    assert "Notes on this page" not in html and "MRI picture not available" not in html
+    assert html.count("<img ") == 7  # the inputs' pictures among them
+
+    report["working_directory"] = str(tmp_path / "gone")  # a run folder that moved: the notes say where we looked
+    (run_dir / "out" / "report.json").write_text(json.dumps(report), encoding="utf-8")
+    degraded = medfuse("report", run_dir / "out", "--overwrite")
+    assert degraded.exit_code == 0, degraded.output
+    assert f"The MRI input in/mri.nii.gz no longer exists (looked for {tmp_path / 'gone' / 'in' / 'mri.nii.gz'}, " in (
+        " ".join(degraded.output.split())
+    )
