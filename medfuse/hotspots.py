@@ -565,12 +565,12 @@ def summary_line(record: dict[str, Any]) -> str:
     """One sentence for the run summary: max and peak with positions, and how many regions are listed."""
     units = record["units"]
     if record.get("max") is None:
-        return f"Hotspots ({units}): the PET holds no uptake to read out."
+        return f"Hotspots in {units}: none, the PET holds no uptake to read out."
     top, peak = record["max"], record["peak"]
     voxel = f", MRI voxel {tuple(top['mri_voxel'])}" if top.get("mri_voxel") is not None else ""
     x, y, z = top["position_mm"]
     return (
-        f"Hotspots ({units}): max {_shown(top['value'])} at ({x:.1f}, {y:.1f}, {z:.1f}) mm{voxel}; "
+        f"Hotspots in {units}: max {_shown(top['value'])} at ({x:.1f}, {y:.1f}, {z:.1f}) mm{voxel}; "
         f"peak {_shown(peak['value'])}; {len(record['regions'])} region(s) in the report."
     )
 

@@ -469,7 +469,7 @@ def describe(path: str | Path, *, series_uid: str | None = None) -> dict[str, An
     """
     path = Path(path)
     if not path.exists():
-        raise UnreadableInputError(f"{path}: the file does not exist; check the path.")
+        raise UnreadableInputError(f"{path}: the input does not exist; check the path.")
     if path.is_dir():
         return _describe_dicom(path, series_uid)
     image, info = read_image_file(path, "input")
@@ -486,6 +486,10 @@ def _describe_dicom(folder: Path, series_uid: str | None) -> dict[str, Any]:
     from medfuse import dicom
 
     series = dicom.list_series(folder)
+    if not series:
+        raise UnreadableInputError(
+            f"{folder}: holds no DICOM images; point to the folder of the exported series (or to a volume file)."
+        )
     described: dict[str, Any] = {"path": str(folder), "format": "DICOM", "series": [s.label() for s in series]}
     why = "the series given by --series"
     if series_uid is None and len(series) == 1:

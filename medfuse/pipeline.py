@@ -675,7 +675,10 @@ def _summarise(result: FusionResult, mri: Path, pet: Path, targets: dict[str, Pa
     registration = result.report["registration"]
     how = registration["source"]
     if registration.get("metric_value") is not None:
-        how += f" (moved {registration['moved_mm']:.1f} mm, confidence {registration['confidence']['level']})"
+        how += (
+            f" (the PET moved {registration['moved_mm']:.1f} mm from its header pose, "
+            f"confidence {registration['confidence']['level']})"
+        )
     extras = [kind for kind in ("overlay", "preview", "report", "transform", "pet", "qc") if kind in targets]
     info(
         f"Fused {mri} + {pet} -> {targets['fused']}{' (+ ' + ', '.join(extras) + ')' if extras else ''} "

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 Mode = Literal["rigid", "affine"]
 
+#: What a doubtful registration asks the user to look at.
+CHECK_ALIGNMENT = "check in the fused result (or the QC page, --qc) that the PET uptake lines up with the anatomy"
 #: A relative metric gain below this, for a move of more than two PET voxels, is "little gain".
 LITTLE_GAIN = 0.02
 #: The header pose guides directions the images do not determine only when it lies within this
@@ -88,13 +90,16 @@ def _distinct(starts: list[Any], within_mm: float) -> list[Any]:
     return kept
 
 
-def register(fixed_mri: sitk.Image, moving_pet: sitk.Image, mode: Mode = "rigid") -> RegistrationResult:
+def register(
+    fixed_mri: sitk.Image, moving_pet: sitk.Image, mode: Mode = "rigid", pet_name: str | None = None
+) -> RegistrationResult:
     """Register the PET to the MRI; the transform maps MRI physical points to PET physical points.
 
     Deterministic: the same images give the same transform on every run and at any thread count.
     A result no better than the header pose by the metric is replaced by the header pose; an
     uncertain result, one that leaves the bodies barely overlapping or one that moved far for little
-    gain is returned with a warning (also kept in ``warnings``).
+    gain is returned with a warning (also kept in ``warnings``), which starts with ``pet_name`` (the
+    PET's path as given) when there is one.
     """
     import SimpleITK as sitk
 
@@ -137,7 +142,10 @@ def register(fixed_mri: sitk.Image, moving_pet: sitk.Image, mode: Mode = "rigid"
             f"registration of the PET to the MRI failed ({str(exc).strip().splitlines()[-1][:160]}); "
             "check that both images show the same part of the body, or pass --register none or --transform."
         ) from exc
-    return _assessed(levels, middle, transform, method, mode, initialisation, analysis)
+    result = _assessed(levels, middle, transform, method, mode, initialisation, analysis)
+    for text in result.warnings:
+        warn(f"{pet_name}: {text}." if pet_name else text[0].upper() + text[1:] + ".")
+    return result
 
 
 def _score(level: Level, transform: sitk.Transform) -> float:
@@ -217,7 +225,7 @@ def _scan(
     best, best_method = analysis.transform, method
     best_score = float(method.GetMetricValue())
     for direction in model.flat().T:
-        if not local.describe_direction(direction).startswith("translation"):
+        if not local.is_translation(direction):
             continue
         for step in range(-local.SCAN_STEPS, local.SCAN_STEPS + 1):
             if step == 0:
@@ -239,7 +247,8 @@ def _assessed(
     initialisation: str,
     analysis: _Analysis,
 ) -> RegistrationResult:
-    """Check the result against the header pose, measure how sure it is, and warn when it is doubtful."""
+    """Check the result against the header pose, measure how sure it is, and say in ``warnings`` when it
+    is doubtful."""
     masks = (middle.mri_foreground, middle.pet_foreground)
     header, metric_header = analysis.header, analysis.metric_header
     anchored, unanchored, spread = analysis.anchored, analysis.unanchored, analysis.spread_mm
@@ -264,7 +273,8 @@ def _assessed(
         result.kept_header, result.anchored = True, []
         result.warnings.append(
             "registration did not improve on the scanner coordinates by the metric "
-            f"({result.metric:.4f} against {metric_header:.4f}), so the header pose was kept"
+            f"({result.metric:.4f} against {metric_header:.4f}), so the header pose was kept: the PET stays where "
+            "its header puts it"
         )
     foreground = mask_points(middle.mri_foreground)
     centre = foreground.mean(axis=0) if len(foreground) else np.zeros(3)
@@ -281,17 +291,16 @@ def _assessed(
             "check that the inputs show the same patient and region"
         )
     elif result.confidence.level == "low":
-        result.warnings.append(f"the registration is uncertain: {result.confidence.reason}")
+        result.warnings.append(f"the registration is uncertain: {result.confidence.reason}; {CHECK_ALIGNMENT}")
     elif gain is not None and result.moved_mm > 2.0 * pet_voxel and gain < LITTLE_GAIN:
         result.warnings.append(
-            f"registration moved the PET {result.moved_mm:.1f} mm from its header pose for only {gain:.1%} "
-            "better mutual information; check the fused result, or keep the header pose with --register none"
+            f"registration moved the PET {result.moved_mm:.1f} mm from where its header puts it (the header pose) "
+            f"for only {gain:.1%} better mutual information; {CHECK_ALIGNMENT}, or keep the header pose with "
+            "--register none"
         )
     elif result.anchored:
         result.warnings.append(
-            f"the registration is uncertain along {' and '.join(result.anchored)}: the images do not determine "
-            "it, so the PET keeps its header pose there; check that direction in the fused result"
+            f"the registration is uncertain in {' and '.join(result.anchored)}: the images do not determine it, "
+            f"so the PET keeps its header pose (scanner coordinates) there; {CHECK_ALIGNMENT} in that direction"
         )
-    for text in result.warnings:
-        warn(text[0].upper() + text[1:] + ".")
     return result

@@ -46,7 +46,8 @@ FLAT_CURVATURE_RATIO = 0.05
 SCAN_STEPS = 6
 SCAN_STEP_MM = 8.0
 BINS = 64
-_AXES = ("x", "y", "z")
+#: The physical axes (ITK/DICOM LPS: x to the patient's left, y to the back, z to the head) in a patient's words.
+_AXES = ("left–right (x)", "front–back (y)", "head–foot (z)")
 
 
 class SampledMetric:
@@ -189,12 +190,18 @@ def local_model(metric: SampledMetric, transform: sitk.Transform, scales: list[f
     return model
 
 
+def is_translation(direction: np.ndarray) -> bool:
+    """Whether a direction of the six rigid parameters is mostly a translation (else a rotation)."""
+    return bool(np.abs(direction[3:]).max() >= np.abs(direction[:3]).max())
+
+
 def describe_direction(direction: np.ndarray) -> str:
-    """A direction of the six rigid parameters in words: its largest translation or rotation part."""
+    """A direction of the six rigid parameters in a patient's words, by its largest translation or
+    rotation part: "the head–foot (z) position", "the rotation about the head–foot (z) axis"."""
     rotation, translation = np.abs(direction[:3]), np.abs(direction[3:])
-    if translation.max() >= rotation.max():
-        return f"translation along {_AXES[int(np.argmax(translation))]}"
-    return f"rotation about {_AXES[int(np.argmax(rotation))]}"
+    if is_translation(direction):
+        return f"the {_AXES[int(np.argmax(translation))]} position"
+    return f"the rotation about the {_AXES[int(np.argmax(rotation))]} axis"
 
 
 def subset_spread(metric: SampledMetric, model: LocalModel) -> float | None:

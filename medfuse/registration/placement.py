@@ -71,7 +71,7 @@ def place_pet(
     if requested in ("rigid", "affine") or (requested == "auto" and frame is None):
         mode = "affine" if requested == "affine" else "rigid"
         try:
-            result = register(mri, pet, mode)  # type: ignore[arg-type]
+            result = register(mri, pet, mode, pet_name)  # type: ignore[arg-type]
         except (InvalidInputError, ProcessingError) as exc:
             raise type(exc)(f"{pet_name}: {exc}") from exc
         record = {

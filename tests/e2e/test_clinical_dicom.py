@@ -98,7 +98,7 @@ def test_different_frames_are_registered(tmp_path: Path) -> None:
     record = report_of(tmp_path)["registration"]
     assert record["requested"] == "auto" and record["source"] == "rigid"
     assert record["decision"] == "MRI and PET have different FrameOfReferenceUIDs, so the PET is registered (rigid)"
-    assert "registration: rigid (moved " in summary_line(result.output)
+    assert "registration: rigid (the PET moved " in summary_line(result.output)
     assert pair.tumour_error(sitk.ReadTransform(str(tmp_path / "t.tfm"))) < pair.header_error()
 
 

@@ -170,7 +170,7 @@ def test_nothing_to_read_in_an_empty_image() -> None:
     assert hotspots.find_hotspots(np.zeros((8, 8, 8), np.float32), (2.0, 2.0, 2.0)) is None
     record = hotspots.hotspot_report(np.zeros((8, 8, 8)), hotspots.Grid((0, 0, 0), (2, 2, 2)), units=None, is_suv=False)
     assert record["max"] is None and record["regions"] == []
-    assert hotspots.summary_line(record) == "Hotspots (image units): the PET holds no uptake to read out."
+    assert hotspots.summary_line(record) == "Hotspots in image units: none, the PET holds no uptake to read out."
 
 
 def test_whole_body_readout_finds_the_organs_and_lesions() -> None:
@@ -214,7 +214,7 @@ def test_report_positions_follow_the_grid_and_the_mri_mapping() -> None:
     assert record["max"]["position_mm"] == pytest.approx(image.TransformIndexToPhysicalPoint(index), abs=1e-3)
     assert record["regions"][0]["volume_ml"] == pytest.approx((values == 12.0).sum() * 0.015, abs=1e-4)
     line = hotspots.summary_line(record)
-    assert line.startswith("Hotspots (Bq/mL): max 12 at (") and "MRI voxel" in line
+    assert line.startswith("Hotspots in Bq/mL: max 12 at (") and "MRI voxel" in line
     suv = hotspots.hotspot_report(values, grid, units="GML", is_suv=True)
     assert suv["units"] == "SUVbw (g/mL)" and suv["max"]["mri_voxel"] is None
     assert hotspots.hotspot_report(values, grid, units=None, is_suv=False)["units"] == "image units"

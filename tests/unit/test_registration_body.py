@@ -81,9 +81,13 @@ def test_a_thigh_ends_no_farther_than_its_header_pose(thigh: phantoms.Pair, thig
     result = thigh_result
     header, error = thigh.header_error(), thigh.tumour_error(result.transform)
     assert error < 0.85 * header, f"tumour error {error:.1f} mm against {header:.1f} mm at the header pose"
-    assert "translation along z" in result.anchored and not result.kept_header
+    assert "the head–foot (z) position" in result.anchored and not result.kept_header
     assert result.confidence.level == "medium" and "kept from the header" in result.confidence.reason
-    assert any(text.startswith("the registration is uncertain along translation along z") for text in result.warnings)
+    assert any(
+        text.startswith("the registration is uncertain in the head–foot (z) position: the images do not determine it")
+        and text.endswith("PET uptake lines up with the anatomy in that direction")
+        for text in result.warnings
+    )
     assert result.metric < result.metric_header and result.overlap > 0.9 and result.moved_mm > 3.0
     record = result.record()
     assert set(record) >= CONTRACT_KEYS and record["kept_from_header"] == result.anchored
@@ -123,10 +127,12 @@ def test_an_undetermined_direction_without_a_header_to_trust_warns(
     monkeypatch.setattr("medfuse.registration.core.HEADER_GUIDE_MM", 0.0)  # the header pose guides nothing
     monkeypatch.setattr("medfuse.registration.local.SCAN_STEPS", 1)  # the restarts' cost is not under test
     with pytest.warns(
-        MedfuseWarning, match=r"The registration is uncertain: the images pin down translation along z only weakly"
+        MedfuseWarning,
+        match=r"The registration is uncertain: the images pin down the head–foot \(z\) position only weakly .*; "
+        r"check in the fused result \(or the QC page, --qc\) that the PET uptake lines up with the anatomy",
     ):
         result = registration.register(thigh.mri, thigh.pet)
-    assert result.confidence.level == "low" and "translation along z" in result.unanchored
+    assert result.confidence.level == "low" and "the head–foot (z) position" in result.unanchored
     assert "header pose is no guide" in result.confidence.reason
 
 
@@ -159,3 +165,17 @@ def test_a_thigh_is_found_in_a_whole_body_pet() -> None:
     assert result.initialisation.startswith("search along axis 2")
     assert pair.header_error() > 400.0 and pair.tumour_error(result.transform) < 10.0
     assert result.overlap > 0.8
+
+
+@pytest.mark.slow
+def test_registration_warnings_name_the_pet_and_the_patient_direction(thigh: phantoms.Pair) -> None:
+    from medfuse.options import RegisterMode
+
+    with pytest.warns(MedfuseWarning) as caught:
+        placement = registration.place_pet(thigh.mri, thigh.pet, RegisterMode.RIGID, pet_name="in/pt")
+    assert [str(w.message) for w in caught] == [
+        "in/pt: the registration is uncertain in the head–foot (z) position: the images do not determine it, so the "
+        "PET keeps its header pose (scanner coordinates) there; check in the fused result (or the QC page, --qc) "
+        "that the PET uptake lines up with the anatomy in that direction."
+    ]
+    assert placement.record["kept_from_header"] == ["the head–foot (z) position"]
