@@ -43,8 +43,18 @@ app = typer.Typer(
 _options = {"debug": False}
 
 
-def _print_warning(message: Any, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:
-    show_warning(str(message))
+def _warning_printer() -> Callable[..., None]:
+    """A ``warnings.showwarning`` hook that prints each message once per command: a folder listed for
+    both roles (or by ``info`` and then read) must not repeat its warnings."""
+    shown: set[str] = set()
+
+    def print_warning(message: Any, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:
+        text = str(message)
+        if text not in shown:
+            shown.add(text)
+            show_warning(text)
+
+    return print_warning
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -60,7 +70,7 @@ def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
-            warnings.showwarning = _print_warning
+            warnings.showwarning = _warning_printer()
             try:
                 return command(*args, **kwargs)
             except MedfuseError as exc:

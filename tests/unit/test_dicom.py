@@ -410,6 +410,20 @@ def test_info_on_invalid_headers_prints_only_medfuse_s_warning(tmp_path: Path) -
     assert "--suv          will work" in result.output
 
 
+def test_the_cli_says_each_warning_once_though_a_folder_is_listed_twice(tmp_path: Path) -> None:
+    """``info`` lists the folder and then reads the series; ``fuse`` lists one folder for both roles."""
+    mixed_study(tmp_path)
+    study = tmp_path / "study"
+    first = next(path for path in sorted(study.rglob("*.dcm")))
+    (study / "zz_copy.dcm").write_bytes(first.read_bytes())
+    info = CliRunner().invoke(app, ["info", str(study)])
+    fused = CliRunner().invoke(app, ["fuse", str(study), str(study), "-o", str(tmp_path / "f.nii.gz"),
+                                     "--method", "laplacian", "--register", "none"])  # fmt: skip
+    for result in (info, fused):
+        assert result.exit_code == 0, result.output
+        assert result.output.count("zz_copy.dcm: is a copy of") == 1
+
+
 def test_files_without_preamble_or_extension_are_read(tmp_path: Path) -> None:
     built = make_series(tmp_path / "mr", phantom((4, 5, 5)), suffix="")
     for path in built.paths:  # an old export: no 128-byte preamble, no file meta, no extension
