@@ -322,6 +322,7 @@ def render_case(page: CasePage, report: dict[str, Any]) -> str:
         input_rows=_input_rows(report, units),
         registration=registration,
         hotspots=hotspots,
+        hotspots_skipped=_text(report.get("hotspots_skipped")) if report.get("hotspots_skipped") else None,
         units=units,
         pet_window=(number(window.get("low")), number(window.get("high")), _text(window.get("source"))),
         warnings=warnings if isinstance(warnings, list) else None,

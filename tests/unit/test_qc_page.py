@@ -105,6 +105,10 @@ def test_a_bare_report_says_what_is_not_available(case: Case) -> None:
     assert "Warnings not available" in html
     assert html.count("not available") >= 8
     assert "Metric header → result" in html
+    assert "report has no hotspot measurements." in html
+    skipped = {**full_report(case.report), "hotspots": None, "hotspots_skipped": "skipped: it needs up to 9 GB"}
+    html = prepare_case_page(case.volumes, skipped, "skipped").html(skipped)
+    assert "Hotspots not available: skipped: it needs up to 9 GB." in html
 
 
 def test_viewer_volumes_hold_the_registered_pet_on_an_exact_grid(case: Case, full_html: str) -> None:
