@@ -221,21 +221,25 @@ def test_report_positions_follow_the_grid_and_the_mri_mapping() -> None:
 
 
 # ---- tiny voxels: memory and time bounded -----------------------------------------------------------
+def _traced_readout(values: np.ndarray, spacing: tuple[float, float, float]) -> tuple[hotspots.Readout | None, int]:
+    """The readout and the most memory (bytes) it allocated at once (tracemalloc sees numpy's arrays)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        return hotspots.find_hotspots(values, spacing), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("voxel_mm", [0.02, 0.001])
 def test_tiny_voxels_keep_the_readout_small_and_the_sphere_one_millilitre(voxel_mm: float) -> None:
     """Micrometre voxels (a wrong header) asked the 1 cm³ sphere for billions of voxels; the peak is now
     computed on blocks of at least 0.32 mm, so memory stays that of the image's own size."""
-    import tracemalloc
-
     spacing = (voxel_mm,) * 3
     extent = 40 * voxel_mm
     values = blur(spheres((40, 40, 40), spacing, [((extent / 2,) * 3, extent / 4, 10.0)], background=1.0), spacing, 0.1)
-    tracemalloc.start()
-    try:
-        readout = hotspots.find_hotspots(values, spacing)
-        used = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    readout, used = _traced_readout(values, spacing)
     assert used < 50e6  # bytes; the sphere alone was 990 GB at 0.02 mm
     assert readout is not None and readout.max == float(values[4:-4].max())
     factor = math.ceil((1000 / hotspots.MAX_SPHERE_VOXELS) ** (1 / 3) / voxel_mm)
@@ -276,16 +280,9 @@ def test_report_says_when_the_peak_was_computed_on_blocks() -> None:
 @pytest.mark.parametrize(("voxel_mm", "size"), [(2.0, 60), (0.32, 60), (0.05, 60)])
 def test_memory_estimate_covers_a_pet_that_is_one_hot_region(voxel_mm: float, size: int) -> None:
     """The worst case: one region as large as the grid, its peak correlated over the whole grid."""
-    import tracemalloc
-
     spacing = (voxel_mm,) * 3
     extent = size * voxel_mm
     values = blur(spheres((size,) * 3, spacing, [((extent / 2,) * 3, extent * 0.48, 1.0)]), spacing, 4 * voxel_mm)
-    tracemalloc.start()
-    try:
-        readout = hotspots.find_hotspots(values, spacing)
-        used = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    readout, used = _traced_readout(values, spacing)
     assert readout is not None and readout.regions[0].voxels > values.size / 4
     assert used <= hotspots.readout_bytes(values.shape, spacing)
