@@ -153,7 +153,7 @@ def registration_comparison(repeats: int) -> dict[str, object]:
     truth = sitk.Euler3DTransform()
     truth.SetFixedParameters(truth_record["itk_fixed_parameters"])
     truth.SetParameters(truth_record["itk_parameters"])
-    head = np.argwhere(sitk.GetArrayFromImage(registration.head_mask(mri)) > 0)[::20, ::-1]
+    head = np.argwhere(sitk.GetArrayFromImage(registration.foreground_mask(mri, "MRI")) > 0)[::20, ::-1]
     points = [mri.TransformIndexToPhysicalPoint(tuple(int(i) for i in index)) for index in head]
 
     def tre(transform: sitk.Transform) -> float:

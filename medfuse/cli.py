@@ -43,8 +43,18 @@ app = typer.Typer(
 _options = {"debug": False}
 
 
-def _print_warning(message: Any, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:
-    show_warning(str(message))
+def _warning_printer() -> Callable[..., None]:
+    """A ``warnings.showwarning`` hook that prints each message once per command: a folder listed for
+    both roles (or by ``info`` and then read) must not repeat its warnings."""
+    shown: set[str] = set()
+
+    def print_warning(message: Any, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:
+        text = str(message)
+        if text not in shown:
+            shown.add(text)
+            show_warning(text)
+
+    return print_warning
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -60,7 +70,7 @@ def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
-            warnings.showwarning = _print_warning
+            warnings.showwarning = _warning_printer()
             try:
                 return command(*args, **kwargs)
             except MedfuseError as exc:
@@ -124,8 +134,13 @@ def _fusion_options(
         ),
     ] = None,
     register: Annotated[
-        str, typer.Option("--register", help=f"PET to MRI registration: {RegisterMode.choices()}.")
-    ] = RegisterMode.RIGID,
+        str,
+        typer.Option(
+            "--register",
+            help=f"PET to MRI registration: {RegisterMode.choices()}; auto = none when both are DICOM series with "
+            "one FrameOfReferenceUID (already in one space), else rigid.",
+        ),
+    ] = RegisterMode.AUTO,
     frame: Annotated[str | None, typer.Option("--frame", help="For 4-D PET: frame index N or 'sum'.")] = None,
     pet_window: Annotated[
         tuple[float, float] | None,
@@ -208,6 +223,10 @@ def fuse(
     ] = None,
     preview: Annotated[Path | None, typer.Option("--preview", help="Write a PNG mosaic of axial slices.")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write a JSON run report.")] = None,
+    qc: Annotated[
+        Path | None,
+        typer.Option("--qc", help="Write a QC report: one self-contained HTML page with pictures and a viewer."),
+    ] = None,
     output_format: Annotated[
         str,
         typer.Option(
@@ -235,6 +254,7 @@ def fuse(
         save_pet=save_pet,
         preview=preview,
         report=report,
+        qc=qc,
         output_format=OutputFormat.parse(output_format),
         mri_series=mri_series,
         pet_series=pet_series,
@@ -323,10 +343,19 @@ def batch(
     skip_existing: Annotated[
         bool, typer.Option("--skip-existing", help="Skip cases whose outputs are all there (resume).")
     ] = False,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Cases fused in parallel processes.")] = 1,
+    workers: Annotated[
+        str,
+        typer.Option(
+            "--workers",
+            help="Cases fused in parallel processes: a number, or auto (from the CPUs, free memory and case size).",
+        ),
+    ] = "auto",
     scheduler: Annotated[
         str | None, typer.Option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT of its scheduler.")
     ] = None,
+    qc: Annotated[
+        bool, typer.Option("--qc/--no-qc", help="Write each case's QC page (<case>/qc.html) and OUTPUT/index.html.")
+    ] = True,
 ) -> None:
     """Fuse every case of a folder of studies (or of a pairs CSV); writes OUTPUT/<case>/ and OUTPUT/summary.csv."""
     from medfuse.batch import DEFAULT_MRI_GLOBS, DEFAULT_PET_GLOBS, print_summary, run_batch
@@ -342,10 +371,28 @@ def batch(
         skip_existing=skip_existing,
         workers=workers,
         scheduler=scheduler,
+        qc=qc,
     )
     print_summary(result)
     if result.failed:
         raise ProcessingError(f"{len(result.failed)} of {len(result.cases)} cases failed; see {result.summary}.")
+
+
+# ---- report: owned by qc/ ----------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def report(
+    case: Annotated[Path, typer.Argument(help="A finished case: its folder (with report.json) or its report.json.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="HTML page to write (default: qc.html beside report.json).")
+    ] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Rebuild a case's QC page from its outputs (and its inputs, when they still exist)."""
+    from medfuse.console import info
+    from medfuse.qc import rebuild_case_page
+
+    info(f"QC page written to {rebuild_case_page(case, output, overwrite=overwrite)}")
 
 
 # ---- train: owned by training.py -----------------------------------------------------------------------

@@ -188,12 +188,46 @@ def colormap_values(rgb: np.ndarray, name: str, samples: int = 1024) -> np.ndarr
 
 def apply_colormap(values: np.ndarray, name: str) -> np.ndarray:
     """Map values in [0, 1] (clipped; NaN counts as 0) to float32 RGB (..., 3) by linear interpolation."""
-    lut = colormap_lut(name)
+    return _interpolate(values, colormap_lut(name))
+
+
+def colormap_ycbcr(values: np.ndarray, name: str) -> np.ndarray:
+    """Y, Cb, Cr (..., 3) of colour map ``name`` at ``values``: ``rgb_to_ycbcr(apply_colormap(values, name))``.
+
+    The conversion is linear, so interpolating the map's YCbCr table gives the same values (to float32
+    rounding, below 1e-6) in one pass instead of an RGB image and a matrix product per voxel.
+    """
+    table = _YCBCR_TABLES.get(name)
+    if table is None:
+        y, cb, cr = rgb_to_ycbcr(colormap_lut(name))
+        table = _YCBCR_TABLES[name] = np.stack([y, cb, cr], axis=-1)
+    return _interpolate(values, table)
+
+
+_YCBCR_TABLES: dict[str, np.ndarray] = {}
+
+
+def _interpolate(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Linear interpolation in a (LUT_SIZE, k) table at values in [0, 1] (clipped; NaN counts as 0).
+
+    float32 throughout and one table column at a time: a clinical-size volume's colours take a
+    fraction of the time that broadcasting the (…, k) gathers in float64 did (same values to 1e-7).
+    """
     position = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
-    position = np.clip(position, 0.0, 1.0) * np.float32(LUT_SIZE - 1)
-    lower = np.minimum(position.astype(np.intp), LUT_SIZE - 2)
-    fraction = (position - lower)[..., None]
-    return (lut[lower] * (1.0 - fraction) + lut[lower + 1] * fraction).astype(np.float32)
+    np.clip(position, 0.0, 1.0, out=position)
+    position *= np.float32(LUT_SIZE - 1)
+    lower = position.astype(np.intp)
+    np.minimum(lower, LUT_SIZE - 2, out=lower)
+    fraction = position - lower.astype(np.float32)
+    rest = np.float32(1.0) - fraction
+    result = np.empty((*position.shape, table.shape[1]), dtype=np.float32)
+    for channel in range(table.shape[1]):
+        column = np.ascontiguousarray(table[:, channel], dtype=np.float32)
+        below, above = column.take(lower), column.take(lower + 1)
+        below *= rest
+        above *= fraction
+        np.add(below, above, out=result[..., channel])
+    return result
 
 
 # ---- fitting a pseudo-colour map from images -------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TypeVar
 
 from rich.console import Console
@@ -28,6 +29,8 @@ T = TypeVar("T")
 # emoji=False: a path or option value such as "scan:x:1" must print as given, not as an emoji.
 console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 _state = {"quiet": False}
+#: The message lists of the :func:`collect_warnings` blocks open in this thread (innermost last).
+_collectors: ContextVar[tuple[list[str], ...]] = ContextVar("medfuse_warning_collectors", default=())
 
 
 class MedfuseWarning(UserWarning):
@@ -53,9 +56,28 @@ def info(message: str) -> None:
 def warn(message: str) -> None:
     """Raise a :class:`MedfuseWarning`; the CLI shows it as ``medfuse: warning: ...``.
 
-    Library users can filter or record it with the :mod:`warnings` machinery.
+    Library users can filter or record it with the :mod:`warnings` machinery; every open
+    :func:`collect_warnings` block records it too, whatever the warning filters say.
     """
+    for messages in _collectors.get():
+        if message not in messages:
+            messages.append(message)
     warnings.warn(message, MedfuseWarning, stacklevel=2)
+
+
+@contextmanager
+def collect_warnings() -> Iterator[list[str]]:
+    """Record the message of every :func:`warn` inside the block (in order, each once) in the list it yields.
+
+    The warnings still go to the :mod:`warnings` machinery (and so to the terminal); the list is for
+    reports (``report.json``'s ``warnings``). Blocks nest, and each thread has its own.
+    """
+    messages: list[str] = []
+    token = _collectors.set((*_collectors.get(), messages))
+    try:
+        yield messages
+    finally:
+        _collectors.reset(token)
 
 
 def show_warning(message: str) -> None:
@@ -75,6 +97,27 @@ def make_progress(transient: bool = False) -> Progress:
         console=console,
         transient=transient,
         disable=_state["quiet"] or not console.is_terminal,
+    )
+
+
+def batch_progress(target: Console | None = None) -> Progress:
+    """The batch's progress display: cases done of all, how many failed, time spent and an ETA.
+
+    Its task takes a ``failed`` field (``progress.add_task(..., failed=0)``). The ETA is rich's estimate
+    from the recent rate of finished cases (shown once a case has ended).
+    """
+    shown = target or console
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("done, {task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=shown,
+        disable=_state["quiet"] or not shown.is_terminal,
     )
 
 

@@ -53,6 +53,7 @@ _VOLUME_ONLY_FLAGS = {
     "overlay": "--no-overlay",
     "preview": "--preview",
     "report": "--report",
+    "qc": "--qc",
     "output_format": "--format",
     "suv": "--suv",
     "mri_series": "--mri-series",

@@ -9,7 +9,8 @@ On the CPU every slice is computed by one thread from start to end, and ``thread
 by side. Convolution libraries split some reductions differently for different thread counts (the
 1x1 convolutions of oneDNN do), which changes the last bits of the result; computing each slice
 single-threaded makes the output bit-identical whatever ``--threads``, ``batch_size`` or the way a
-volume is cut into batches.
+volume is cut into batches. The slice itself runs on ONNX Runtime (default) or eager PyTorch, see
+:mod:`medfuse.runtime`; on CUDA the whole batch runs in PyTorch, float32.
 """
 
 from __future__ import annotations
@@ -22,17 +23,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from medfuse.console import warn
 from medfuse.device import check_device, resolve_device
 from medfuse.errors import InvalidInputError, UsageError, WeightsError
 from medfuse.options import FuseOptions, Method
 
 if TYPE_CHECKING:
-    import torch
-
     from medfuse.model import FusionNet
 
-BUNDLED_WEIGHTS_NAME = "fusionnet_v1.safetensors"
-BUNDLED_WEIGHTS_SHA256 = "4ac27b71f0470f1135e3a299c9ac1ff2fd31e9a91f502293981fc67ca0ff81c2"
+BUNDLED_WEIGHTS_NAME = "fusionnet_v2.safetensors"
+BUNDLED_WEIGHTS_SHA256 = "464d6a9e66cf9635ab1cc3251793732ee78f2c5ca8fe9a1873111704ac234097"
 
 
 class Fuser(Protocol):
@@ -152,9 +152,15 @@ class NetFuser:
         device: str = "auto",
         threads: int | None = None,
         batch_size: int = 16,
+        backend: str | None = None,
     ) -> None:
         import torch
 
+        from medfuse.runtime import CPU_BACKENDS, DEFAULT_CPU_BACKEND, cpu_runner
+
+        backend = backend or DEFAULT_CPU_BACKEND
+        if backend not in CPU_BACKENDS:
+            raise UsageError(f"backend {backend}: unknown; use {' or '.join(CPU_BACKENDS)}.")
         if batch_size < 1:
             raise UsageError(f"--batch-size {batch_size}: use a positive number of slices.")
         if threads is not None:
@@ -165,13 +171,17 @@ class NetFuser:
         model, self.weights_sha256 = load_model(weights)
         self.batch_size = batch_size
         self.threads = threads or torch.get_num_threads()
+        self.stride = model.stride
         if self._torch_device.type == "cuda":
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
             self._model = model.to(self._torch_device)
+            self.backend = "torch"
         else:
-            self._model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stubs
-        self.stride = model.stride
+            self._runner, fallback = cpu_runner(model, self.stride, backend)
+            self.backend = self._runner.name
+            if fallback is not None:
+                warn(f"the network runs on PyTorch instead of {backend} (slower): {fallback}.")
         self._pool: ThreadPoolExecutor | None = None
 
     @property
@@ -196,31 +206,28 @@ class NetFuser:
             fused[start:stop] = self._fuse_batch(mri_stack[start:stop], pet_stack[start:stop])
         return fused[0] if single else fused
 
-    def _padded(self, stack: np.ndarray) -> torch.Tensor:
+    def _padded(self, stack: np.ndarray) -> np.ndarray:
         """(N, H, W) -> (N, 1, H', W') with H', W' the next multiples of the stride (edge values repeated)."""
-        import torch
-
         height, width = stack.shape[1:]
         pad_h, pad_w = -height % self.stride, -width % self.stride
         padded = np.pad(stack, ((0, 0), (0, pad_h), (0, pad_w)), mode="edge")
-        return torch.from_numpy(np.ascontiguousarray(padded[:, None]))
+        return np.ascontiguousarray(padded[:, None])
 
     def _fuse_batch(self, mri: np.ndarray, pet: np.ndarray) -> np.ndarray:
         import torch
 
         height, width = mri.shape[1:]
-        mri_t, pet_t = self._padded(mri), self._padded(pet)
+        mri_p, pet_p = self._padded(mri), self._padded(pet)
         if self._torch_device.type == "cuda":
             with torch.inference_mode():
-                out = self._model(mri_t.to(self._torch_device), pet_t.to(self._torch_device))
+                out = self._model(
+                    torch.from_numpy(mri_p).to(self._torch_device), torch.from_numpy(pet_p).to(self._torch_device)
+                )
                 return out.clamp_(0.0, 1.0)[:, 0, :height, :width].float().cpu().numpy()
 
         def one_slice(index: int) -> np.ndarray:
-            torch.set_num_threads(1)  # also per thread under OpenMP: this slice runs on this thread only
-            with torch.inference_mode():
-                a = mri_t[index : index + 1].contiguous(memory_format=torch.channels_last)
-                b = pet_t[index : index + 1].contiguous(memory_format=torch.channels_last)
-                return self._model(a, b).clamp_(0.0, 1.0)[0, 0, :height, :width].numpy()
+            out = self._runner(mri_p[index : index + 1], pet_p[index : index + 1])
+            return np.clip(out[:height, :width], 0.0, 1.0)
 
         if self._pool is None:
             # Kept for the fuser's lifetime: fresh threads would redo the kernels' per-thread setup.

@@ -12,6 +12,7 @@ import math
 import struct
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -26,6 +27,26 @@ _NIFTI_LAYOUT = {
 }
 
 
+def _open(path: Path) -> BinaryIO:
+    """``path`` for reading, decompressed when it is .gz (by ISA-L when installed: 2.5x faster than zlib)."""
+    if not path.name.lower().endswith(".gz"):
+        return path.open("rb")
+    try:
+        from isal import igzip
+    except ImportError:
+        return gzip.open(path, "rb")  # type: ignore[return-value]  # a GzipFile reads as a binary file
+    return igzip.open(path, "rb")
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged (gzip) file raises: zlib's and ISA-L's stream errors included."""
+    try:
+        from isal.igzip_lib import IsalError
+    except ImportError:
+        return (OSError, EOFError, zlib.error)
+    return (OSError, EOFError, zlib.error, IsalError)  # type: ignore[return-value]
+
+
 def check_nifti(path: Path, role: str) -> int:
     """Check what the NIfTI library hides; return the number of NaN/Inf voxels in the file.
 
@@ -33,10 +54,9 @@ def check_nifti(path: Path, role: str) -> int:
     NaN/Inf into 0; the first two are refused here and the last is counted so it can be reported.
     """
     try:
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rb") as stream:
+        with _open(path) as stream:
             header = stream.read(540)
-    except (OSError, EOFError, zlib.error) as exc:
+    except _read_errors() as exc:
         raise UnreadableInputError(f"{path}: the {role} file is not a readable NIfTI file; export it again.") from exc
     layout = None
     for endian in ("<", ">"):
@@ -75,15 +95,14 @@ def _scan_nifti_data(path: Path, role: str, vox_offset: int, floats: np.dtype | 
     chunk_bytes = 1 << 22  # a multiple of every element size
     total = non_finite = 0
     try:
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rb") as stream:
+        with _open(path) as stream:
             total = len(stream.read(vox_offset))
             while chunk := stream.read(chunk_bytes):
                 total += len(chunk)
                 if floats is not None:
                     values = np.frombuffer(chunk[: len(chunk) - len(chunk) % floats.itemsize], dtype=floats)
                     non_finite += int(values.size - np.count_nonzero(np.isfinite(values)))
-    except (OSError, EOFError, zlib.error) as exc:
+    except _read_errors() as exc:
         raise UnreadableInputError(
             f"{path}: the {role} file's data is truncated or corrupt; copy or export it again."
         ) from exc

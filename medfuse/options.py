@@ -62,8 +62,10 @@ class Method(Choice, option="--method", noun="method"):
 
 
 class RegisterMode(Choice, option="--register", noun="mode"):
-    """How the PET is placed on the MRI: registered (rigid, affine) or as the scanners placed it (none)."""
+    """How the PET is placed on the MRI: as the scanners placed it when DICOM says both share a frame
+    of reference, else registered rigidly (auto); always registered (rigid, affine); never (none)."""
 
+    AUTO = "auto"
     RIGID = "rigid"
     AFFINE = "affine"
     NONE = "none"
@@ -88,7 +90,7 @@ class FuseOptions:
     device: str = "auto"
     threads: int | None = None
     batch_size: int = 16
-    register: RegisterMode = RegisterMode.RIGID
+    register: RegisterMode = RegisterMode.AUTO
     transform: Path | None = None
     save_transform: Path | None = None
     save_pet: Path | None = None
@@ -104,6 +106,7 @@ class FuseOptions:
     mri_series: str | None = None
     pet_series: str | None = None
     allow_different_patients: bool = False
+    qc: Path | None = None  # the QC report page (HTML) of a volume fusion
 
 
 def check_options(options: FuseOptions) -> FuseOptions:

@@ -7,19 +7,21 @@ How the 3-D volumes meet the 2-D network (it was trained on AANLIB slices):
 
 * The PET is registered to the MRI and resampled onto the MRI's grid, so every output has exactly the
   MRI's size, spacing, origin and direction.
-* Slices are taken along the MRI grid's third axis, cropped to the bounding box of the head (a mask
-  of the MRI), in batches of ``options.batch_size``; slices without head voxels are skipped.
-* MRI intensities go to [0, 1] from the background level (0.5th percentile of all voxels) to the
-  99.5th percentile of the head voxels.
+* Slices are taken along the MRI grid's third axis, cropped to the bounding box of the body (the
+  MRI's foreground: head, trunk or limbs), in batches of ``options.batch_size``; slices without
+  foreground voxels are skipped.
+* MRI intensities go to [0, 1] from the background level (0.5th percentile of all voxels), with the
+  99.5th percentile of the foreground voxels at :data:`MRI_TOP` = 0.8: the headroom above lets uptake
+  brighten even the brightest anatomy.
 * The PET reaches the network as a brightness that rises with uptake (:func:`pet_input`), the kind of
   input it was trained on for volumes (the atlas PET turned back into uptake by inverting its colour
   map). The window is ``--pet-window LOW HIGH`` (image units, linear, clipped) or, by default, starts at
   the PET's background level (0.5th percentile of all voxels) and puts the 99.5th percentile of its
-  head voxels at :data:`PET_KNEE` = 0.9; uptake above that is compressed smoothly towards 1, never
+  foreground voxels at :data:`PET_KNEE` = 0.8; uptake above that is compressed smoothly towards 1, never
   clipped, so the hottest spots stay the brightest and moderate uptake never saturates. (Before
   network v2 the network got the luminance of the aanlib colour image, which peaks at half the window:
   the hottest uptake came out darker than moderate uptake.)
-* The fused volume is the network's output, float32 in [0, 1], 0 outside the head: brighter where the
+* The fused volume is the network's output, float32 in [0, 1], 0 outside the body: brighter where the
   MRI is brighter and, at any MRI intensity, brighter where uptake is higher.
 * The overlay is RGB uint8: the fused luminance with the chroma (Cb, Cr) of the windowed PET in the
   ``--colormap`` map, i.e. MRI anatomy with PET hot spots in warm colours. Out-of-gamut colours are
@@ -33,8 +35,10 @@ import contextlib
 import json
 import platform
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,27 +47,31 @@ import numpy as np
 
 from medfuse import __version__
 from medfuse.atomic import VOLUME_EXTENSIONS, check_output_path, full_suffix, output_transaction, sibling
-from medfuse.console import info, make_progress, stage
-from medfuse.errors import InvalidInputError, ProcessingError, UsageError
+from medfuse.console import collect_warnings, info, make_progress, stage, warn
+from medfuse.errors import ProcessingError, UsageError
 from medfuse.intensity import normalise, robust_range
-from medfuse.options import FuseOptions, OutputFormat, RegisterMode, check_options
+from medfuse.options import FuseOptions, OutputFormat, check_options
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
     from medfuse.inference import Fuser
     from medfuse.io import Volume
-    from medfuse.registration import RegistrationResult
+    from medfuse.qc.page import CasePage
+    from medfuse.registration import Placement, RegistrationResult
 
 __all__ = ["FuseOptions", "FusionResult", "fuse_files", "fuse_images"]
 
 MRI_PERCENTILES = (0.5, 99.5)
 PET_PERCENTILES = (0.5, 99.5)
-#: Default PET input: the 99.5th percentile of the PET's head voxels lands here (linear below). The atlas PET
-#: the network learned from, turned back into uptake, has it at 0.71-0.86 per slice (0.84 over a series).
-PET_KNEE = 0.9
+#: The MRI's 99.5th percentile of foreground voxels lands here, not at 1: the headroom above lets uptake brighten
+#: even the brightest anatomy (at 1.0 the fused volume saturates on white matter and hot spots there vanish).
+MRI_TOP = 0.8
+#: Default PET input: the 99.5th percentile of the PET's foreground voxels lands here (linear below). The atlas
+#: PET the network learned from, turned back into uptake, has it at 0.71-0.86 per slice (0.84 over a series).
+PET_KNEE = 0.8
 #: Above the knee uptake is compressed smoothly towards 1 with this scale (window units), never clipped:
-#: 1.5x the knee's uptake gives 0.96, 2.2x gives 0.99, so the hottest spots stay the brightest.
+#: 1.5x the knee's uptake gives 0.91, 2x 0.95, 3x 0.99, so the hottest spots stay the brightest.
 PET_HEADROOM = 0.48
 _FORMAT_EXTENSIONS = {
     OutputFormat.NIFTI: (".nii.gz", ".nii"),
@@ -84,6 +92,8 @@ class FusionResult:
     registration: RegistrationResult | None = None
     #: What :func:`medfuse.io.load_volume` knew about the MRI (DICOM series info for export), if read from disk.
     mri_info: dict[str, Any] | None = None
+    #: The same for the PET (the exported DICOM series reference a DICOM PET as a source).
+    pet_info: dict[str, Any] | None = None
 
 
 # ---- public API ------------------------------------------------------------------------------------
@@ -103,11 +113,14 @@ def fuse_images(
 
     options = check_options(options or FuseOptions())
     timings: dict[str, float] = {}
-    with _timed(timings, "validate"):
-        mri = io.validate_image(mri, role="MRI", source="the MRI image")
-        pet = io.validate_image(pet, role="PET", source="the PET image", frame=options.frame)
-    inputs = {"mri": _input_record(mri, None, {}), "pet": _input_record(pet, None, {})}
-    return _fuse(mri, pet, options, fuser, inputs, timings)
+    with collect_warnings() as warned:
+        with _timed(timings, "validate"):
+            mri = io.validate_image(mri, role="MRI", source="the MRI image")
+            pet = io.validate_image(pet, role="PET", source="the PET image", frame=options.frame)
+        inputs = {"mri": _input_record(mri, None, {}), "pet": _input_record(pet, None, {})}
+        result = _fuse(mri, pet, options, fuser, inputs, timings)
+    result.report["warnings"] = warned
+    return result
 
 
 def fuse_files(
@@ -120,8 +133,21 @@ def fuse_files(
     """Fuse an MRI and a PET file (or DICOM folder) and write the outputs ``options`` asks for.
 
     Every output path is checked before any work; all outputs (fused volume, overlay, preview,
-    report, transform) appear together or not at all. Returns what :func:`fuse_images` returns.
+    report, transform, QC page) appear together or not at all. Returns what :func:`fuse_images`
+    returns; the report's ``warnings`` lists every warning of the run.
     """
+    with collect_warnings() as warned:
+        return _fuse_files(mri_path, pet_path, output, options, fuser, warned)
+
+
+def _fuse_files(
+    mri_path: str | Path,
+    pet_path: str | Path,
+    output: str | Path,
+    options: FuseOptions | None,
+    fuser: Fuser | None,
+    warned: list[str],
+) -> FusionResult:
     from medfuse import io
 
     started = time.perf_counter()
@@ -129,6 +155,7 @@ def fuse_files(
     mri_path, pet_path, output = Path(mri_path), Path(pet_path), Path(output)
     io.check_distinct_inputs(mri_path, pet_path)
     targets = _plan_outputs(mri_path, pet_path, output, options)
+    loading = _load_in_background(options) if fuser is None else fuser
     timings: dict[str, float] = {}
     with _timed(timings, "load_mri"), stage("Loading the MRI"):
         mri = io.load_volume(mri_path, role="MRI", series_uid=options.mri_series)
@@ -139,9 +166,10 @@ def fuse_files(
         "mri": _input_record(mri.image, mri_path, mri.info),
         "pet": _input_record(pet.image, pet_path, pet.info, frame=options.frame),
     }
-    result = _fuse(mri.image, pet.image, options, fuser, inputs, timings)
-    result.mri_info = mri.info
-    _write_outputs(result, targets, options, timings, started)
+    result = _fuse(mri.image, pet.image, options, loading, inputs, timings)
+    result.mri_info, result.pet_info = mri.info, pet.info
+    result.report["warnings"] = warned  # the run's list: warnings while writing join it
+    _write_outputs(result, targets, options, timings, started, (mri.image, pet.image))
     _summarise(result, mri_path, pet_path, targets, time.perf_counter() - started)
     return result
 
@@ -183,6 +211,8 @@ def _plan_outputs(mri: Path, pet: Path, output: Path, options: FuseOptions) -> d
         targets["transform"] = checked(options.save_transform, (".tfm", ".txt"), "--save-transform")
     if options.save_pet:  # a volume file for measuring, also under --format dicom
         targets["pet"] = checked(options.save_pet, VOLUME_EXTENSIONS, "--save-pet")
+    if options.qc:
+        targets["qc"] = checked(options.qc, (".html",), "--qc")
     seen: dict[Path, str] = {}
     for kind, path in targets.items():
         key = path.resolve()
@@ -224,11 +254,33 @@ def _sitk_threads(threads: int | None) -> Iterator[None]:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
 
+def _load_in_background(options: FuseOptions) -> Future[Fuser]:
+    """Start loading the fuser (imports, weights, backend export) on a helper thread.
+
+    It then loads while the inputs are read and registered; :func:`_fuse` waits for it (a weights
+    error surfaces there) and the report's ``load_fuser`` time is that wait. The thread is a daemon:
+    it writes nothing, so a run that stops early (an error, Ctrl-C) does not wait for it.
+    """
+    from medfuse.inference import load_fuser
+
+    loaded: Future[Fuser] = Future()
+
+    def load() -> None:
+        loaded.set_running_or_notify_cancel()
+        try:
+            loaded.set_result(load_fuser(options))
+        except BaseException as exc:  # handed to the waiting run, which raises it
+            loaded.set_exception(exc)
+
+    threading.Thread(target=load, name="medfuse-model", daemon=True).start()
+    return loaded
+
+
 def _fuse(
     mri: sitk.Image,
     pet: sitk.Image,
     options: FuseOptions,
-    fuser: Fuser | None,
+    fuser: Fuser | Future[Fuser] | None,
     inputs: dict[str, Any],
     timings: dict[str, float],
 ) -> FusionResult:
@@ -237,80 +289,91 @@ def _fuse(
     mri_name, pet_name = inputs["mri"]["path"] or "the MRI image", inputs["pet"]["path"] or "the PET image"
     registration.check_work_grid(mri, mri_name)
     registration.check_work_grid(pet, pet_name)
-    with _sitk_threads(options.threads):
+    with _sitk_threads(options.threads), registration.shared_grids():
         if fuser is None:
             with _timed(timings, "load_fuser"), stage("Loading the fusion model"):
                 from medfuse.inference import load_fuser
 
                 fuser = load_fuser(options)
         with _timed(timings, "register"), stage("Registering the PET to the MRI"):
-            transform, registered, source = _transform(mri, pet, options, pet_name)
+            placement = _transform(mri, pet, options, inputs, pet_name)
         with _timed(timings, "resample"), stage("Resampling the PET onto the MRI grid"):
-            pet_on_mri = registration.resample_to(pet, mri, transform)
+            pet_on_mri = registration.resample_to(pet, mri, placement.transform)
+        if isinstance(fuser, Future):
+            with _timed(timings, "load_fuser"), stage("Loading the fusion model"):
+                fuser = fuser.result()
         with _timed(timings, "fuse"):
             fused, overlay, details = _fuse_volume(mri, pet_on_mri, pet, options, fuser)
         with _timed(timings, "hotspots"), stage("Reading out the PET hotspots"):
-            hotspots = _hotspots(pet, mri, transform, _pet_units(inputs))
-    report = _report(inputs, mri, options, fuser, transform, registered, source, details, timings)
+            hotspots, skipped = _hotspots(pet, mri, placement.transform, _pet_units(inputs), pet_name)
+    report = _report(inputs, mri, options, fuser, placement.record, details, timings)
     report["hotspots"] = hotspots
-    return FusionResult(fused, overlay, pet_on_mri, transform, report, registered)
+    if skipped:
+        report["hotspots_skipped"] = skipped
+    return FusionResult(fused, overlay, pet_on_mri, placement.transform, report, placement.registered)
 
 
-def _hotspots(pet: sitk.Image, mri: sitk.Image, transform: sitk.Transform, units: str | None) -> dict[str, Any]:
-    """The hotspot readout of the PET on its own grid (:mod:`medfuse.hotspots`), placed on the MRI too."""
-    import SimpleITK as sitk
+def _hotspots(
+    pet: sitk.Image, mri: sitk.Image, transform: sitk.Transform, units: str | None, pet_name: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The hotspot readout of the PET on its own grid (:mod:`medfuse.hotspots`), placed on the MRI too.
 
-    from medfuse.hotspots import Grid, hotspot_report
-
-    try:
-        to_pet = transform.GetInverse()  # transform maps MRI points to PET points
-    except RuntimeError:  # not invertible (a displacement field): positions stay in PET space only
-        to_pet = None
-
-    def mri_voxel(point: Sequence[float]) -> list[int] | None:
-        if to_pet is None:
-            return None
-        index = mri.TransformPhysicalPointToIndex(to_pet.TransformPoint(tuple(float(v) for v in point)))
-        return list(index) if all(0 <= i < n for i, n in zip(index, mri.GetSize(), strict=True)) else None
-
-    grid = Grid(pet.GetOrigin(), pet.GetSpacing(), pet.GetDirection())
-    is_suv = units in ("SUVbw", "GML")
-    values = sitk.GetArrayViewFromImage(pet)
-    return hotspot_report(values, grid, units=units, is_suv=is_suv, to_mri=mri_voxel)
-
-
-def _transform(
-    mri: sitk.Image, pet: sitk.Image, options: FuseOptions, pet_name: str
-) -> tuple[sitk.Transform, RegistrationResult | None, str]:
-    """The MRI -> PET transform: read from --transform, identity under --register none, or registered.
-
-    ``pet_name`` (the PET's path as given) names the culprit when registration fails or the heads do
-    not overlap under ``--register none`` (with ``--transform`` the transform file is named).
+    A readout that does not fit in memory is skipped with a warning: ``(None, reason)``; the fusion
+    does not depend on it.
     """
     import SimpleITK as sitk
 
-    from medfuse import registration
+    from medfuse.hotspots import Grid, hotspot_report, readout_bytes
+    from medfuse.memory import available_memory, format_bytes
 
-    if options.register != RegisterMode.NONE and options.transform is None:
-        mode: registration.Mode = "affine" if options.register == RegisterMode.AFFINE else "rigid"
-        try:
-            result = registration.register(mri, pet, mode)
-        except (InvalidInputError, ProcessingError) as exc:
-            raise type(exc)(f"{pet_name}: {exc}") from exc
-        return result.transform, result, options.register.value
-    if options.transform is not None:
-        transform = registration.read_transform(options.transform)
-        where, advice = f"{options.transform}: with this transform", "check that the transform belongs to these images"
+    needed = readout_bytes(pet.GetSize()[::-1], pet.GetSpacing())
+    available = available_memory()
+    reason = None
+    if available is not None and needed > available:
+        reason = f"it needs up to {format_bytes(needed)} of memory, more than the {format_bytes(available)} available"
     else:
-        transform = sitk.Euler3DTransform()
-        where, advice = f"{pet_name}: under --register none", "register them with --register rigid, or check the inputs"
-    overlap = registration.overlap_fraction(mri, pet, transform)
-    if overlap < registration.MIN_OVERLAP:
-        raise InvalidInputError(
-            f"{where} the PET and MRI heads barely overlap ({overlap:.0%} overlap of the smaller head); {advice}."
-        )
-    source = f"file {options.transform}" if options.transform is not None else "none (scanner coordinates)"
-    return transform, None, source
+        try:
+            to_pet = transform.GetInverse()  # transform maps MRI points to PET points
+        except RuntimeError:  # not invertible (a displacement field): positions stay in PET space only
+            to_pet = None
+
+        def mri_voxel(point: Sequence[float]) -> list[int] | None:
+            if to_pet is None:
+                return None
+            index = mri.TransformPhysicalPointToIndex(to_pet.TransformPoint(tuple(float(v) for v in point)))
+            return list(index) if all(0 <= i < n for i, n in zip(index, mri.GetSize(), strict=True)) else None
+
+        grid = Grid(pet.GetOrigin(), pet.GetSpacing(), pet.GetDirection())
+        is_suv = units in ("SUVbw", "GML")
+        values = sitk.GetArrayViewFromImage(pet)
+        try:
+            return hotspot_report(values, grid, units=units, is_suv=is_suv, to_mri=mri_voxel), None
+        except MemoryError:
+            reason = "this machine ran out of memory during it"
+    warn(
+        f"{pet_name}: the PET hotspot readout was skipped ({reason}); the fused outputs are complete, "
+        'and report.json has "hotspots": null.'
+    )
+    return None, f"skipped: {reason}"
+
+
+def _transform(
+    mri: sitk.Image, pet: sitk.Image, options: FuseOptions, inputs: dict[str, Any], pet_name: str
+) -> Placement:
+    """How the PET goes on the MRI (:func:`medfuse.registration.place_pet`): ``--transform``, or
+    ``--register`` (``auto``: none when both DICOM inputs share a FrameOfReferenceUID, else rigid).
+
+    ``pet_name`` (the PET's path as given) names the culprit when registration fails or the bodies
+    do not overlap unregistered (with ``--transform`` the transform file is named).
+    """
+    from medfuse.registration import place_pet
+
+    frames = (_frame_of_reference(inputs["mri"]), _frame_of_reference(inputs["pet"]))
+    return place_pet(mri, pet, options.register, options.transform, frames, pet_name)
+
+
+def _frame_of_reference(record: dict[str, Any]) -> str | None:
+    return record.get("dicom", {}).get("frame_of_reference_uid") or None
 
 
 def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> tuple[float, float, str]:
@@ -323,15 +386,16 @@ def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> tu
     """
     import SimpleITK as sitk
 
-    from medfuse.registration import head_mask
+    from medfuse.registration import foreground_mask
 
     if window is not None:
         return float(window[0]), float(window[1]), "--pet-window"
-    head = sitk.GetArrayFromImage(head_mask(pet, fraction=0.15)).astype(bool)
-    low, top = robust_range(sitk.GetArrayViewFromImage(pet), head, PET_PERCENTILES)
+    body_image = foreground_mask(pet, "PET")
+    body = sitk.GetArrayViewFromImage(body_image).astype(bool)  # the view lives only as long as body_image
+    low, top = robust_range(sitk.GetArrayViewFromImage(pet), body, PET_PERCENTILES)
     high = low + (top - low) / PET_KNEE
     how = (
-        f"percentiles: {PET_PERCENTILES[0]}th of all voxels to the {PET_PERCENTILES[1]}th of head voxels "
+        f"percentiles: {PET_PERCENTILES[0]}th of all voxels to the {PET_PERCENTILES[1]}th of foreground voxels "
         f"placed at {PET_KNEE} of the window, higher uptake compressed towards 1"
     )
     return low, high, how
@@ -353,18 +417,24 @@ def pet_input(values: np.ndarray, window: tuple[float, float], knee: float | Non
     return np.where(linear <= knee, linear, compressed).astype(np.float32)
 
 
-def head_region(mri: sitk.Image) -> np.ndarray:
-    """The voxels that are fused and scored (``medfuse evaluate``): the MRI head mask dilated by 3 mm, (z, y, x)."""
+def fused_region(mri: sitk.Image) -> np.ndarray:
+    """The voxels that are fused and scored (``medfuse evaluate``): the MRI's foreground dilated by 3 mm, (z, y, x)."""
     import SimpleITK as sitk
 
-    from medfuse.registration import head_mask
+    from medfuse.registration import foreground_mask
 
-    return sitk.GetArrayFromImage(head_mask(mri, fraction=0.1, dilate_mm=3.0)).astype(bool)
+    mask_image = foreground_mask(mri, "MRI", dilate_mm=3.0)
+    return sitk.GetArrayViewFromImage(mask_image).astype(bool)  # one copy (the view needs mask_image alive)
 
 
-def mri_window(mri_values: np.ndarray, head: np.ndarray) -> tuple[float, float]:
-    """The MRI window the network sees: background level (0.5th percentile of all voxels) to the 99.5th of the head."""
-    return robust_range(mri_values, head, MRI_PERCENTILES)
+def mri_window(mri_values: np.ndarray, body: np.ndarray) -> tuple[float, float]:
+    """The MRI window (low, high) the network sees, in image units.
+
+    LOW is the background level (0.5th percentile of all voxels); the 99.5th percentile of the ``body``
+    voxels lands at :data:`MRI_TOP` of the window, so HIGH lies above it.
+    """
+    low, top = robust_range(mri_values, body, MRI_PERCENTILES)
+    return low, low + (top - low) / MRI_TOP
 
 
 def network_inputs(
@@ -393,15 +463,30 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
     return box[0], box[1], box[2]
 
 
+@dataclass
+class _Batch:
+    """One batch of slices cut to the body's box, ready for the fuser: network inputs and overlay chroma."""
+
+    slices: list[int]
+    inside: np.ndarray
+    mri: np.ndarray
+    pet: np.ndarray
+    chroma: np.ndarray | None
+
+
 def _fuse_volume(
     mri: sitk.Image, pet_on_mri: sitk.Image, pet: sitk.Image, options: FuseOptions, fuser: Fuser
 ) -> tuple[sitk.Image, sitk.Image | None, dict[str, Any]]:
-    """Fuse slice by slice along the MRI grid's third axis inside the head's bounding box."""
+    """Fuse slice by slice along the MRI grid's third axis inside the body's bounding box.
+
+    A helper thread prepares the next batch (windows, colour) and stores the last one (mask, overlay)
+    while the fuser works on the current one; every batch is computed the same way whatever the timing.
+    """
     import SimpleITK as sitk
 
-    from medfuse.colour import apply_colormap, rgb_to_ycbcr, ycbcr_to_rgb
+    from medfuse.colour import colormap_ycbcr, ycbcr_to_rgb
 
-    mask = head_region(mri)
+    mask = fused_region(mri)
     mri_values = sitk.GetArrayViewFromImage(mri)
     mri_low, mri_high = mri_window(mri_values, mask)
     pet_low, pet_high, window_source = pet_window(pet, options.pet_window)
@@ -409,34 +494,56 @@ def _fuse_volume(
 
     box = _bounding_box(mask)
     slices = [k for k in range(box[0].start, box[0].stop) if mask[k, box[1], box[2]].any()]
-    fused = np.zeros(mri_values.shape, dtype=np.float32)
-    want_overlay = options.overlay or options.preview is not None
-    overlay = np.zeros((*mri_values.shape, 3), dtype=np.uint8) if want_overlay else None
-    with make_progress(transient=True) as progress:
+    # The output volumes, filled batch by batch; popped when turned into images so that each numpy copy
+    # is freed as soon as its image exists (on a clinical-size MRI they are 150 and 110 MB).
+    volumes = {"fused": np.zeros(mri_values.shape, dtype=np.float32)}
+    if options.overlay or options.preview is not None or options.qc is not None:
+        volumes["overlay"] = np.zeros((*mri_values.shape, 3), dtype=np.uint8)
+
+    pet_knee = None if options.pet_window is not None else PET_KNEE
+
+    def prepare(batch: list[int]) -> _Batch:
+        mri_in, pet_x = network_inputs(
+            mri_values[batch, box[1], box[2]],
+            pet_values[batch, box[1], box[2]],
+            (mri_low, mri_high),
+            (pet_low, pet_high),
+            pet_knee,
+        )
+        chroma = colormap_ycbcr(pet_x, options.colormap)[..., 1:] if "overlay" in volumes else None
+        return _Batch(batch, mask[batch, box[1], box[2]], mri_in, pet_x, chroma)
+
+    def store(prepared: _Batch, out: np.ndarray) -> None:
+        out = np.where(prepared.inside, out, np.float32(0.0))
+        volumes["fused"][prepared.slices, box[1], box[2]] = out
+        if prepared.chroma is not None:
+            rgb = ycbcr_to_rgb(out, prepared.chroma[..., 0], prepared.chroma[..., 1], keep_luminance=False)
+            colour = np.round(rgb * 255.0).astype(np.uint8)
+            volumes["overlay"][prepared.slices, box[1], box[2]] = np.where(prepared.inside[..., None], colour, 0)
+
+    batches = [slices[start : start + options.batch_size] for start in range(0, len(slices), options.batch_size)]
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="medfuse-slices") as helper,
+        make_progress(transient=True) as progress,
+    ):
         task = progress.add_task(f"Fusing slices on {fuser.device} ({fuser.method})", total=len(slices))
-        for start in range(0, len(slices), options.batch_size):
-            batch = slices[start : start + options.batch_size]
-            inside = mask[batch][:, box[1], box[2]]
-            mri_in, pet_x = network_inputs(
-                mri_values[batch][:, box[1], box[2]],
-                pet_values[batch][:, box[1], box[2]],
-                (mri_low, mri_high),
-                (pet_low, pet_high),
-                None if options.pet_window is not None else PET_KNEE,
-            )
-            out = _checked(fuser.fuse(mri_in, pet_x), mri_in.shape, fuser)
-            out = np.where(inside, out, np.float32(0.0))
-            fused[batch, box[1], box[2]] = out
-            if overlay is not None:
-                _, cb, cr = rgb_to_ycbcr(apply_colormap(pet_x, options.colormap))
-                colour = np.round(ycbcr_to_rgb(out, cb, cr, keep_luminance=False) * 255.0).astype(np.uint8)
-                overlay[batch, box[1], box[2]] = np.where(inside[..., None], colour, np.uint8(0))
-            progress.update(task, advance=len(batch))
-    fused_image = sitk.GetImageFromArray(fused)
+        upcoming = helper.submit(prepare, batches[0]) if batches else None
+        stored = []
+        for index in range(len(batches)):
+            assert upcoming is not None
+            prepared = upcoming.result()
+            if index + 1 < len(batches):
+                upcoming = helper.submit(prepare, batches[index + 1])
+            out = _checked(fuser.fuse(prepared.mri, prepared.pet), prepared.mri.shape, fuser)
+            stored.append(helper.submit(store, prepared, out))
+            progress.update(task, advance=len(prepared.slices))
+        for done in stored:
+            done.result()
+    fused_image = sitk.GetImageFromArray(volumes.pop("fused"))
     fused_image.CopyInformation(mri)
     overlay_image = None
-    if overlay is not None:
-        overlay_image = sitk.GetImageFromArray(overlay, isVector=True)
+    if "overlay" in volumes:
+        overlay_image = sitk.GetImageFromArray(volumes.pop("overlay"), isVector=True)
         overlay_image.CopyInformation(mri)
     details = {
         "slices_fused": len(slices),
@@ -476,7 +583,17 @@ def _input_record(
         record["frame"] = frame
     if "dicom" in source_info:
         dicom_info = source_info["dicom"]
-        keys = ("series_uid", "modality", "description", "patient_id", "units", "reason", "suv")
+        keys = (
+            "series_uid",
+            "modality",
+            "description",
+            "patient_id",
+            "frame_of_reference_uid",
+            "units",
+            "reason",
+            "suv",
+            "resampled_slices",
+        )
         record["dicom"] = {key: dicom_info.get(key) for key in keys if dicom_info.get(key) is not None}
     return record
 
@@ -502,28 +619,15 @@ def _report(
     mri: sitk.Image,
     options: FuseOptions,
     fuser: Fuser,
-    transform: sitk.Transform,
-    registered: RegistrationResult | None,
-    source: str,
+    registration_record: dict[str, Any],
     details: dict[str, Any],
     timings: dict[str, float],
 ) -> dict[str, Any]:
     from medfuse.io import geometry
-    from medfuse.registration import describe_transform
 
-    registration_record: dict[str, Any] = {"source": source, "transform": describe_transform(transform)}
-    if registered is not None:
-        registration_record.update(
-            mode=registered.mode,
-            metric="Mattes mutual information (negative; lower is better)",
-            metric_value=registered.metric,
-            initialisation=registered.initialisation,
-            iterations_last_level=registered.iterations,
-            stop_condition=registered.stop_condition,
-            head_overlap=round(registered.overlap, 4),
-        )
     return {
         "medfuse_version": __version__,
+        "working_directory": str(Path.cwd()),  # where the inputs' paths, as typed, are relative to
         "inputs": inputs,
         "output_grid": geometry(mri),
         "registration": registration_record,
@@ -533,6 +637,7 @@ def _report(
             "method": fuser.method,
             "device": fuser.device,
             "weights_sha256": fuser.weights_sha256,
+            "backend": getattr(fuser, "backend", None),
             "batch_size": options.batch_size,
             "slice_axis": "third axis of the MRI grid",
             "slices_fused": details["slices_fused"],
@@ -553,9 +658,14 @@ def _pet_units(inputs: dict[str, Any]) -> str | None:
 
 # ---- writing ---------------------------------------------------------------------------------------
 def _write_outputs(
-    result: FusionResult, targets: dict[str, Path], options: FuseOptions, timings: dict[str, float], started: float
+    result: FusionResult,
+    targets: dict[str, Path],
+    options: FuseOptions,
+    timings: dict[str, float],
+    started: float,
+    inputs: tuple[sitk.Image, sitk.Image],
 ) -> None:
-    """Write every requested output in one transaction (all appear, or none)."""
+    """Write every requested output in one transaction (all appear, or none); ``inputs``: the MRI and PET read."""
     from medfuse import io
     from medfuse.registration import write_transform
 
@@ -566,8 +676,10 @@ def _write_outputs(
         with _timed(timings, "preview"), stage("Rendering the preview"):
             shown = result.overlay if result.overlay is not None else result.fused
             picture = render_preview(shown, mode="mosaic", focus=result.pet_on_mri)
+    qc_page = _qc_page(result, targets, inputs, picture, timings) if "qc" in targets else None
     result.report["outputs"] = {kind: str(path) for kind, path in targets.items()}
     write_started = time.perf_counter()
+    jobs: list[tuple[Path, Callable[[Path], object]]] = []
     with stage("Writing the outputs"), output_transaction(overwrite=options.overwrite) as transaction:
         if options.output_format == OutputFormat.DICOM:
             from medfuse.dicom import write_fused_dicom
@@ -578,25 +690,47 @@ def _write_outputs(
                 result.fused,
                 result.overlay,
                 reference=reference,
+                pet=(result.pet_info or {}).get("dicom"),
                 method=options.method,
                 transaction=transaction,
             )
         else:
-            transaction.write(targets["fused"], lambda path: io.write_volume(result.fused, path))
+            jobs.append((targets["fused"], lambda path: io.write_volume(result.fused, path)))
             if "overlay" in targets and result.overlay is not None:
                 overlay = result.overlay
-                transaction.write(targets["overlay"], lambda path: io.write_volume(overlay, path))
+                jobs.append((targets["overlay"], lambda path: io.write_volume(overlay, path)))
         if picture is not None:
-            transaction.write(targets["preview"], lambda path: write_png(picture, path))
+            jobs.append((targets["preview"], lambda path: write_png(picture, path)))
         if "transform" in targets:
-            transaction.write(targets["transform"], lambda path: write_transform(result.transform, path))
+            jobs.append((targets["transform"], lambda path: write_transform(result.transform, path)))
         if "pet" in targets:
-            transaction.write(targets["pet"], lambda path: io.write_volume(result.pet_on_mri, path))
+            jobs.append((targets["pet"], lambda path: io.write_volume(result.pet_on_mri, path)))
+        transaction.write_parallel(jobs)  # the volumes' compression dominates: one thread each
         timings["write"] = round(time.perf_counter() - write_started, 4)
         timings["total"] = round(time.perf_counter() - started, 4)
+        if qc_page is not None:  # last but the report: it shows the timings
+            html = qc_page.html(result.report)
+            transaction.write(targets["qc"], lambda path: path.write_text(html, encoding="utf-8"))
         if "report" in targets:
             text = json.dumps(result.report, indent=2, default=str) + "\n"
             transaction.write(targets["report"], lambda path: path.write_text(text, encoding="utf-8"))
+
+
+def _qc_page(
+    result: FusionResult,
+    targets: dict[str, Path],
+    inputs: tuple[sitk.Image, sitk.Image],
+    mosaic: np.ndarray | None,
+    timings: dict[str, float],
+) -> CasePage:
+    """The QC page's pictures and viewer volumes (its HTML is made last, when the timings are known)."""
+    from medfuse.qc import CaseVolumes, case_title, prepare_case_page
+
+    with _timed(timings, "qc"), stage("Drawing the QC report"):
+        volumes = CaseVolumes(
+            inputs[0], inputs[1], result.pet_on_mri, result.fused, result.overlay, result.transform, mosaic=mosaic
+        )
+        return prepare_case_page(volumes, result.report, case_title(targets["fused"]))
 
 
 def _summarise(result: FusionResult, mri: Path, pet: Path, targets: dict[str, Path], seconds: float) -> None:
@@ -606,12 +740,16 @@ def _summarise(result: FusionResult, mri: Path, pet: Path, targets: dict[str, Pa
     fusion = result.report["fusion"]
     registration = result.report["registration"]
     how = registration["source"]
-    if "metric_value" in registration:
-        how += f" (Mattes MI {registration['metric_value']:.3f})"
-    extras = [kind for kind in ("overlay", "preview", "report", "transform", "pet") if kind in targets]
+    if registration.get("metric_value") is not None:
+        how += (
+            f" (the PET moved {registration['moved_mm']:.1f} mm from its header pose, "
+            f"confidence {registration['confidence']['level']})"
+        )
+    extras = [kind for kind in ("overlay", "preview", "report", "transform", "pet", "qc") if kind in targets]
     info(
         f"Fused {mri} + {pet} -> {targets['fused']}{' (+ ' + ', '.join(extras) + ')' if extras else ''} "
         f"in {seconds:.1f} s: {fusion['slices_fused']} slices by {fusion['method']} on {fusion['device']}; "
         f"registration: {how}."
     )
-    info(summary_line(result.report["hotspots"]))
+    if result.report["hotspots"] is not None:
+        info(summary_line(result.report["hotspots"]))

@@ -192,10 +192,10 @@ def evaluate_volume_images(
     import SimpleITK as sitk
 
     from medfuse.metrics import compute_metrics, luminance_255
-    from medfuse.pipeline import PET_KNEE, head_region, mri_window, network_inputs, pet_window
+    from medfuse.pipeline import PET_KNEE, fused_region, mri_window, network_inputs, pet_window
 
     check_same_grid({"the fused volume": fused, "the MRI": mri, "the PET": pet})
-    mask = head_region(mri)
+    mask = fused_region(mri)
     if mask.sum() < STRATA * 10:
         raise InvalidInputError("the MRI shows no head or body (too few voxels above its background).")
     mri_values = sitk.GetArrayViewFromImage(mri)

@@ -276,6 +276,7 @@ def make_series(
     extra: Mapping[str, Any] | None = None,
     philips_suv_scale: float | Sequence[float] | None = None,
     skip_slices: Sequence[int] = (),
+    depths: Sequence[float] | None = None,
     prefix: str = "IM",
     suffix: str = ".dcm",
     shuffle_seed: int | None = 7,
@@ -284,7 +285,9 @@ def make_series(
 
     ``rescale``: ``"none"`` (integers stored as they are), ``"series"`` (one RescaleSlope/Intercept)
     or ``"slice"`` (one per slice, as PET does). File names are numbered in a shuffled order unless
-    ``shuffle_seed`` is ``None``. ``skip_slices`` leaves those slice indices out (a gap).
+    ``shuffle_seed`` is ``None``. ``skip_slices`` leaves those slice indices out (a gap). ``depths``
+    places slice ``k`` at ``depths[k]`` mm along the normal from ``origin`` (default ``k`` × the
+    slice spacing), e.g. the uneven junctions of a PET stitched from bed positions.
     """
     folder.mkdir(parents=True, exist_ok=True)
     values, spacing_t, origin_t, matrix = _geometry(volume, spacing, origin, direction)
@@ -316,7 +319,8 @@ def make_series(
         dataset.SeriesDescription = description if description is not None else f"{modality} test series"
         dataset.ImageType = list(image_type)
         dataset.InstanceNumber = k + 1
-        position = np.asarray(origin_t) + matrix[:, 2] * spacing_t[2] * k
+        depth = spacing_t[2] * k if depths is None else float(depths[k])
+        position = np.asarray(origin_t) + matrix[:, 2] * depth
         dataset.ImagePositionPatient = [format_number_as_ds(float(v)) for v in position]
         dataset.ImageOrientationPatient = [format_number_as_ds(float(v)) for v in (*matrix[:, 0], *matrix[:, 1])]
         dataset.PixelSpacing = [format_number_as_ds(spacing_t[1]), format_number_as_ds(spacing_t[0])]

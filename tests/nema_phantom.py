@@ -60,9 +60,7 @@ def nema_phantom(contrast: float = 4.0, spacing_mm: float = 2.0, seed: int = 0) 
     shape = np.broadcast_shapes(z.shape, y.shape, x.shape)
     ellipse = (x / BODY_AXES_MM[0]) ** 2 + (y / BODY_AXES_MM[1]) ** 2
     body = np.broadcast_to(ellipse <= 1.0, shape)
-    water = np.broadcast_to(
-        (x / (BODY_AXES_MM[0] - FAT_MM)) ** 2 + (y / (BODY_AXES_MM[1] - FAT_MM)) ** 2 <= 1.0, shape
-    )
+    water = np.broadcast_to((x / (BODY_AXES_MM[0] - FAT_MM)) ** 2 + (y / (BODY_AXES_MM[1] - FAT_MM)) ** 2 <= 1.0, shape)
     lung = np.broadcast_to(x**2 + y**2 <= LUNG_RADIUS_MM**2, shape)
     activity = np.where(body, BACKGROUND_ACTIVITY, 0.0)
     activity[lung] = 0.1 * BACKGROUND_ACTIVITY

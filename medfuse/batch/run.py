@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medfuse.atomic import check_output_path, output_transaction
-from medfuse.batch.cases import DEFAULT_MRI_GLOBS, DEFAULT_PET_GLOBS, Case, find_cases, read_pairs
+from medfuse.batch.cases import DEFAULT_MRI_GLOBS, DEFAULT_PET_GLOBS, Case, find_cases, locate_inputs, read_pairs
+from medfuse.batch.plan import AUTO, busy_cpus, case_voxels, parse_workers, plan_workers
 from medfuse.batch.task import NOT_RUN, CaseResult, CaseTask, Status, case_outputs
 from medfuse.batch.workers import available_cpus, connect, run_dask, run_here, run_processes
-from medfuse.console import console, is_quiet, make_progress, show_warning, warn
-from medfuse.errors import InvalidInputError, OutputError, UsageError
+from medfuse.console import batch_progress, console, info, is_quiet, show_warning, warn
+from medfuse.errors import InvalidInputError, MedfuseError, OutputError, UsageError
+from medfuse.memory import available_memory
 from medfuse.options import FuseOptions
+from medfuse.qc.index import INDEX_NAME
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ("case", "status", "error", "seconds", "outputs")
@@ -26,6 +29,7 @@ class BatchResult:
 
     cases: list[CaseResult]
     summary: Path
+    index: Path | None = None  # the QC index page, when the batch wrote one
 
     @property
     def failed(self) -> list[CaseResult]:
@@ -101,20 +105,23 @@ def run_batch(
     mri_globs: Sequence[str] = DEFAULT_MRI_GLOBS,
     pet_globs: Sequence[str] = DEFAULT_PET_GLOBS,
     skip_existing: bool = False,
-    workers: int = 1,
+    workers: int | str = AUTO,
     scheduler: str | None = None,
+    qc: bool = True,
 ) -> BatchResult:
     """Fuse every case of ``input_dir`` (or of the ``pairs`` CSV) into ``output_dir``; never stops at a failed case.
 
     ``workers`` > 1 runs cases in that many processes, this one included (each with ``options.threads``
-    or, by default, an equal share of the CPUs); ``scheduler`` (``tcp://host:port``) sends them to a Dask
-    cluster instead. Returns the results; ``summary.csv`` is written even when interrupted.
+    or, by default, an equal share of the CPUs); ``"auto"`` (the default) chooses processes and threads
+    from the CPUs, the free memory and the first case's size (:mod:`medfuse.batch.plan`);
+    ``scheduler`` (``tcp://host:port``) sends the cases to a Dask cluster instead. ``qc`` writes each
+    case's QC page (``<case>/qc.html``) and the batch's ``index.html``. Returns the results;
+    ``summary.csv`` (and the index) are written even when interrupted.
     """
     if (input_dir is None) == (pairs is None):
         raise UsageError("give either INPUT_DIR (one subfolder per case) or --pairs FILE.csv, not both or neither.")
-    if workers < 1:
-        raise UsageError(f"--workers {workers}: must be at least 1.")
-    if scheduler is not None and workers != 1:
+    requested = parse_workers(workers)
+    if scheduler is not None and requested not in (None, 1):
         raise UsageError("--workers applies to local runs; with --scheduler the Dask cluster sets the parallelism.")
     input_path = Path(input_dir) if input_dir is not None else None
     cases = find_cases(input_path) if input_path is not None else read_pairs(Path(pairs))  # type: ignore[arg-type]
@@ -127,12 +134,24 @@ def run_batch(
             "or list the cases with --pairs."
         )
     output_path = _check_output(Path(output_dir), input_path)
-    tasks = [CaseTask(case, output_path, options, tuple(mri_globs), tuple(pet_globs)) for case in cases]
+    tasks = [CaseTask(case, output_path, options, tuple(mri_globs), tuple(pet_globs), qc) for case in cases]
     results = {task.case.name: early for task in tasks if (early := _precheck(task, skip_existing))}
     pending = [task for task in tasks if task.case.name not in results]
-    parallel = min(workers, len(pending))
+    parallel = min(requested or 1, len(pending))
+    threads = max(1, available_cpus() // max(parallel, 1))
+    if scheduler is None and requested is None and pending:
+        plan = plan_workers(
+            available_cpus(),
+            len(pending),
+            available_memory(),
+            _first_case_voxels(pending),
+            options.threads,
+            busy_cpus(),
+        )
+        parallel, threads = plan.processes, plan.threads
+        info(f"Running {plan}.")
     if scheduler is None and parallel > 1 and options.threads is None:  # share the CPUs, do not oversubscribe
-        options = dataclasses.replace(options, threads=max(1, available_cpus() // parallel))
+        options = dataclasses.replace(options, threads=threads)
         pending = [dataclasses.replace(task, options=options) for task in pending]
 
     from medfuse import inference
@@ -145,15 +164,32 @@ def run_batch(
         elif not pending:
             runs = iter(())
         elif parallel > 1:
-            runs = run_processes(pending, inference.load_fuser(options), options, parallel, late=_keeper(results))
+            runs = run_processes(
+                pending,
+                lambda: inference.load_fuser(options),
+                options,
+                parallel,
+                late=_keeper(results),
+                ready=lambda: _create_folder(output_path),
+            )
         else:
             runs = run_here(pending, inference.load_fuser(options))
         _create_folder(output_path)
-        ordered = _collect(runs, tasks, results, len(pending), output_path / SUMMARY_NAME)
+        ordered = _collect(runs, tasks, results, len(pending), output_path / SUMMARY_NAME, qc)
     finally:
         if client is not None:
             client.close()
-    return BatchResult(ordered, output_path / SUMMARY_NAME)
+    return BatchResult(ordered, output_path / SUMMARY_NAME, output_path / INDEX_NAME if qc else None)
+
+
+def _first_case_voxels(tasks: list[CaseTask]) -> int | None:
+    """Voxels of the first case's MRI, read from its header (``None`` when it cannot be found or read)."""
+    task = tasks[0]
+    try:
+        mri, _pet = locate_inputs(task.case, task.mri_globs, task.pet_globs)
+    except MedfuseError:
+        return None
+    return case_voxels(mri)
 
 
 def _keeper(results: dict[str, CaseResult]) -> Callable[[CaseResult], None]:
@@ -166,23 +202,43 @@ def _keeper(results: dict[str, CaseResult]) -> Callable[[CaseResult], None]:
 
 
 def _collect(
-    runs: Iterator[CaseResult], tasks: list[CaseTask], results: dict[str, CaseResult], total: int, summary: Path
+    runs: Iterator[CaseResult],
+    tasks: list[CaseTask],
+    results: dict[str, CaseResult],
+    total: int,
+    summary: Path,
+    qc: bool,
 ) -> list[CaseResult]:
-    """Gather results with a progress bar; write the summary at the end, or when interrupted."""
+    """Gather results with a progress bar; write the summary (and the QC index) at the end, or when interrupted."""
     try:
-        with make_progress() as progress:
-            bar = progress.add_task("Fusing cases", total=total)
+        with batch_progress() as progress:
+            bar = progress.add_task("Fusing cases", total=total, failed=0)
+            failed = 0
             for result in runs:
                 results[result.case] = result
                 for message in result.warnings:
                     show_warning(f"{result.case}: {message}")
-                if result.status == "failed" and not is_quiet():
-                    progress.console.print(f"{result.case}: failed: {result.error}", markup=False, highlight=False)
-                progress.advance(bar)
+                if result.status == "failed":
+                    failed += 1
+                    if not is_quiet():
+                        progress.console.print(f"{result.case}: failed: {result.error}", markup=False, highlight=False)
+                progress.update(bar, advance=1, failed=failed)
     finally:
         ordered = [results.get(t.case.name) or CaseResult(t.case.name, "skipped", NOT_RUN) for t in tasks]
         write_summary(ordered, summary)
+        if qc:
+            _write_index(summary.parent, ordered)
     return ordered
+
+
+def _write_index(output_dir: Path, results: list[CaseResult]) -> None:
+    """Write the QC index; a failure to do so is a warning, never the batch's failure."""
+    from medfuse.qc.index import write_index
+
+    try:
+        write_index(output_dir, results)
+    except (MedfuseError, OSError) as exc:
+        warn(f"{output_dir / INDEX_NAME}: the QC index could not be written ({exc}).")
 
 
 def print_summary(result: BatchResult) -> None:
@@ -201,9 +257,10 @@ def print_summary(result: BatchResult) -> None:
             Text(case.case), Text(case.status, style=styles[case.status]), f"{case.seconds:.1f}", Text(case.error)
         )
     console.print(table)
+    index = f", QC index {result.index}" if result.index is not None and result.index.exists() else ""
     console.print(
         f"{result.count('ok')} ok, {result.count('failed')} failed, {result.count('skipped')} skipped; "
-        f"summary written to {result.summary}",
+        f"summary written to {result.summary}{index}",
         markup=False,
         highlight=False,
     )

@@ -17,6 +17,7 @@ from medfuse.batch.cases import DEFAULT_MRI_GLOBS, DEFAULT_PET_GLOBS, Case, loca
 from medfuse.console import is_quiet, set_quiet
 from medfuse.errors import MedfuseError
 from medfuse.options import FuseOptions, OutputFormat
+from medfuse.qc.case import QC_NAME
 
 if TYPE_CHECKING:
     from medfuse.inference import Fuser
@@ -39,6 +40,7 @@ class CaseTask:
     options: FuseOptions
     mri_globs: tuple[str, ...] = DEFAULT_MRI_GLOBS
     pet_globs: tuple[str, ...] = DEFAULT_PET_GLOBS
+    qc: bool = True  # write the case's QC page, OUTPUT/<case>/qc.html
 
 
 @dataclass
@@ -53,10 +55,10 @@ class CaseResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def case_outputs(output_dir: Path, name: str, options: FuseOptions) -> list[Path]:
-    """The files a finished case leaves in ``output_dir/name``."""
+def case_outputs(output_dir: Path, name: str, options: FuseOptions, qc: bool = False) -> list[Path]:
+    """The files a finished case leaves in ``output_dir/name`` (with ``qc``, its QC page too)."""
     folder = output_dir / name
-    names = [FUSED_NAME, OVERLAY_NAME, PREVIEW_NAME, TRANSFORM_NAME, REPORT_NAME, PET_NAME]
+    names = [FUSED_NAME, OVERLAY_NAME, PREVIEW_NAME, TRANSFORM_NAME, REPORT_NAME, PET_NAME] + ([QC_NAME] if qc else [])
     if not options.overlay:
         names.remove(OVERLAY_NAME)
     return [folder / n for n in names]
@@ -70,6 +72,7 @@ def _case_options(task: CaseTask) -> FuseOptions:
         report=folder / REPORT_NAME,
         save_transform=folder / TRANSFORM_NAME,
         save_pet=folder / PET_NAME,
+        qc=folder / QC_NAME if task.qc else None,
         transform=None,
         output_format=OutputFormat.AUTO,
     )
@@ -86,6 +89,9 @@ def run_case(task: CaseTask, fuser: Fuser) -> CaseResult:
 
     started = time.perf_counter()
     folder = task.output_dir / task.case.name
+    # The case folder is made here (and removed again if nothing lands in it), so that the run's report
+    # does not warn, case after case, that its output folder was created.
+    made = task.output_dir.is_dir() and not folder.exists()
     quiet = is_quiet()
     set_quiet(True)
     try:
@@ -93,18 +99,24 @@ def run_case(task: CaseTask, fuser: Fuser) -> CaseResult:
             warnings.simplefilter("always")
             try:
                 mri, pet = locate_inputs(task.case, task.mri_globs, task.pet_globs)
+                if made:
+                    folder.mkdir()
                 pipeline.fuse_files(mri, pet, folder / FUSED_NAME, _case_options(task), fuser=fuser)
-                outputs = [str(p) for p in case_outputs(task.output_dir, task.case.name, task.options) if p.exists()]
+                written = case_outputs(task.output_dir, task.case.name, task.options, task.qc)
+                outputs = [str(p) for p in written if p.exists()]
                 status: Status = "ok"
                 error = ""
             except MedfuseError as exc:
                 status, error, outputs = "failed", exc.message, []
+            except OSError as exc:  # the case folder could not be made
+                status, error, outputs = "failed", f"{folder}: cannot create the case folder ({exc.strerror}).", []
             except Exception as exc:  # an unexpected failure ends this case only
                 status, outputs = "failed", []
                 error = f"unexpected internal error ({first_line(exc)}); rerun this case with medfuse --debug fuse."
     finally:
         set_quiet(quiet)
-    created = f"{folder}: the output folder did not exist and was created."
-    messages = [str(w.message) for w in caught if str(w.message) != created]
+        if made and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    messages = [str(w.message) for w in caught]
     seconds = round(time.perf_counter() - started, 2)
     return CaseResult(task.case.name, status, error, seconds, outputs, list(dict.fromkeys(messages)))

@@ -73,7 +73,7 @@ def run_case_on_worker(task: CaseTask) -> CaseResult:
 
 def _interrupted(task: CaseTask, started: float) -> CaseResult:
     """An interrupted case: done when all its outputs had been committed by then, else rolled back."""
-    outputs = case_outputs(task.output_dir, task.case.name, task.options)
+    outputs = case_outputs(task.output_dir, task.case.name, task.options, task.qc)
     if all(path.exists() and path.stat().st_mtime >= started for path in outputs):
         return CaseResult(task.case.name, "ok", "", round(time.time() - started, 2), [str(p) for p in outputs])
     return CaseResult(task.case.name, "skipped", "interrupted while running; nothing was written for it.")
@@ -105,16 +105,25 @@ def run_here(tasks: list[CaseTask], fuser: Fuser) -> Iterator[CaseResult]:
 
 
 def run_processes(
-    tasks: list[CaseTask], fuser: Fuser, options: FuseOptions, workers: int, late: Callable[[CaseResult], None]
+    tasks: list[CaseTask],
+    load_fuser: Callable[[], Fuser],
+    options: FuseOptions,
+    workers: int,
+    late: Callable[[CaseResult], None],
+    ready: Callable[[], None] = lambda: None,
 ) -> Iterator[CaseResult]:
-    """Cases on ``workers`` processes: this one (with its loaded ``fuser``) and ``workers - 1`` spawned ones.
+    """Cases on ``workers`` processes: this one (with the fuser ``load_fuser`` gives) and ``workers - 1`` spawned ones.
 
-    The spawned workers take cases from the front of the list; this process takes them from the back
-    (cancelling them in the pool before they start), so no core waits and no extra model is loaded.
-    Results come as cases end; after an interruption, ``late`` gets those that still ended.
+    The spawned workers start first, so their start-up (imports, model) overlaps this process loading
+    its own fuser; then ``ready()`` runs (e.g. creating the output folder). A fuser that cannot be
+    loaded, or a failing ``ready``, stops the workers and the batch here, before anything is written
+    (the workers fail to load their fusers as well). The spawned workers take cases from the front of the list;
+    this process takes them from the back (cancelling them in the pool before they start), so no core
+    waits and no extra model is loaded. Results come as cases end; after an interruption, ``late``
+    gets those that still ended.
     """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("spawn")
     executor = ProcessPoolExecutor(
@@ -123,6 +132,26 @@ def run_processes(
     others = set(multiprocessing.active_children())
     futures = {executor.submit(run_case_on_worker, task): task for task in tasks}
     spawned = set(multiprocessing.active_children()) - others
+    try:
+        fuser = load_fuser()
+        ready()
+    except BaseException:
+        _interrupt(spawned)
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    return _process_results(executor, futures, fuser, spawned, late)
+
+
+def _process_results(
+    executor: Any,
+    futures: dict[Future, CaseTask],
+    fuser: Fuser,
+    spawned: set[Any],
+    late: Callable[[CaseResult], None],
+) -> Iterator[CaseResult]:
+    """The results of :func:`run_processes` as cases end, this process fusing from the back of the list."""
+    from concurrent.futures import as_completed
+
     reported: set[Future] = set()
 
     def finished() -> Iterator[CaseResult]:

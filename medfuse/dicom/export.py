@@ -11,7 +11,9 @@
 Both are DERIVED MR images (the MRI's grid, patient, study and frame of reference; new series and
 instance UIDs) whose slice geometry is the standard per-frame Plane Position, Plane Orientation and
 Pixel Measures functional groups (built with highdicom), so viewers and converters place every frame
-on the MRI (README, "DICOM output", says why these IODs). Values copied from the MRI are made valid
+on the MRI (README, "DICOM output", says why these IODs). Where the MRI and PET were DICOM, the
+series reference them as their sources: every frame the MRI slice it was made from, the PET as a
+whole series (:func:`_reference_sources`). Values copied from the MRI are made valid
 for their VR first (:func:`valid_tags`), saying what changed. :func:`plan_dicom_outputs` checks
 ``-o DIR --format dicom`` before any work and :func:`write_fused_dicom` writes a fusion result
 there; folders appear whole or not at all (:mod:`medfuse.atomic`).
@@ -146,13 +148,15 @@ def valid_tags(tags: Mapping[str, str], source: str) -> dict[str, str]:
     return clean
 
 
-def export_reference(info: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The reference to stamp on exported series: the MRI's patient, study and frame of reference.
+def export_reference(info: Mapping[str, Any] | None, pet: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The reference to stamp on exported series: the MRI's patient, study and frame of reference,
+    and the DICOM series the images were made from.
 
     ``info`` is :attr:`DicomVolume.info` of the MRI; ``None`` (an MRI that was not DICOM) gives fresh
-    study and frame-of-reference UIDs. The values are made valid for their VR (warning about each
-    change) once; pass the same reference to every series of one result so they share study and
-    frame of reference.
+    study and frame-of-reference UIDs. ``pet`` is the PET's :attr:`DicomVolume.info` (``None`` when
+    it was not DICOM). The values are made valid for their VR (warning about each change) once; pass
+    the same reference to every series of one result so they share study and frame of reference. A
+    reference made already is returned as it is.
     """
     if info is not None and info.get("export_tags_valid"):
         return dict(info)
@@ -164,7 +168,8 @@ def export_reference(info: Mapping[str, Any] | None) -> dict[str, Any]:
         tags.update(StudyDate=today.strftime("%Y%m%d"), StudyTime=today.strftime("%H%M%S"))
     tags["StudyInstanceUID"] = tags.get("StudyInstanceUID") or generate_uid()
     tags["FrameOfReferenceUID"] = tags.get("FrameOfReferenceUID") or generate_uid()
-    return {"export_tags": tags, "export_tags_valid": True}
+    sources = [s for s in (_source_reference(info, "MRI"), _source_reference(pet, "PET")) if s is not None]
+    return {"export_tags": tags, "export_tags_valid": True, "sources": sources}
 
 
 # ---- pixels -----------------------------------------------------------------------------------------
@@ -199,6 +204,171 @@ def _srgb_profile() -> bytes:
     profile[12:16] = b"spac"  # device class: PS3.3 C.11.15.1.1 allows 'scnr' or 'spac', littleCMS writes 'mntr'
     profile[84:100] = bytes(16)  # profile ID: "not computed" (the one there covered the old class)
     return bytes(profile)
+
+
+# ---- references to the source images ---------------------------------------------------------------
+def _source_reference(info: Mapping[str, Any] | None, role: str) -> dict[str, Any] | None:
+    """What the exported series need to reference a DICOM source series, from its :attr:`DicomVolume.info`.
+
+    ``None`` when the input was not DICOM, or when one of its UIDs is not a valid DICOM UID (a
+    reference must name the instance as it is, so it cannot be repaired; a warning says so).
+    """
+    if not info or not info.get("source_instances"):
+        return None
+    instances = {str(r["sop_instance_uid"]): str(r["sop_class_uid"]) for r in info["source_instances"]}
+    study, series = str(info.get("study_uid") or ""), str(info.get("series_uid") or "")
+    uids = [study, series, *instances, *instances.values()]
+    bad = next((uid for uid in uids if not uid or not _fits("UID", "UI", uid)), None)
+    if bad is not None:
+        warn(
+            f"{info.get('folder') or 'the ' + role}: the {role}'s UID {bad!r} is not a valid DICOM UID; "
+            f"the exported series do not reference the {role} series."
+        )
+        return None
+    return {
+        "role": role,
+        "study_uid": study,
+        "series_uid": series,
+        "slices": list(info.get("source_slices") or []),
+        "instances": [{"sop_class_uid": c, "sop_instance_uid": i} for i, c in instances.items()],
+    }
+
+
+def _concept(code: Any) -> Dataset:
+    """A code sequence item of a pydicom ``Code`` (``pydicom.sr.codedict.codes``)."""
+    import highdicom as hd
+
+    return hd.sr.CodedConcept.from_code(code)
+
+
+def _image_reference(record: Mapping[str, Any], *, preserved: str | None = None) -> Dataset:
+    """A Source/Referenced Image item: the instance (and frame) used to make this image."""
+    from pydicom.sr.codedict import codes
+
+    item = _item(ReferencedSOPClassUID=record["sop_class_uid"], ReferencedSOPInstanceUID=record["sop_instance_uid"])
+    if record.get("frame_number"):
+        item.ReferencedFrameNumber = record["frame_number"]
+    item.PurposeOfReferenceCodeSequence = DicomSequence([_concept(codes.DCM.SourceImageForImageProcessingOperation)])
+    if preserved is not None:
+        item.SpatialLocationsPreserved = preserved
+    return item
+
+
+def _derivation(description: str, references: list[Dataset]) -> DicomSequence:
+    """A Derivation Image Sequence: how the frame was made (CID 7203 has no code for fusion, so the
+    one coded step is the PET's spatial resampling and the text says the rest) and from what."""
+    from pydicom.sr.codedict import codes
+
+    return DicomSequence(
+        [
+            _item(
+                DerivationDescription=description,
+                DerivationCodeSequence=DicomSequence([_concept(codes.DCM.SpatialResampling)]),
+                SourceImageSequence=DicomSequence(references),
+            )
+        ]
+    )
+
+
+def _evidence(references: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> DicomSequence:
+    """Every referenced instance once, by study and series (Hierarchical SOP Instance Reference Macro)."""
+    studies: dict[str, dict[str, dict[str, str]]] = {}
+    for source, record in references:
+        series = studies.setdefault(source["study_uid"], {}).setdefault(source["series_uid"], {})
+        series[record["sop_instance_uid"]] = record["sop_class_uid"]
+    return DicomSequence(
+        [
+            _item(
+                StudyInstanceUID=study,
+                ReferencedSeriesSequence=DicomSequence(
+                    [
+                        _item(
+                            SeriesInstanceUID=series,
+                            ReferencedSOPSequence=DicomSequence(
+                                [
+                                    _item(ReferencedSOPClassUID=sop_class, ReferencedSOPInstanceUID=instance)
+                                    for instance, sop_class in instances.items()
+                                ]
+                            ),
+                        )
+                        for series, instances in serieses.items()
+                    ]
+                ),
+            )
+            for study, serieses in studies.items()
+        ]
+    )
+
+
+def _frame_sources(image: sitk.Image, order: list[int], source: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The source slice at the position of every frame (in frame order), or ``None`` when the source's
+    slices are not the image's slices (another count, or a frame more than half a voxel from every slice)."""
+    slices = source["slices"]
+    if len(slices) != image.GetSize()[2] or any(record["position"] is None for record in slices):
+        return None
+    positions = np.array([record["position"] for record in slices], float)
+    tolerance = 0.5 * min(image.GetSpacing())
+    matched = []
+    for k in order:
+        distance = np.linalg.norm(positions - image.TransformIndexToPhysicalPoint((0, 0, k)), axis=1)
+        nearest = int(np.argmin(distance))
+        if distance[nearest] > tolerance:
+            return None
+        matched.append(nearest)
+    return [slices[j] for j in matched] if len(set(matched)) == len(matched) else None
+
+
+def _reference_sources(
+    dataset: Dataset,
+    shared: Dataset,
+    image: sitk.Image,
+    order: list[int],
+    sources: Sequence[Mapping[str, Any]],
+    description: str,
+) -> None:
+    """Reference the DICOM series the frames were made from.
+
+    Each series as a whole in the Related Series Sequence (DCM 121323 "Source series for image
+    processing operation"). The MRI slice of every frame in that frame's Derivation Image functional
+    group (DCM 121322 "Source image for image processing operation", spatial locations preserved).
+    A series referenced as a whole (the PET: registered and resampled, no slice is one frame's) lists
+    its instances in the shared Referenced Image functional group, or in a shared Derivation Image
+    group when no MRI slice is referenced per frame (a functional group is shared or per-frame, never
+    both). The Source/Referenced Image Evidence Sequences list every instance referenced, as the
+    Enhanced MR Image module requires once those references exist.
+    """
+    if not sources:
+        return
+    from pydicom.sr.codedict import codes
+
+    purpose = codes.DCM.SourceSeriesForImageProcessingOperation
+    dataset.RelatedSeriesSequence = DicomSequence(
+        [
+            _item(
+                StudyInstanceUID=s["study_uid"],
+                SeriesInstanceUID=s["series_uid"],
+                PurposeOfReferenceCodeSequence=DicomSequence([_concept(purpose)]),
+            )
+            for s in sources
+        ]
+    )
+    text = (
+        f"{description}: the MRI fused with the PET, which was registered to the MRI and resampled onto "
+        f"its grid (medfuse {__version__})"
+    )
+    mri = next((s for s in sources if s["role"] == "MRI"), None)
+    per_frame = _frame_sources(image, order, mri) if mri is not None else None
+    whole = [(s, record) for s in sources if per_frame is None or s is not mri for record in s["instances"]]
+    if per_frame is not None and mri is not None:
+        for frame, record in zip(dataset.PerFrameFunctionalGroupsSequence, per_frame, strict=True):
+            frame.DerivationImageSequence = _derivation(text, [_image_reference(record, preserved="YES")])
+        dataset.SourceImageEvidenceSequence = _evidence([(mri, record) for record in per_frame])
+        if whole:
+            shared.ReferencedImageSequence = DicomSequence([_image_reference(record) for _, record in whole])
+            dataset.ReferencedImageEvidenceSequence = _evidence(whole)
+    else:
+        shared.DerivationImageSequence = _derivation(text, [_image_reference(record) for _, record in whole])
+        dataset.SourceImageEvidenceSequence = _evidence(whole)
 
 
 # ---- the dataset ------------------------------------------------------------------------------------
@@ -283,7 +453,12 @@ def _per_frame_groups(image: sitk.Image, order: list[int], organisation: str, da
 
 
 def _enhanced_mr(
-    image: sitk.Image, stored: np.ndarray, tags: Mapping[str, str], series: Mapping[str, Any], colour: bool
+    image: sitk.Image,
+    stored: np.ndarray,
+    tags: Mapping[str, str],
+    series: Mapping[str, Any],
+    colour: bool,
+    sources: Sequence[Mapping[str, Any]] = (),
 ) -> Dataset:
     """An Enhanced MR (Color) Image of ``stored`` ((z, y, x[, 3]) pixels) on ``image``'s grid."""
     now = dt.datetime.now()
@@ -355,9 +530,10 @@ def _enhanced_mr(
             window.VOILUTFunction = "LINEAR_EXACT"
         shared.PixelValueTransformationSequence = DicomSequence([transform])
         shared.FrameVOILUTSequence = DicomSequence([window])
-    dataset.SharedFunctionalGroupsSequence = DicomSequence([shared])
     order = _frame_order(image)
     _per_frame_groups(image, order, generate_uid(), dataset)
+    _reference_sources(dataset, shared, image, order, sources, series["description"])
+    dataset.SharedFunctionalGroupsSequence = DicomSequence([shared])
     dataset.PixelData = np.ascontiguousarray(stored[order]).tobytes()
     return dataset
 
@@ -381,7 +557,9 @@ def write_dicom_series(
     ``reference`` (:func:`export_reference` or the MRI's ``DicomVolume.info``; fresh UIDs when
     ``None``); Series and SOP Instance UIDs are new; every frame carries its position, so the series
     reads back on the image's grid (a left-handed grid comes back with its slice order reversed: the
-    frames are stored along the DICOM normal; same voxels in space). The folder is written under a
+    frames are stored along the DICOM normal; same voxels in space). A DICOM MRI (and PET, through
+    :func:`export_reference`) is referenced as the source: each frame names the MRI slice at its
+    position when the image is on the MRI's grid. The folder is written under a
     temporary name and renamed when complete, inside ``transaction`` when given (with the other
     outputs of a run) or in its own.
     """
@@ -401,8 +579,8 @@ def write_dicom_series(
     else:
         stored, slope, intercept = _grey_pixels(array, out_dir)
         series["rescale"] = (slope, intercept)
-    tags = export_reference(reference)["export_tags"]
-    dataset = _enhanced_mr(image, stored, tags, series, colour=rgb)
+    made = export_reference(reference)
+    dataset = _enhanced_mr(image, stored, made["export_tags"], series, colour=rgb, sources=made.get("sources", ()))
 
     def run(tx: OutputTransaction) -> None:
         temp = tx.path_for(out_dir)
@@ -457,6 +635,7 @@ def write_fused_dicom(
     overlay: sitk.Image | None,
     *,
     reference: Mapping[str, Any] | None,
+    pet: Mapping[str, Any] | None = None,
     method: str,
     transaction: OutputTransaction,
 ) -> list[Path]:
@@ -465,10 +644,11 @@ def write_fused_dicom(
     ``targets["overlay"]``.
 
     Both series share the MRI's patient, study and frame of reference (``reference`` is the MRI's
-    :attr:`DicomVolume.info`; fresh UIDs when the MRI was not DICOM) and are committed with the rest
-    of ``transaction``.
+    :attr:`DicomVolume.info`; fresh UIDs when the MRI was not DICOM), reference the MRI and the PET
+    (``pet``, the PET's :attr:`DicomVolume.info`) where they were DICOM, and are committed with the
+    rest of ``transaction``.
     """
-    shared = export_reference(reference)
+    shared = export_reference(reference, pet)
     written = [
         write_dicom_series(
             fused,

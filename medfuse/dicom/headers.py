@@ -7,9 +7,11 @@ that callers decide what is fatal and say so naming the tag.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +45,40 @@ PATIENT_STUDY_KEYWORDS = (
 EXPORT_KEYWORDS = (*PATIENT_STUDY_KEYWORDS, "PatientPosition", "BodyPartExamined")
 
 
+@contextlib.contextmanager
+def pydicom_quiet() -> Iterator[None]:
+    """Hide pydicom's own warnings (a value invalid for its VR, a non-conformant header) while medfuse
+    reads DICOM: they name no file. Where an invalid value matters medfuse says so itself, naming the
+    file; other warnings still show. Also a decorator.
+
+    pydicom warns when a value is first accessed, not when the file is read, so this wraps every
+    function that reads header values (listing series, reading a series, ``medfuse info``).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+        yield
+
+
+@pydicom_quiet()
 def quiet_dcmread(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
     """``pydicom.dcmread`` of a file already recognised as DICOM (preamble or not), without pydicom's
     own warnings about non-conformant values."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+    return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
 
 
+def is_valid_uid(value: str) -> bool:
+    """Whether ``value`` is a valid DICOM UID (digits and dots, no leading zeros, at most 64 characters)."""
+    from pydicom import config
+    from pydicom.valuerep import validate_value
+
+    try:
+        validate_value("UI", value, config.RAISE)
+    except ValueError:
+        return False
+    return bool(value)
+
+
+@pydicom_quiet()
 def read_header(path: Path) -> Dataset | None:
     """The header of ``path`` (no pixels), ``None`` when it is no DICOM file; corrupt DICOM is an error."""
     try:

@@ -8,7 +8,6 @@ python-gdcm when installed.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,10 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medfuse.console import info as say
 from medfuse.console import track, warn
-from medfuse.dicom.headers import EXPORT_KEYWORDS, quiet_dcmread, read_header
+from medfuse.dicom.headers import EXPORT_KEYWORDS, is_valid_uid, pydicom_quiet, quiet_dcmread, read_header
+from medfuse.dicom.records import source_references
 from medfuse.dicom.series import ROLE_MODALITIES, SERIES_OPTION, Role, choose_series, list_series
-from medfuse.dicom.stack import Stack, analyse_stack
+from medfuse.dicom.stack import Stack, analyse_stack, resample_slices
 from medfuse.dicom.suv import suv_factors
 from medfuse.errors import InvalidInputError, UnreadableInputError
 from medfuse.memory import check_memory
@@ -56,8 +56,7 @@ def _decode(path: Path) -> np.ndarray:
         plugin = _decoding_plugin(syntax)
         if plugin:
             dataset.pixel_array_options(decoding_plugin=plugin)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with pydicom_quiet():
             return np.asarray(dataset.pixel_array)
     except Exception as exc:
         if not syntax.is_compressed:
@@ -126,6 +125,7 @@ def _to_image(volume: np.ndarray, stack: Stack) -> sitk.Image:
     return image
 
 
+@pydicom_quiet()
 def read_dicom_series(
     folder: str | Path,
     *,
@@ -172,6 +172,12 @@ def read_dicom_series(
         )
     if chosen.is_localizer:
         warn(f"{folder}: series {chosen.uid} looks like a localizer; check that it is the {role} you meant.")
+    if not is_valid_uid(chosen.uid):
+        warn(
+            f"{chosen.paths[0]}: its SeriesInstanceUID {chosen.uid!r} is not a valid DICOM UID (digits and dots, "
+            "no leading zeros, at most 64 characters); medfuse groups and selects the series by it as written, "
+            "but other DICOM tools may not."
+        )
     units = chosen.units
     factors = np.ones(len(stack.slices))
     suv_details = None
@@ -183,11 +189,20 @@ def read_dicom_series(
         say(f"Series {chosen.label()} from {folder}: {reason}.")
     else:
         say(f"{role}: series {chosen.label()} from {folder}: {reason}.")
-    image = _to_image(_real_world(stack, folder, factors), stack)
+    volume = _real_world(stack, folder, factors)
+    resampled: dict[str, Any] | None = None
+    if stack.uneven is not None:
+        volume = resample_slices(volume, stack)
+        resampled = {"slices_read": len(stack.slices), "slices": int(volume.shape[0]), "spacing_mm": stack.spacing[2]}
+        resampled["why"] = stack.uneven
+        warn(
+            f"{folder}: series {chosen.uid}: {stack.uneven} (as in a PET stitched from bed positions); "
+            f"resampled onto {volume.shape[0]} slices {stack.spacing[2]:.4f} mm apart along the slice normal "
+            "(linear interpolation)."
+        )
+    image = _to_image(volume, stack)
     reference = quiet_dcmread(stack.slices[0].path, stop_before_pixels=True)
-    with warnings.catch_warnings():  # invalid values are pydicom's warning on access; the export repairs them
-        warnings.simplefilter("ignore")
-        export_tags = {kw: str(reference.get(kw, "") or "") for kw in EXPORT_KEYWORDS}
+    export_tags = {kw: str(reference.get(kw, "") or "") for kw in EXPORT_KEYWORDS}  # the export repairs them
     return DicomVolume(
         image=image,
         info={
@@ -202,10 +217,13 @@ def read_dicom_series(
             "units": units,
             "reason": reason,
             "slice_count": chosen.slice_count,
+            "resampled_slices": resampled,
             "suv": suv_details,
             "reference_file": str(stack.slices[0].path),
             "files": [str(p) for p in dict.fromkeys(r.path for r in stack.slices)],
             "export_tags": export_tags,
+            "source_slices": source_references(stack.slices),  # one per slice of the volume, in its order
+            "source_instances": source_references(chosen.slices),  # the whole series
         },
     )
 

@@ -7,8 +7,10 @@ an NM tomographic file gives one per frame. Records come from headers only (no p
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -33,6 +35,9 @@ class SliceRecord:
     intercept: float
     acquired: dt.datetime | None
     vendor_suv_scale: float | None = None
+    #: SOP Class and SOP Instance UID of the file, for the references an exported series makes to its sources.
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
 
 
 def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
@@ -43,9 +48,23 @@ def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
     return normal / length if length > 0 else normal
 
 
+class _Instance(TypedDict):
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+def _instance(dataset: Dataset) -> _Instance:
+    """The SOP Class and SOP Instance UID of a file (empty when missing)."""
+    return {
+        "sop_class_uid": str(dataset.get("SOPClassUID", "") or ""),
+        "sop_instance_uid": str(dataset.get("SOPInstanceUID", "") or ""),
+    }
+
+
 def _frame_records(path: Path, dataset: Dataset, frames: int) -> list[SliceRecord]:
     """Slices of an enhanced multi-frame file (per-frame functional groups) or of an NM tomographic file."""
     rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
+    instance = _instance(dataset)
     records = []
     if "PerFrameFunctionalGroupsSequence" in dataset:
         shared = first_item(dataset, "SharedFunctionalGroupsSequence") or Dataset()
@@ -68,6 +87,7 @@ def _frame_records(path: Path, dataset: Dataset, frames: int) -> list[SliceRecor
                     slope=number(transform.get("RescaleSlope"), 1.0) or 1.0,
                     intercept=number(transform.get("RescaleIntercept"), 0.0) or 0.0,
                     acquired=parse_datetime(content.get("FrameAcquisitionDateTime")) or acquisition_time(dataset),
+                    **instance,
                 )
             )
         return records
@@ -93,6 +113,7 @@ def _frame_records(path: Path, dataset: Dataset, frames: int) -> list[SliceRecor
                 slope=number(dataset.get("RescaleSlope"), 1.0) or 1.0,
                 intercept=number(dataset.get("RescaleIntercept"), 0.0) or 0.0,
                 acquired=acquisition_time(dataset),
+                **instance,
             )
         )
     return records
@@ -117,5 +138,20 @@ def slice_records(path: Path, dataset: Dataset) -> list[SliceRecord]:
             intercept=number(dataset.get("RescaleIntercept"), 0.0) or 0.0,
             acquired=acquisition_time(dataset),
             vendor_suv_scale=vendor_scale,
+            **_instance(dataset),
         )
+    ]
+
+
+def source_references(records: Sequence[SliceRecord]) -> list[dict[str, Any]]:
+    """How an exported series references each record as its source: SOP Class and Instance UID, the
+    1-based frame number in a multi-frame file (else ``None``) and the position (to check the match)."""
+    return [
+        {
+            "sop_class_uid": record.sop_class_uid,
+            "sop_instance_uid": record.sop_instance_uid,
+            "frame_number": None if record.frame is None else record.frame + 1,
+            "position": None if record.position is None else list(record.position),
+        }
+        for record in records
     ]

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 
 from medfuse.console import warn
 from medfuse.dicom.files import candidate_files
-from medfuse.dicom.headers import number, read_header
+from medfuse.dicom.headers import number, pydicom_quiet, read_header
 from medfuse.dicom.records import SliceRecord, slice_records
 from medfuse.dicom.stack import analyse_stack
 from medfuse.errors import InvalidInputError, UnreadableInputError, UsageError
@@ -84,6 +84,7 @@ def _is_localizer(image_type: tuple[str, ...], description: str, records: list[S
     return len(orientations) > 1 and len(records) <= 12
 
 
+@pydicom_quiet()
 def list_series(folder: str | Path, *, recursive: bool = True) -> list[SeriesInfo]:
     """Describe every image series under ``folder`` (headers only), largest first.
 

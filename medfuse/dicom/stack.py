@@ -1,9 +1,14 @@
-"""Stack analysis: do a series' slices form one complete, evenly spaced, unsheared 3-D volume?
+"""Stack analysis: do a series' slices form one complete, unsheared 3-D volume, and on what grid?
 
-Slices are ordered by their position along the slice normal (never by file name). A missing slice,
-uneven spacing, mixed orientations, sizes or pixel spacings, several slices at one position or a
-gantry tilt is reported in words naming the slices concerned. Self-contained: :func:`analyse_stack`
-takes slice records and returns the grid they form, so the rules can change here alone.
+Slices are ordered by their position along the slice normal (never by file name). A missing slice
+(a gap of :data:`MISSING_SLICE_RATIO` times the median spacing or more), spacing that varies by
+more than :data:`UNEVEN_TOLERANCE` of the median, mixed orientations, sizes or pixel spacings,
+several slices at one position or a gantry tilt is reported in words naming the slices concerned.
+Spacing that varies by less (a whole-body PET stitched from overlapping bed positions: 3.27 mm
+apart except 3.19 mm at a junction) is accepted: the stack then records each slice's depth and the
+regular grid it is resampled onto (:func:`regular_depths`), and says where it deviates most.
+Self-contained: :func:`analyse_stack` takes slice records and returns the grid they form, so the
+rules can change here alone.
 """
 
 from __future__ import annotations
@@ -18,18 +23,47 @@ from medfuse.dicom.records import SliceRecord
 MIN_SLICES = 3
 #: Slice gaps may deviate from the series' spacing by this fraction (plus an absolute 0.01 mm).
 SPACING_TOLERANCE = 0.01
+#: Gaps deviating by up to this fraction of the median are resampled onto a regular grid.
+UNEVEN_TOLERANCE = 0.10
+#: A gap this many times the median spacing, or more, means slices are missing.
+MISSING_SLICE_RATIO = 1.5
 _ABS_TOLERANCE_MM = 0.01
 _ORIENTATION_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
 class Stack:
-    """Slices sorted along their normal, and the grid they form."""
+    """Slices sorted along their normal, and the grid they form.
+
+    ``depths`` are the slices' positions along the normal from the first one (mm); ``uneven``
+    describes the largest deviation from even spacing when it is beyond the tolerance of rounding
+    (the volume must then be resampled onto :func:`regular_depths`), else ``None``.
+    """
 
     slices: list[SliceRecord]
     origin: np.ndarray
     direction: np.ndarray
     spacing: tuple[float, float, float]
+    depths: np.ndarray
+    uneven: str | None = None
+
+
+def regular_depths(stack: Stack) -> np.ndarray:
+    """Depths (mm from the first slice) of the regular grid an uneven stack is resampled onto: from
+    the first slice to the last, as many slices as the median spacing fits (the stack's spacing is
+    the step between them)."""
+    count = round(float(stack.depths[-1]) / stack.spacing[2]) + 1
+    return np.arange(count) * stack.spacing[2]
+
+
+def resample_slices(volume: np.ndarray, stack: Stack) -> np.ndarray:
+    """A (z, y, x) volume on the stack's slices, linearly interpolated onto :func:`regular_depths`."""
+    targets = regular_depths(stack)
+    upper = np.clip(np.searchsorted(stack.depths, targets, side="right"), 1, len(stack.depths) - 1)
+    lower = upper - 1
+    weight = (targets - stack.depths[lower]) / (stack.depths[upper] - stack.depths[lower])
+    weight = np.clip(weight, 0.0, 1.0)[:, None, None].astype(np.float32)
+    return volume[lower] * (1.0 - weight) + volume[upper] * weight
 
 
 def _orthonormal(orientation: tuple[float, ...]) -> np.ndarray | None:
@@ -103,19 +137,24 @@ def analyse_stack(records: list[SliceRecord]) -> tuple[Stack | None, str | None]
         return None, f"is not stacked along the slice normal (gantry tilt or shear), see {_where(ordered[k])}"
     spacing = float(np.median(gaps))
     worst = int(np.argmax(np.abs(gaps - spacing)))
-    if abs(gaps[worst] - spacing) > tolerance:
+    deviation = float(gaps[worst] - spacing)
+    between = f"between the slices at {_where(ordered[worst])} and {_where(ordered[worst + 1])}"
+    uneven = None
+    if abs(deviation) > tolerance:
         ratio = gaps[worst] / spacing
-        missing = round(ratio) - 1
-        hint = (
-            f"{missing} missing slice{'s' if missing > 1 else ''}"
-            if missing >= 1 and abs(ratio - round(ratio)) < 0.05
-            else "uneven slice spacing"
+        if ratio >= MISSING_SLICE_RATIO or abs(deviation) > UNEVEN_TOLERANCE * spacing:
+            missing = max(round(ratio) - 1, 1)
+            hint = f"{missing} missing slice{'s' if missing > 1 else ''}" if ratio >= MISSING_SLICE_RATIO else None
+            return None, (
+                f"has a gap of {gaps[worst]:.3f} mm {between} where the others are {spacing:.3f} mm apart "
+                f"({hint or 'uneven slice spacing, beyond ' + format(UNEVEN_TOLERANCE, '.0%') + ' of the median'})"
+            )
+        uneven = (
+            f"slice spacing varies: a gap of {gaps[worst]:.3f} mm {between}, {abs(deviation):.3f} mm "
+            f"({abs(deviation) / spacing:.1%}) from the median {spacing:.3f} mm"
         )
-        return None, (
-            f"has a gap of {gaps[worst]:.3f} mm between the slices at {_where(ordered[worst])} and "
-            f"{_where(ordered[worst + 1])} where the others are {spacing:.3f} mm apart ({hint})"
-        )
-    step = float((depth[-1] - depth[0]) / (len(depth) - 1))
+    extent = float(depth[-1] - depth[0])
+    step = extent / round(extent / spacing) if uneven else extent / (len(depth) - 1)
     pixel_spacing = ordered[0].pixel_spacing or (1.0, 1.0)
     return (
         Stack(
@@ -123,6 +162,8 @@ def analyse_stack(records: list[SliceRecord]) -> tuple[Stack | None, str | None]
             origin=positions[0],
             direction=direction,
             spacing=(float(pixel_spacing[1]), float(pixel_spacing[0]), step),
+            depths=depth - depth[0],
+            uneven=uneven,
         ),
         None,
     )

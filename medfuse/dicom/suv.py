@@ -21,7 +21,15 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from medfuse.dicom.headers import combine_datetime, first_item, number, parse_datetime, private_value, quiet_dcmread
+from medfuse.dicom.headers import (
+    combine_datetime,
+    first_item,
+    number,
+    parse_datetime,
+    private_value,
+    pydicom_quiet,
+    quiet_dcmread,
+)
 from medfuse.dicom.records import SliceRecord
 from medfuse.dicom.series import SeriesInfo
 from medfuse.errors import InvalidInputError
@@ -44,6 +52,7 @@ _SUV_TAGS = {
 }
 
 
+@pydicom_quiet()
 def suv_factors(series: SeriesInfo, slices: list[SliceRecord]) -> SuvFactors:
     """Per-slice factors turning rescaled PET values into SUVbw (g/ml), chosen by the series' Units."""
     path = slices[0].path
@@ -210,6 +219,7 @@ _READINESS_TAGS = (
 )
 
 
+@pydicom_quiet()
 def suv_readiness(series: SeriesInfo) -> dict[str, Any]:
     """The header values SUV needs and whether ``--suv`` will work, from the headers alone (``medfuse info``).
 

@@ -49,11 +49,14 @@ def test_fuse_writes_volumes_preview_report_and_transform(pair: tuple[Path, Path
     report = json.loads((out / "report.json").read_text())
     assert report["fusion"]["method"] == "laplacian" and report["fusion"]["device"] == "cpu"
     summary = [line for line in result.output.splitlines() if line.startswith("Fused ")]
-    assert len(summary) == 1 and "laplacian on cpu" in summary[0] and "registration: rigid (Mattes MI" in summary[0]
+    assert (
+        len(summary) == 1 and "laplacian on cpu" in summary[0] and "registration: rigid (the PET moved " in summary[0]
+    )
+    assert report["registration"]["requested"] == "auto" and report["registration"]["source"] == "rigid"
     assert "(+ overlay, preview, report, transform, pet)" in summary[0]
     hotspots = [line for line in result.output.splitlines() if line.startswith("Hotspots ")]
     assert (
-        len(hotspots) == 1 and hotspots[0].startswith("Hotspots (image units): max ") and "MRI voxel (" in hotspots[0]
+        len(hotspots) == 1 and hotspots[0].startswith("Hotspots in image units: max ") and "MRI voxel (" in hotspots[0]
     )
     assert report["hotspots"]["regions"][0]["rank"] == 1
     pet_on_mri = sitk.ReadImage(str(out / "pet_on_mri.nii.gz"))
@@ -120,7 +123,7 @@ def test_info_prints_geometry_and_json(pair: tuple[Path, Path]) -> None:
     described = json.loads(as_json.stdout)
     assert described["size"] == [56, 68, 60] and described["orientation"] == "RAS"
     missing = runner.invoke(app, ["info", str(mri.parent / "missing.nii.gz")])
-    assert missing.exit_code == 3 and "does not exist" in missing.output
+    assert missing.exit_code == 3 and "missing.nii.gz: the input does not exist; check the path." in missing.output
 
 
 def test_info_lists_and_describes_dicom_series(tmp_path: Path) -> None:
@@ -145,6 +148,11 @@ def test_info_lists_and_describes_dicom_series(tmp_path: Path) -> None:
         chosen.output
     )
     assert "--mri-series" not in chosen.output and "MRI:" not in chosen.output
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(app, ["info", str(tmp_path / "empty")])  # not "none of the 0 series"
+    assert empty.exit_code == 3 and "empty: holds no DICOM images; point to the folder of the exported series" in (
+        " ".join(empty.output.split())
+    )
 
 
 @pytest.mark.slow

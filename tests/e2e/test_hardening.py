@@ -741,7 +741,7 @@ def test_unexpected_error_ends_in_one_sentence_with_the_debug_hint(
     def broken(*_args: object, **_kwargs: object) -> None:
         raise ZeroDivisionError("float division by zero\nsecond line of detail")
 
-    monkeypatch.setattr("medfuse.registration.register", broken)
+    monkeypatch.setattr("medfuse.registration.placement.register", broken)
     args = ("fuse", inputs["mri"], inputs["pet"], "-o", tmp_path / "out" / "f.nii.gz", "--method", "laplacian")
     result = invoke(*args)
     assert_clean_failure(
@@ -782,7 +782,8 @@ def test_messages_print_paths_verbatim(inputs: dict[str, Path], tmp_path: Path) 
         (("info", "huge.nii"), EXIT_INVALID, ("huge.nii", "30000×30000×30000 voxels")),
         (("info", "zero_spacing.nii.gz"), EXIT_INVALID, ("zero_spacing.nii.gz", "zero, negative")),
         (("info", "dicom_undecodable"), EXIT_UNREADABLE, ("undecodable slice", "cannot be decoded")),
-        (("info", "no_dicom", "--series", "1.2.3"), EXIT_USAGE, ("--series 1.2.3", "no_dicom")),
+        (("info", "dicom_undecodable", "--series", "1.2.3"), EXIT_USAGE, ("--series 1.2.3", "dicom_undecodable")),
+        (("info", "no_dicom", "--series", "1.2.3"), EXIT_UNREADABLE, ("no_dicom", "holds no DICOM images")),
         (("info", "slice.png"), EXIT_UNREADABLE, ("slice.png", "unsupported format")),
         (("preview", "text.nii.gz", "-o", "OUT/p.png"), EXIT_UNREADABLE, ("text.nii.gz", "not a readable NIfTI image")),
         (("preview", "pet", "-o", "OUT/p.jpg"), EXIT_OUTPUT, ("p.jpg", "unknown output extension")),

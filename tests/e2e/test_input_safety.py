@@ -111,7 +111,7 @@ def test_bundled_weights_are_verified_before_they_are_loaded(studies: Path, tmp_
     result = runner.invoke(app, ["fuse", str(studies / "mri.nii.gz"), str(studies / "pet.mha"), "-o",
                                  str(tmp_path / "f.nii.gz")])  # fmt: skip
     assert result.exit_code == EXIT_WEIGHTS, result.output
-    assert "fusionnet_v1.safetensors: SHA-256 mismatch" in result.output
+    assert "fusionnet_v2.safetensors: SHA-256 mismatch" in result.output
     assert loads == [] and not (tmp_path / "f.nii.gz").exists()
 
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from medfuse.cli import app
 from medfuse.options import FuseOptions
-from medfuse.pipeline import PET_KNEE, fuse_images, head_region, mri_window, network_inputs, pet_window
+from medfuse.pipeline import PET_KNEE, fuse_images, fused_region, mri_window, network_inputs, pet_window
 from medfuse.volume_metrics import uptake_fidelity
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -38,7 +38,7 @@ def example_transform(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fidelity(mri: sitk.Image, result_pet: sitk.Image, fused: sitk.Image) -> object:
-    mask = head_region(mri)
+    mask = fused_region(mri)
     mri_values, pet_values = sitk.GetArrayFromImage(mri), sitk.GetArrayFromImage(result_pet)
     window = pet_window(result_pet)[:2]
     mri_in, pet_in = network_inputs(mri_values, pet_values, mri_window(mri_values, mask), window, PET_KNEE)
@@ -56,7 +56,7 @@ def test_fused_example_rises_with_uptake_and_shows_the_lesions(example_transform
     assert fidelity.hot_contrast > 1.1
     assert fidelity.rank_correlation > 0.5
     fused = sitk.GetArrayFromImage(result.fused)
-    brain = fused[head_region(mri)]
+    brain = fused[fused_region(mri)]
     for lesion in json.loads((EXAMPLES / "truth.json").read_text())["lesions"]:
         i, j, k = (round(v) for v in lesion["mri_voxel"])
         assert fused[k, j, i] > np.percentile(brain, 95), f"the {lesion['name']} lesion is among the brightest voxels"

@@ -39,6 +39,7 @@ CASE_FILES = [
     "pet_on_mri.nii.gz",
     "pet_to_mri.tfm",
     "preview.png",
+    "qc.html",
     "report.json",
 ]
 
@@ -62,6 +63,8 @@ class FakePipeline:
         if behaviour == "interrupt":
             raise KeyboardInterrupt
         targets = [output, options.preview, options.save_transform, options.report, options.save_pet]
+        if options.qc:
+            targets.append(options.qc)
         if options.overlay:
             targets.append(sibling(output, "_overlay"))
         with output_transaction(options.overwrite) as transaction:
@@ -84,6 +87,7 @@ def install_fake(monkeypatch: pytest.MonkeyPatch) -> FakePipeline:
 
     monkeypatch.setattr(medfuse.inference, "load_fuser", load)
     monkeypatch.setattr(batch.workers, "_FUSERS", {})
+    monkeypatch.setattr(batch.run, "available_cpus", lambda: 1)  # the fake lives here: --workers auto plans 1 process
     return pipeline
 
 
@@ -209,10 +213,11 @@ def test_failures_are_isolated_and_summarised(tmp_path: Path, fake: FakePipeline
         "pet_to_mri.tfm",
         "report.json",
         "pet_on_mri.nii.gz",
+        "qc.html",
     ]
     assert rows["a-ok"]["outputs"].split(";") == [str(out / "a-ok" / name) for name in written]
     assert float(rows["a-ok"]["seconds"]) >= 0 and rows["a-ok"]["error"] == ""
-    assert sorted(p.name for p in out.iterdir()) == ["a-ok", "summary.csv"]  # nothing partial of failed cases
+    assert sorted(p.name for p in out.iterdir()) == ["a-ok", "index.html", "summary.csv"]  # nothing of failed cases
     assert sorted(p.name for p in (out / "a-ok").iterdir()) == CASE_FILES
     assert len(fake.loads) == 1  # the model is loaded once for the whole batch
     assert len({id(call["fuser"]) for call in fake.calls}) == 1
@@ -259,7 +264,7 @@ def test_interrupt_keeps_finished_cases_and_writes_the_summary(tmp_path: Path, f
     rows = read_summary(out / "summary.csv")
     assert [(r["case"], r["status"]) for r in rows] == [("a", "ok"), ("b", "skipped"), ("c", "skipped")]
     assert rows[1]["error"] == "not run: the batch was interrupted."
-    assert sorted(p.name for p in out.iterdir()) == ["a", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["a", "index.html", "summary.csv"]
 
 
 def test_ctrl_c_in_a_worker_process(tmp_path: Path, fake: FakePipeline, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -390,7 +395,7 @@ def test_real_pipeline_end_to_end(tmp_path: Path, heads: tuple[Path, Path]) -> N
     result = run_batch(studies, out, FuseOptions(method="laplacian"))
     assert [(c.case, c.status) for c in result.cases] == [("flat-pet", "failed"), ("good", "ok")]
     assert "constant" in result.cases[0].error and str(studies / "flat-pet") in result.cases[0].error
-    assert sorted(p.name for p in out.iterdir()) == ["good", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["good", "index.html", "summary.csv"]
     assert sorted(p.name for p in (out / "good").iterdir()) == CASE_FILES
     reference, fused = sitk.ReadImage(str(mri)), sitk.ReadImage(str(out / "good" / "fused.nii.gz"))
     assert fused.GetSize() == reference.GetSize()
@@ -486,7 +491,7 @@ def test_clinical_style_dicom_cases(tmp_path: Path) -> None:
     assert status["good"] == ("ok", ""), status["good"]
     assert status["mixup"][0] == "failed" and "PAT-A" in status["mixup"][1] and "PAT-B" in status["mixup"][1]
     assert status["corrupt"][0] == "failed" and "IM9999.dcm" in status["corrupt"][1]
-    assert sorted(p.name for p in out.iterdir()) == ["good", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["good", "index.html", "summary.csv"]
     fused, expected = sitk.ReadImage(str(out / "good" / "fused.nii.gz")), t1.image()
     assert fused.GetSize() == expected.GetSize()
     np.testing.assert_allclose(fused.GetOrigin(), expected.GetOrigin(), atol=1e-6)

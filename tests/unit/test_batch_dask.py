@@ -53,7 +53,7 @@ def test_cases_run_as_dask_tasks(
     assert "the PET is constant" in rows[-1]["error"]
     assert [c.case for c in result.cases] == [r["case"] for r in rows]  # case order, not completion order
     assert len(fake.loads) == 1  # the worker built its fuser once and reused it for every task
-    assert sorted(p.name for p in out.iterdir()) == [*(f"case{i}" for i in range(4)), "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [*(f"case{i}" for i in range(4)), "index.html", "summary.csv"]
 
     resumed = run_batch(studies, out, FuseOptions(method="laplacian"), scheduler=scheduler, skip_existing=True)
     assert [c.status for c in resumed.cases] == ["skipped"] * 4 + ["failed"]

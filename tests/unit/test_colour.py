@@ -39,7 +39,9 @@ def test_apply_colormap_clips_handles_nan_and_keeps_shape() -> None:
 
 
 def test_unknown_colormap_names_the_option_and_lists_the_maps() -> None:
-    with pytest.raises(UsageError, match=r"--colormap 'jet' is not a known colour map; use one of aanlib, aanlib-spect, fire"):
+    with pytest.raises(
+        UsageError, match=r"--colormap 'jet' is not a known colour map; use one of aanlib, aanlib-spect, fire"
+    ):
         colour.apply_colormap(np.zeros(3), "jet")
     assert UsageError("x").exit_code == 2
 

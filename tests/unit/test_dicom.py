@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -24,10 +25,12 @@ from dicom_factory import (
     make_nm_series,
     make_series,
     mixed_study,
+    pet_suv_tags,
     phantom,
     write_corrupt_file,
     write_undecodable_file,
 )
+from phantoms import multibed_positions
 from pydicom.valuerep import format_number_as_ds
 from typer.testing import CliRunner, Result
 
@@ -218,8 +221,68 @@ def test_uneven_spacing_is_refused(tmp_path: Path) -> None:
     last = pydicom.dcmread(built.paths[-1])
     last.ImagePositionPatient = [0, 0, format_number_as_ds(8.7)]
     last.save_as(built.paths[-1])
-    with pytest.raises(InvalidInputError, match=r"gap of 2\.700 mm .* \(uneven slice spacing\)"):
+    with pytest.raises(
+        InvalidInputError, match=r"gap of 2\.700 mm .* \(uneven slice spacing, beyond 10% of the median\)"
+    ):
         dicom.read_dicom_series(tmp_path / "uneven", role="MRI")
+
+
+def test_a_multibed_pet_with_an_uneven_junction_is_resampled_onto_a_regular_grid(tmp_path: Path) -> None:
+    """267 slices 3.27 mm apart except one bed junction 3.19 mm apart (a real whole-body PET): read,
+    resampled linearly along the normal onto a regular grid from the first slice to the last, warned."""
+    depths = multibed_positions()
+    k = np.arange(len(depths), dtype=float)[:, None, None]
+    values = 1000.0 + 400.0 * np.sin(depths[:, None, None] / 37.0) + phantom((1, 12, 10), kind="pet") + k
+    built = make_series(tmp_path / "pet", values, modality="PT", spacing=(4.0, 4.0, 3.27), origin=(-20, -22, -900),
+                        depths=depths, rescale="slice", description="WB PET")  # fmt: skip
+    message = (
+        r"series [\d.]+: slice spacing varies: a gap of 3\.190 mm between the slices at \(-20\.00, -22\.00, "
+        r"-465\.09\) \[IM\d+\.dcm\] and \(-20\.00, -22\.00, -461\.90\) \[IM\d+\.dcm\], 0\.080 mm \(2\.4%\) "
+        r"from the median 3\.270 mm \(as in a PET stitched from bed positions\); resampled onto 267 slices "
+        r"3\.2697 mm apart along the slice normal \(linear interpolation\)\."
+    )
+    with pytest.warns(MedfuseWarning, match=message):
+        volume = dicom.read_dicom_series(tmp_path / "pet", role="PET")
+    image = volume.image
+    extent = depths[-1] - depths[0]
+    assert image.GetSize() == (10, 12, 267)
+    np.testing.assert_allclose(image.GetSpacing(), (4.0, 4.0, extent / 266), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(image.GetOrigin(), (-20.0, -22.0, -900.0), atol=1e-6)
+    regular = np.linspace(0.0, extent, 267)
+    expected = np.apply_along_axis(lambda column: np.interp(regular, depths, column), 0, built.values)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(image), expected, rtol=1e-5, atol=1e-3)
+    resampled = volume.info["resampled_slices"]
+    assert resampled["slices_read"] == resampled["slices"] == 267 and "3.190 mm" in resampled["why"]
+
+
+@pytest.mark.parametrize(
+    ("gap", "refusal"),
+    [
+        (3.27 * 1.12, r"where the others are 3\.270 mm apart \(uneven slice spacing, beyond 10% of the median\)"),
+        (3.27 * 0.85, r"where the others are 3\.270 mm apart \(uneven slice spacing, beyond 10% of the median\)"),
+        (3.27 * 1.5, r"where the others are 3\.270 mm apart \(1 missing slice\)"),
+        (3.27 * 3.1, r"where the others are 3\.270 mm apart \(2 missing slices\)"),
+    ],
+)
+def test_spacing_beyond_ten_percent_and_missing_slices_are_still_refused(
+    tmp_path: Path, gap: float, refusal: str
+) -> None:
+    depths = multibed_positions(20, 3.27, ((9, gap),))
+    make_series(tmp_path / "pet", phantom((20, 6, 5), kind="pet"), modality="PT", spacing=(4.0, 4.0, 3.27),
+                origin=(0, 0, 0), depths=depths)  # fmt: skip
+    with pytest.raises(InvalidInputError, match=refusal):
+        dicom.read_dicom_series(tmp_path / "pet", role="PET")
+
+
+def test_evenly_spaced_series_are_not_resampled(tmp_path: Path) -> None:
+    """Rounding in the headers (a few micrometres) is no reason to resample, nor to warn."""
+    depths = np.arange(12) * 2.5 + np.tile([0.0, 0.004], 6)
+    built = make_series(tmp_path / "mr", phantom((12, 6, 5)), spacing=(1.0, 1.0, 2.5), depths=depths)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MedfuseWarning)
+        volume = dicom.read_dicom_series(tmp_path / "mr", role="MRI")
+    assert volume.info["resampled_slices"] is None
+    np.testing.assert_allclose(sitk.GetArrayFromImage(volume.image), built.values, rtol=1e-6)
 
 
 def test_duplicate_positions_are_refused(tmp_path: Path) -> None:
@@ -305,6 +368,60 @@ def test_copies_of_an_instance_are_ignored_with_a_warning(tmp_path: Path) -> Non
     with pytest.warns(MedfuseWarning, match=r"zz_copy\.dcm: is a copy of .* \(same SOPInstanceUID\) and was ignored"):
         volume = dicom.read_dicom_series(tmp_path / "mr", role="MRI")
     np.testing.assert_allclose(sitk.GetArrayFromImage(volume.image), built.values, rtol=1e-6)
+
+
+def _series_with_invalid_values(folder: Path) -> Path:
+    """A PET series whose headers break their VRs as real exports do: UIDs with a leading zero or
+    letters, a 20-character StudyID (SH: 16), 70-character LO values."""
+    tags = {**pet_suv_tags(), "StudyID": "X" * 20, "StudyInstanceUID": "1.2.3.abc", "SeriesDescription": "x" * 70}
+    with warnings.catch_warnings():  # pydicom warns about the invalid values it is told to write
+        warnings.simplefilter("ignore")
+        make_series(folder, phantom((5, 9, 7), kind="pet"), modality="PT", series_uid="1.2.3.04", rescale="slice",
+                    patient_id="P" * 70, extra=tags)  # fmt: skip
+    return folder
+
+
+def test_invalid_header_values_raise_no_pydicom_warnings_and_an_invalid_series_uid_is_named(tmp_path: Path) -> None:
+    folder = _series_with_invalid_values(tmp_path / "pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (series,) = dicom.list_series(folder)
+        dicom.suv_readiness(series)
+        dicom.read_dicom_series(folder, role="PET", suv=True)
+    assert [str(w.message) for w in caught if not issubclass(w.category, MedfuseWarning)] == []
+    (named,) = [str(w.message) for w in caught]
+    assert re.fullmatch(
+        rf"{re.escape(str(folder))}/IM\d+\.dcm: its SeriesInstanceUID '1\.2\.3\.04' is not a valid DICOM UID \(digits "
+        r"and dots, no leading zeros, at most 64 characters\); medfuse groups and selects the series by it as "
+        r"written, but other DICOM tools may not\.",
+        named,
+    )
+
+
+def test_info_on_invalid_headers_prints_only_medfuse_s_warning(tmp_path: Path) -> None:
+    folder = _series_with_invalid_values(tmp_path / "pt")
+    result = CliRunner().invoke(app, ["info", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "Invalid value for VR" not in result.output and "exceeds the maximum length" not in result.output
+    assert (
+        result.output.count("warning:") == 1
+        and "SeriesInstanceUID '1.2.3.04' is not a valid DICOM UID" in result.output
+    )
+    assert "--suv          will work" in result.output
+
+
+def test_the_cli_says_each_warning_once_though_a_folder_is_listed_twice(tmp_path: Path) -> None:
+    """``info`` lists the folder and then reads the series; ``fuse`` lists one folder for both roles."""
+    mixed_study(tmp_path)
+    study = tmp_path / "study"
+    first = next(path for path in sorted(study.rglob("*.dcm")))
+    (study / "zz_copy.dcm").write_bytes(first.read_bytes())
+    info = CliRunner().invoke(app, ["info", str(study)])
+    fused = CliRunner().invoke(app, ["fuse", str(study), str(study), "-o", str(tmp_path / "f.nii.gz"),
+                                     "--method", "laplacian", "--register", "none"])  # fmt: skip
+    for result in (info, fused):
+        assert result.exit_code == 0, result.output
+        assert result.output.count("zz_copy.dcm: is a copy of") == 1
 
 
 def test_files_without_preamble_or_extension_are_read(tmp_path: Path) -> None:

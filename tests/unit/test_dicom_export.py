@@ -3,6 +3,8 @@
 Every written file is checked by the standard's validator (dciodvfy, Debian dicom3tools: zero errors)
 and read back by three independent readers (pydicom by hand from the functional groups, SimpleITK's
 GDCM and dcm2niix), whose geometry must match the MRI to 1e-4 mm and values to the quantisation step.
+The references to the source series are checked against the source files themselves: the frame at
+each position must name the MRI slice (file, or frame of a multi-frame file) at that position.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from dicom_factory import clinical_folders, make_series, phantom
+from dicom_factory import PET_STORAGE, clinical_folders, make_enhanced_series, make_series, pet_suv_tags, phantom
 from typer.testing import CliRunner
 
 from medfuse import dicom
@@ -229,6 +231,8 @@ def test_fused_and_overlay_of_a_nifti_mri_share_fresh_study_and_frame(tmp_path: 
     for folder in written:
         assert_valid(folder)
     fused, overlay = (pydicom.dcmread(next(folder.iterdir())) for folder in written)
+    assert_no_references(fused)  # a NIfTI MRI (and PET) has no instances to reference
+    assert_no_references(overlay)
     assert fused.StudyInstanceUID == overlay.StudyInstanceUID and fused.StudyInstanceUID
     assert fused.FrameOfReferenceUID == overlay.FrameOfReferenceUID and fused.FrameOfReferenceUID
     assert fused.SeriesInstanceUID != overlay.SeriesInstanceUID
@@ -360,6 +364,224 @@ def test_dicom_output_folder_is_checked_before_any_work(tmp_path: Path, mri: dic
     assert targets == {"fused": tmp_path / "res" / "fused"}
 
 
+# ---- references to the source series ------------------------------------------------------------------
+def slices_on_disk(folder: Path) -> dict[tuple[str, int | None], tuple[str, np.ndarray]]:
+    """SOP Class UID and position of every slice of a series as its files say, read with pydicom alone,
+    by (SOP Instance UID, frame number) – the frame number ``None`` for single-frame files."""
+    slices = {}
+    for path in sorted(folder.iterdir()):
+        dataset = quiet_dcmread(path)
+        if "PerFrameFunctionalGroupsSequence" in dataset:
+            for number, frame in enumerate(dataset.PerFrameFunctionalGroupsSequence, start=1):
+                position = np.array(frame.PlanePositionSequence[0].ImagePositionPatient, float)
+                slices[(dataset.SOPInstanceUID, number)] = (dataset.SOPClassUID, position)
+        else:
+            slices[(dataset.SOPInstanceUID, None)] = (
+                dataset.SOPClassUID,
+                np.array(dataset.ImagePositionPatient, float),
+            )
+    return slices
+
+
+def code(item: pydicom.Dataset) -> tuple[str, str, str]:
+    return item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning
+
+
+SOURCE_IMAGE = ("121322", "DCM", "Source image for image processing operation")
+SOURCE_SERIES = ("121323", "DCM", "Source series for image processing operation")
+RESAMPLING = ("113085", "DCM", "Spatial resampling")
+
+
+def evidence(sequence: pydicom.Sequence) -> dict[tuple[str, str], set[tuple[str, str]]]:
+    """(study, series) -> {(SOP Class, SOP Instance)} of a Hierarchical SOP Instance Reference sequence."""
+    found: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for study in sequence:
+        for series in study.ReferencedSeriesSequence:
+            found.setdefault((study.StudyInstanceUID, series.SeriesInstanceUID), set()).update(
+                (item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID) for item in series.ReferencedSOPSequence
+            )
+    return found
+
+
+def assert_frames_reference_their_mri_slices(folder: Path, mri_folder: Path, mri: dicom.DicomVolume) -> None:
+    """Every frame derives from exactly the MRI slice at its position (checked against the MRI's files),
+    each slice is referenced once, and the Source Image Evidence lists exactly those instances."""
+    (path,) = sorted(folder.iterdir())
+    dataset = pydicom.dcmread(path)
+    on_disk = slices_on_disk(mri_folder)
+    referenced = []
+    for frame in dataset.PerFrameFunctionalGroupsSequence:
+        (derivation,) = frame.DerivationImageSequence
+        assert [code(c) for c in derivation.DerivationCodeSequence] == [RESAMPLING]
+        assert "registered to the MRI and resampled onto its grid" in derivation.DerivationDescription
+        (source,) = derivation.SourceImageSequence
+        key = (source.ReferencedSOPInstanceUID, source.get("ReferencedFrameNumber"))
+        sop_class, position = on_disk[key]
+        np.testing.assert_allclose(frame.PlanePositionSequence[0].ImagePositionPatient, position, atol=GEOMETRY_MM)
+        assert source.ReferencedSOPClassUID == sop_class
+        assert [code(c) for c in source.PurposeOfReferenceCodeSequence] == [SOURCE_IMAGE]
+        assert source.SpatialLocationsPreserved == "YES"
+        referenced.append(key)
+    assert sorted(referenced, key=str) == sorted(on_disk, key=str)  # every slice, once
+    assert "DerivationImageSequence" not in dataset.SharedFunctionalGroupsSequence[0]
+    instances = {(on_disk[key][0], key[0]) for key in referenced}
+    assert evidence(dataset.SourceImageEvidenceSequence) == {(mri.info["study_uid"], mri.info["series_uid"]): instances}
+    assert (mri.info["study_uid"], mri.info["series_uid"], [SOURCE_SERIES]) in related_series(dataset)
+
+
+def related_series(dataset: pydicom.Dataset) -> list[tuple[str, str, list[tuple[str, str, str]]]]:
+    return [
+        (item.StudyInstanceUID, item.SeriesInstanceUID, [code(c) for c in item.PurposeOfReferenceCodeSequence])
+        for item in dataset.get("RelatedSeriesSequence", [])
+    ]
+
+
+def assert_no_references(dataset: pydicom.Dataset) -> None:
+    groups = [dataset.SharedFunctionalGroupsSequence[0], *dataset.PerFrameFunctionalGroupsSequence]
+    assert not any("DerivationImageSequence" in group or "ReferencedImageSequence" in group for group in groups)
+    for keyword in ("RelatedSeriesSequence", "SourceImageEvidenceSequence", "ReferencedImageEvidenceSequence"):
+        assert keyword not in dataset
+
+
+def left_handed(image: sitk.Image) -> sitk.Image:
+    """The same voxels in space on a left-handed grid: slices in reverse order, third axis reversed."""
+    flipped = sitk.GetImageFromArray(sitk.GetArrayFromImage(image)[::-1])
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3) * [1, 1, -1]
+    flipped.SetDirection(direction.ravel())
+    flipped.SetSpacing(image.GetSpacing())
+    flipped.SetOrigin(image.TransformIndexToPhysicalPoint((0, 0, image.GetSize()[2] - 1)))
+    return flipped
+
+
+@pytest.mark.parametrize(
+    ("files", "grid"),
+    [
+        ("oblique", "as read"),
+        ("oblique, numbered against the normal", "as read"),  # a left-handed series on disk
+        ("oblique", "left-handed"),  # the volume handed over on a left-handed grid (same voxels)
+    ],
+)
+def test_every_frame_references_the_mri_slice_at_its_position(tmp_path: Path, files: str, grid: str) -> None:
+    direction = np.asarray(OBLIQUE).reshape(3, 3)
+    if "against" in files:
+        direction = direction * [1, 1, -1]
+    make_series(tmp_path / "mri", phantom((6, 9, 7)), direction=direction.ravel(), spacing=(0.8, 0.9, 3.0),
+                origin=(10, -20, 5))  # fmt: skip
+    mri = dicom.read_dicom_series(tmp_path / "mri", role="MRI")
+    image = mri.image if grid == "as read" else left_handed(mri.image)
+    fused, overlay = fused_like(image), overlay_like(image)
+    out = dicom.write_dicom_series(fused, tmp_path / "fused", reference=mri.info, description="f", rgb=False)
+    colour = dicom.write_dicom_series(overlay, tmp_path / "overlay", reference=mri.info, description="o", rgb=True)
+    for folder in (out, colour):
+        assert_valid(folder)
+        assert_frames_reference_their_mri_slices(folder, tmp_path / "mri", mri)
+    check_readers(out, fused, tmp_path / "nii", quantisation_step(out) / 2 + 1e-6)
+    check_readers(colour, overlay, tmp_path / "nii_colour", 0)
+
+
+def test_an_enhanced_multi_frame_mri_is_referenced_frame_by_frame(tmp_path: Path) -> None:
+    make_enhanced_series(tmp_path / "mri", phantom((5, 8, 6)), spacing=(1.0, 1.2, 2.5), origin=(3, 4, 5))
+    mri = dicom.read_dicom_series(tmp_path / "mri", role="MRI")
+    fused = fused_like(mri.image)
+    out = dicom.write_dicom_series(fused, tmp_path / "fused", reference=mri.info, description="f", rgb=False)
+    assert_valid(out)
+    assert_frames_reference_their_mri_slices(out, tmp_path / "mri", mri)
+    frames = pydicom.dcmread(next(out.iterdir())).PerFrameFunctionalGroupsSequence
+    numbers = [f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber for f in frames]
+    assert numbers == [5, 4, 3, 2, 1]  # the factory stores the frames from the top slice down
+    check_readers(out, fused, tmp_path / "nii", quantisation_step(out) / 2 + 1e-6)
+
+
+@pytest.fixture
+def pet(tmp_path: Path) -> dicom.DicomVolume:
+    make_series(tmp_path / "pet", phantom((4, 6, 5), kind="pet"), modality="PT", spacing=(4.0, 4.0, 4.0),
+                rescale="slice", extra=pet_suv_tags())  # fmt: skip
+    return dicom.read_dicom_series(tmp_path / "pet", role="PET")
+
+
+def test_fused_and_overlay_reference_the_pet_series_and_all_its_instances(
+    tmp_path: Path, mri: dicom.DicomVolume, pet: dicom.DicomVolume
+) -> None:
+    targets = dicom.plan_dicom_outputs(tmp_path / "result", inputs=[], overlay=True, overwrite=False)
+    fused, overlay = fused_like(mri.image), overlay_like(mri.image)
+    with pytest.warns(MedfuseWarning), output_transaction() as tx:  # the MRI's invalid values, repaired
+        written = dicom.write_fused_dicom(targets, fused, overlay, reference=mri.info, pet=pet.info, method="net",
+                                          transaction=tx)  # fmt: skip
+    pet_instances = {(v[0], k[0]) for k, v in slices_on_disk(tmp_path / "pet").items()}
+    assert {c for c, _ in pet_instances} == {PET_STORAGE} and len(pet_instances) == 4
+    for folder in written:
+        assert_valid(folder)
+        assert_frames_reference_their_mri_slices(folder, tmp_path / "mri", mri)
+        dataset = pydicom.dcmread(next(folder.iterdir()))
+        assert related_series(dataset) == [
+            (mri.info["study_uid"], mri.info["series_uid"], [SOURCE_SERIES]),
+            (pet.info["study_uid"], pet.info["series_uid"], [SOURCE_SERIES]),
+        ]
+        shared = dataset.SharedFunctionalGroupsSequence[0]
+        assert {(i.ReferencedSOPClassUID, i.ReferencedSOPInstanceUID) for i in shared.ReferencedImageSequence} == (
+            pet_instances
+        )
+        assert all([code(c) for c in i.PurposeOfReferenceCodeSequence] == [SOURCE_IMAGE]
+                   for i in shared.ReferencedImageSequence)  # fmt: skip
+        assert evidence(dataset.ReferencedImageEvidenceSequence) == {
+            (pet.info["study_uid"], pet.info["series_uid"]): pet_instances
+        }
+    check_readers(written[0], fused, tmp_path / "nii_fused", quantisation_step(written[0]) / 2 + 1e-6)
+    check_readers(written[1], overlay, tmp_path / "nii_overlay", 0)
+
+
+def test_a_nifti_mri_with_a_dicom_pet_derives_from_the_pet_instances_alone(
+    tmp_path: Path, pet: dicom.DicomVolume
+) -> None:
+    grid = sitk.GetImageFromArray(phantom((4, 6, 5)).astype(np.float32))
+    reference = dicom.export_reference(None, pet.info)
+    out = dicom.write_dicom_series(fused_like(grid), tmp_path / "f", reference=reference, description="f", rgb=False)
+    assert_valid(out)
+    dataset = pydicom.dcmread(next(out.iterdir()))
+    assert related_series(dataset) == [(pet.info["study_uid"], pet.info["series_uid"], [SOURCE_SERIES])]
+    assert not any("DerivationImageSequence" in frame for frame in dataset.PerFrameFunctionalGroupsSequence)
+    (derivation,) = dataset.SharedFunctionalGroupsSequence[0].DerivationImageSequence
+    assert [code(c) for c in derivation.DerivationCodeSequence] == [RESAMPLING]
+    pet_instances = {(v[0], k[0]) for k, v in slices_on_disk(tmp_path / "pet").items()}
+    assert {(i.ReferencedSOPClassUID, i.ReferencedSOPInstanceUID) for i in derivation.SourceImageSequence} == (
+        pet_instances
+    )
+    assert evidence(dataset.SourceImageEvidenceSequence) == {
+        (pet.info["study_uid"], pet.info["series_uid"]): pet_instances
+    }
+
+
+def test_a_volume_off_the_mri_grid_references_the_mri_as_a_whole_series(tmp_path: Path) -> None:
+    make_series(tmp_path / "mri", phantom((6, 9, 7)), direction=OBLIQUE, spacing=(0.8, 0.9, 3.0))
+    mri = dicom.read_dicom_series(tmp_path / "mri", role="MRI")
+    cropped = mri.image[:, :, 1:]  # five of the six slices: no frame can claim "made from this slice" blindly
+    out = dicom.write_dicom_series(fused_like(cropped), tmp_path / "f", reference=mri.info, description="f", rgb=False)
+    assert_valid(out)
+    dataset = pydicom.dcmread(next(out.iterdir()))
+    assert not any("DerivationImageSequence" in frame for frame in dataset.PerFrameFunctionalGroupsSequence)
+    (derivation,) = dataset.SharedFunctionalGroupsSequence[0].DerivationImageSequence
+    mri_instances = {(v[0], k[0]) for k, v in slices_on_disk(tmp_path / "mri").items()}
+    assert {(i.ReferencedSOPClassUID, i.ReferencedSOPInstanceUID) for i in derivation.SourceImageSequence} == (
+        mri_instances
+    )
+
+
+def test_an_mri_with_an_invalid_uid_is_not_referenced_and_the_export_stays_valid(tmp_path: Path) -> None:
+    built = make_series(tmp_path / "mri", phantom((5, 9, 7)), spacing=(0.8, 0.9, 3.0))
+    broken = pydicom.dcmread(built.paths[2])
+    with warnings.catch_warnings():  # pydicom warns about the invalid value it is told to write
+        warnings.simplefilter("ignore")
+        broken.SOPInstanceUID = broken.file_meta.MediaStorageSOPInstanceUID = "1.2.03"  # a leading zero: invalid
+        broken.save_as(built.paths[2])
+    mri = dicom.read_dicom_series(tmp_path / "mri", role="MRI")
+    with pytest.warns(MedfuseWarning, match=r"mri: the MRI's UID '1\.2\.03' is not a valid DICOM UID; the exported "
+                      "series do not reference the MRI series"):  # fmt: skip
+        out = dicom.write_dicom_series(fused_like(mri.image), tmp_path / "f", reference=mri.info, description="f",
+                                       rgb=False)  # fmt: skip
+    assert_valid(out)
+    assert_no_references(pydicom.dcmread(next(out.iterdir())))
+
+
 # ---- medfuse fuse ... --format dicom -----------------------------------------------------------------
 def test_cli_writes_valid_fused_and_overlay_series_on_the_mri_grid(tmp_path: Path) -> None:
     folders = clinical_folders(tmp_path / "in")
@@ -381,6 +603,12 @@ def test_cli_writes_valid_fused_and_overlay_series_on_the_mri_grid(tmp_path: Pat
     assert (first.PatientID, first.StudyInstanceUID) == (source.PatientID, source.StudyInstanceUID)
     assert first.FrameOfReferenceUID == source.FrameOfReferenceUID
     assert first.SeriesDescription == "medfuse fused MRI+PET (laplacian)"
+    pet = dicom.read_dicom_series(study, role="PET")
+    for folder in (out / "fused", out / "overlay"):  # made from the T1 slice at each frame's position and the PET
+        assert_frames_reference_their_mri_slices(folder, study / "t1", mri)
+        dataset = pydicom.dcmread(next(folder.iterdir()))
+        assert (pet.info["study_uid"], pet.info["series_uid"], [SOURCE_SERIES]) in related_series(dataset)
+        assert len(dataset.SharedFunctionalGroupsSequence[0].ReferencedImageSequence) == pet.info["slice_count"]
 
     again = CliRunner().invoke(app, ["fuse", str(study), str(study), "-o", str(out), "--format", "dicom",
                                      "--method", "laplacian", "--register", "none"])  # fmt: skip

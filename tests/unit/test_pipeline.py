@@ -163,7 +163,7 @@ def test_register_none_refuses_pet_that_does_not_overlap(mri: sitk.Image) -> Non
         Grid((30, 30, 30), (4.0, 4.0, 4.0), centre=(0.0, 0.0, 500.0)), rigid(translation_mm=(0, 0, 500))
     )
     with pytest.raises(
-        InvalidInputError, match=r"under --register none the PET and MRI heads barely overlap \(0% overlap"
+        InvalidInputError, match=r"under --register none the PET and MRI barely overlap \(0% of the smaller body\)"
     ):
         pipeline.fuse_images(mri, far_pet, FuseOptions(register="none"), fuser=FakeFuser())
 
@@ -171,7 +171,10 @@ def test_register_none_refuses_pet_that_does_not_overlap(mri: sitk.Image) -> Non
 def test_register_none_uses_scanner_coordinates(mri: sitk.Image) -> None:
     aligned_pet = phantom_pet(PET_GRID)
     result = pipeline.fuse_images(mri, aligned_pet, FuseOptions(register="none"), fuser=FakeFuser())
-    assert result.registration is None and result.report["registration"]["source"] == "none (scanner coordinates)"
+    record = result.report["registration"]
+    assert result.registration is None and record["source"] == "none (scanner coordinates)"
+    assert record["requested"] == "none" and record["decision"] == "--register none keeps the scanners' coordinates"
+    assert record["moved_mm"] == 0.0 and record["overlap"] > 0.9 and record["confidence"]["level"] == "medium"
     assert result.transform.GetParameters() == (0.0,) * 6
 
 
@@ -199,8 +202,11 @@ def test_fuse_files_writes_everything_and_the_transform_round_trips(files: tuple
     report = json.loads(options.report.read_text())
     assert report["inputs"]["mri"]["path"] == str(mri_path) and report["inputs"]["pet"]["format"] == "NRRD"
     assert report["inputs"]["mri"]["orientation"] == "RAS" and report["inputs"]["pet"]["orientation"] == "LPS"
-    assert report["registration"]["mode"] == "rigid" and report["registration"]["metric_value"] < -0.5
-    assert report["registration"]["transform"]["type"] == "Euler3DTransform"
+    record = report["registration"]
+    assert record["requested"] == "auto" and record["source"] == "rigid" and record["metric_value"] < -0.5
+    assert record["decision"].startswith("no frame of reference is known for the MRI and PET (not DICOM)")
+    assert record["metric_value"] < record["metric_header"] and record["transform"]["type"] == "Euler3DTransform"
+    assert record["moved_mm"] > 5.0 and record["overlap"] > 0.9 and record["confidence"]["level"] in ("high", "medium")
     assert set(report["timings_s"]) >= {"load_mri", "load_pet", "register", "resample", "fuse", "write", "total"}
     assert report["fusion"]["method"] == "fake-mean" and report["fusion"]["device"] == "cpu"
     assert report["versions"]["SimpleITK"] and report["outputs"]["fused"] == str(out)
@@ -219,7 +225,7 @@ def test_saved_transform_is_reused_without_registering(
     def no_registration(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("--transform must skip registration")
 
-    monkeypatch.setattr(registration, "register", no_registration)
+    monkeypatch.setattr(registration.placement, "register", no_registration)
     second = pipeline.fuse_files(
         mri_path, pet_path, tmp_path / "b.nii", FuseOptions(transform=tmp_path / "t.tfm"), fuser=FakeFuser()
     )
@@ -229,9 +235,9 @@ def test_saved_transform_is_reused_without_registering(
     )
 
 
-def test_transform_that_misses_the_head_is_refused(files: tuple[Path, Path], tmp_path: Path) -> None:
+def test_transform_that_misses_the_body_is_refused(files: tuple[Path, Path], tmp_path: Path) -> None:
     sitk.WriteTransform(rigid(translation_mm=(0.0, 400.0, 0.0)), str(tmp_path / "off.tfm"))
-    with pytest.raises(InvalidInputError, match=r"off\.tfm: with this transform the PET and MRI heads barely overlap"):
+    with pytest.raises(InvalidInputError, match=r"off\.tfm: with this transform the PET and MRI barely overlap"):
         pipeline.fuse_files(
             *files, tmp_path / "f.nii.gz", FuseOptions(transform=tmp_path / "off.tfm"), fuser=FakeFuser()
         )
@@ -368,6 +374,35 @@ def test_save_pet_writes_the_registered_pet_and_the_report_reads_out_the_lesion(
     expected = mri.TransformPhysicalPointToIndex(LESION_CENTRE)
     assert np.abs(np.subtract(lesion["mri_voxel"], expected)).max() <= 1
     assert "hotspots" in report["timings_s"]
+
+
+@pytest.mark.parametrize("shortage", ["estimate", "allocation"])
+def test_a_hotspot_readout_that_does_not_fit_in_memory_is_skipped_with_a_warning(
+    files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shortage: str
+) -> None:
+    from medfuse import hotspots
+
+    if shortage == "estimate":  # more than the machine has: not even tried
+        monkeypatch.setattr(hotspots, "readout_bytes", lambda shape, spacing: 10**18)
+        reason = r"it needs up to 1000000\.0 TB of memory, more than the .* available"
+    else:  # tried, and an allocation failed
+
+        def out_of_memory(*args: object, **kwargs: object) -> None:
+            raise MemoryError
+
+        monkeypatch.setattr(hotspots, "find_hotspots", out_of_memory)
+        reason = "this machine ran out of memory during it"
+    mri_path, pet_path = files
+    out = tmp_path / "fused.nii.gz"
+    with pytest.warns(MedfuseWarning, match=rf"pet\.nrrd: the PET hotspot readout was skipped \({reason}\); the fused "
+                      "outputs are complete"):  # fmt: skip
+        result = pipeline.fuse_files(
+            mri_path, pet_path, out, FuseOptions(report=tmp_path / "r.json"), fuser=FakeFuser()
+        )
+    assert out.is_file() and result.report["hotspots"] is None
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["hotspots"] is None and report["hotspots_skipped"].startswith("skipped: ")
+    assert any("hotspot readout was skipped" in text for text in report["warnings"])
 
 
 def test_save_pet_is_checked_with_the_other_outputs(files: tuple[Path, Path], tmp_path: Path) -> None:

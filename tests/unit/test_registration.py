@@ -50,6 +50,13 @@ def mri() -> sitk.Image:
     return phantom_mri(MRI_GRID)
 
 
+def _centre(mri: sitk.Image) -> np.ndarray:
+    """The physical centre of the MRI's foreground (what ``moved_mm`` measures from)."""
+    mask = sitk.GetArrayFromImage(registration.foreground_mask(mri, "MRI"))
+    index = np.argwhere(mask > 0)[:, ::-1].mean(axis=0)
+    return np.array(mri.TransformContinuousIndexToPhysicalPoint(tuple(float(i) for i in index)))
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_rigid_registration_recovers_known_misalignment(mri: sitk.Image, case: str) -> None:
     grid, angles, translation = CASES[case]
@@ -60,6 +67,12 @@ def test_rigid_registration_recovers_known_misalignment(mri: sitk.Image, case: s
     assert tre < 0.5, f"mean target registration error {tre:.3f} mm"
     assert result.transform.GetName() == "Euler3DTransform"
     assert result.metric < -0.5 and result.overlap > 0.9 and result.mode == "rigid"
+    assert result.metric_header is not None and result.metric < result.metric_header and not result.kept_header
+    assert not result.anchored and not result.unanchored  # a head pins every direction down
+    assert result.confidence.level == "high" and result.confidence.spread_mm is not None
+    assert result.confidence.spread_mm < 1.0 and not result.warnings
+    moved = np.linalg.norm(np.subtract(truth.TransformPoint(tuple(_centre(mri))), _centre(mri)))
+    assert result.moved_mm == pytest.approx(moved, abs=1.5)
 
 
 def test_affine_registration_refines_the_rigid_result(mri: sitk.Image) -> None:
@@ -85,21 +98,24 @@ def test_registration_is_identical_across_runs_and_thread_counts(mri: sitk.Image
     assert results[0] == results[1] == results[2]
 
 
-def test_far_away_starting_geometry_is_found_from_head_centroids(mri: sitk.Image) -> None:
-    """PET in another scanner's coordinates (80 mm off): the centroid start brings it within reach."""
+def test_far_away_starting_geometry_is_found_from_foreground_centroids(mri: sitk.Image) -> None:
+    """PET in another scanner's coordinates (80 mm off): a centroid or centre start brings it within reach,
+    and the header pose (no overlap) neither wins nor guides anything."""
     truth = rigid((3.0, -5.0, 4.0), (80.0, -60.0, 40.0))
     pet = phantom_pet(Grid((64, 64, 56), (3.0, 3.0, 3.3), centre=(80.0, -60.0, 40.0)), truth, seed=2)
     result = registration.register(mri, pet)
-    assert result.initialisation == "head centroids"
+    assert result.initialisation in ("foreground centroids", "image centres")
     assert mean_tre(truth, result.transform, head_points(MRI_GRID, step=3)) < 0.5
+    assert not result.kept_header and not result.anchored and result.moved_mm > 80.0
 
 
 def test_barely_overlapping_result_warns(mri: sitk.Image, monkeypatch: pytest.MonkeyPatch) -> None:
     grid, angles, translation = CASES["4mm-pet-oblique"]
     pet = phantom_pet(grid, rigid(angles, translation))
-    monkeypatch.setattr(registration, "MIN_OVERLAP", 1.01)  # nothing overlaps that much
-    with pytest.warns(MedfuseWarning, match="barely overlap"):
-        registration.register(mri, pet)
+    monkeypatch.setattr("medfuse.registration.core.MIN_OVERLAP", 1.01)  # nothing overlaps that much
+    with pytest.warns(MedfuseWarning, match=r"barely overlap \(\d+% of the smaller body\)"):
+        result = registration.register(mri, pet)
+    assert result.warnings and "barely overlap" in result.warnings[0]
 
 
 def test_resample_to_puts_pet_on_the_mri_grid_with_zero_outside_its_field_of_view(mri: sitk.Image) -> None:
@@ -134,8 +150,8 @@ def test_overlap_fraction(mri: sitk.Image) -> None:
     assert registration.overlap_fraction(mri, pet, far) == 0.0
 
 
-def test_head_mask_covers_the_head(mri: sitk.Image) -> None:
-    mask = sitk.GetArrayFromImage(registration.head_mask(mri)).astype(bool)
+def test_foreground_mask_covers_the_head(mri: sitk.Image) -> None:
+    mask = sitk.GetArrayFromImage(registration.foreground_mask(mri, "MRI")).astype(bool)
     head = head_labels(MRI_GRID.points()) != 0
     dice = 2 * np.count_nonzero(mask & head) / (np.count_nonzero(mask) + np.count_nonzero(head))
     assert dice > 0.95
@@ -186,7 +202,7 @@ def test_example_pair_registers_to_its_known_misalignment() -> None:
     truth.SetFixedParameters(record["transform"]["itk_fixed_parameters"])
     truth.SetParameters(record["transform"]["itk_parameters"])
     result = registration.register(mri, pet)
-    head = np.argwhere(sitk.GetArrayFromImage(registration.head_mask(mri)) > 0)[::40, ::-1]
+    head = np.argwhere(sitk.GetArrayFromImage(registration.foreground_mask(mri, "MRI")) > 0)[::40, ::-1]
     points = np.array([mri.TransformIndexToPhysicalPoint(tuple(int(i) for i in index)) for index in head])
     assert mean_tre(truth, result.transform, points) < 0.5
     for lesion in record["lesions"]:

@@ -1,0 +1,121 @@
+"""The pipeline's speed work keeps results: grids shared, model loaded aside, slices prepared aside, parallel writes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from synthetic import FakeFuser, Grid, phantom_mri, phantom_pet, rigid
+
+from medfuse import colour, pipeline, registration
+from medfuse.atomic import output_transaction
+from medfuse.console import MedfuseWarning
+from medfuse.errors import OutputError, ProcessingError, WeightsError
+from medfuse.options import FuseOptions
+
+MRI_GRID = Grid((48, 60, 50), (3.2, 3.0, 3.1), centre=(2.0, -3.0, 5.0))
+PET_GRID = Grid((40, 40, 36), (4.0, 4.0, 4.4), centre=(-4.0, 6.0, 2.0))
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[sitk.Image, sitk.Image]:
+    return phantom_mri(MRI_GRID), phantom_pet(PET_GRID, rigid((4.0, -3.0, 5.0), (6.0, -5.0, 8.0)))
+
+
+@pytest.mark.slow
+def test_shared_grids_make_each_grid_once_and_the_same(
+    pair: tuple[sitk.Image, sitk.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medfuse.registration import grids
+
+    mri = pair[0]
+    made: list[float] = []
+    real = grids._make_grid
+
+    def counting(image: sitk.Image, spacing: float, antialias: bool) -> sitk.Image:
+        made.append(spacing)
+        return real(image, spacing, antialias)
+
+    monkeypatch.setattr(grids, "_make_grid", counting)
+    alone = sitk.GetArrayFromImage(registration.foreground_mask(mri, "MRI", dilate_mm=3.0))
+    with registration.shared_grids():
+        first = sitk.GetArrayFromImage(registration.foreground_mask(mri, "MRI", dilate_mm=3.0))
+        second = sitk.GetArrayFromImage(registration.foreground_mask(mri, "MRI"))
+        other = registration.foreground_mask(sitk.Image(mri), "MRI")  # another object: its own grid
+    assert made == [registration.WORK_SPACING_MM] * 3
+    assert np.array_equal(first, alone) and second.shape == alone.shape and other.GetSize() == mri.GetSize()
+    registration.foreground_mask(mri, "MRI")  # outside the block nothing is kept
+    assert len(made) == 4 and grids._GRIDS is None
+
+
+def test_prepared_aside_the_batches_are_the_same_whatever_their_size(pair: tuple[sitk.Image, sitk.Image]) -> None:
+    results = [
+        pipeline.fuse_images(*pair, FuseOptions(batch_size=size, register="none"), fuser=FakeFuser())
+        for size in (1, 5, 64)
+    ]
+    for result in results[1:]:
+        assert np.array_equal(sitk.GetArrayViewFromImage(result.fused), sitk.GetArrayViewFromImage(results[0].fused))
+        assert np.array_equal(
+            sitk.GetArrayViewFromImage(result.overlay), sitk.GetArrayViewFromImage(results[0].overlay)
+        )
+
+
+def test_a_fuser_failure_in_the_middle_surfaces(pair: tuple[sitk.Image, sitk.Image]) -> None:
+    class Breaking(FakeFuser):
+        def fuse(self, mri: np.ndarray, pet: np.ndarray) -> np.ndarray:
+            if len(self.calls) == 2:
+                return np.full_like(mri, np.nan)
+            return super().fuse(mri, pet)
+
+    with pytest.raises(ProcessingError, match="non-finite values"):
+        pipeline.fuse_images(*pair, FuseOptions(batch_size=4, register="none"), fuser=Breaking())
+
+
+def test_colour_lookup_in_ycbcr_equals_converting_the_rgb_map() -> None:
+    values = np.linspace(-0.1, 1.1, 41 * 122, dtype=np.float32).reshape(41, 122)
+    for name in colour.COLORMAPS:
+        y, cb, cr = colour.rgb_to_ycbcr(colour.apply_colormap(values, name))
+        table = colour.colormap_ycbcr(values, name)
+        np.testing.assert_allclose(table, np.stack([y, cb, cr], axis=-1), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_model_loads_while_inputs_are_read_and_its_errors_still_stop_the_run(
+    pair: tuple[sitk.Image, sitk.Image], tmp_path: Path
+) -> None:
+    mri_path, pet_path = tmp_path / "mri.nii.gz", tmp_path / "pet.nii.gz"
+    sitk.WriteImage(pair[0], str(mri_path))
+    sitk.WriteImage(pair[1], str(pet_path))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not weights")
+    with pytest.raises(WeightsError, match=r"broken\.safetensors"):
+        pipeline.fuse_files(mri_path, pet_path, tmp_path / "out" / "fused.nii.gz", FuseOptions(weights=broken))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    result = pipeline.fuse_files(mri_path, pet_path, tmp_path / "fused.nii.gz", FuseOptions(method="laplacian"))
+    timings = result.report["timings_s"]
+    assert list(timings)[:5] == ["load_mri", "load_pet", "register", "resample", "load_fuser"]
+    assert result.report["fusion"]["method"] == "laplacian"
+
+
+def test_parallel_writes_appear_together_or_not_at_all(tmp_path: Path) -> None:
+    def slow_text(text: str) -> Callable[[Path], int]:
+        return lambda path: path.write_text(text)
+
+    with output_transaction() as transaction:
+        transaction.write_parallel([(tmp_path / f"{n}.txt", slow_text(str(n))) for n in range(4)])
+    assert sorted(p.read_text() for p in tmp_path.iterdir()) == ["0", "1", "2", "3"]
+
+    def disk_full(path: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    folder = tmp_path / "second"
+    with (
+        pytest.raises(OutputError, match=r"b\.txt: could not be written \(No space left on device\)"),
+        pytest.warns(MedfuseWarning, match="did not exist and was created"),
+        output_transaction() as transaction,
+    ):
+        transaction.write_parallel([(folder / "a.txt", slow_text("a")), (folder / "b.txt", disk_full)])
+    assert not folder.exists()
