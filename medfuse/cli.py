@@ -503,11 +503,15 @@ def evaluate(
     """
     from rich.console import Console
 
+    from medfuse.errors import UnreadableInputError
     from medfuse.fusion2d import is_2d_input
     from medfuse.metrics import metrics_table
 
     console = Console()
-    if is_2d_input(fused):
+    for option, path in (("--fused", fused), ("--mri", mri), ("--pet", pet)):
+        if not path.exists():
+            raise UnreadableInputError(f"{path}: the {option} input does not exist; check the path.")
+    if is_2d_input(fused) or is_2d_input(mri):  # the MRI decides when the fused folder is empty or wrong
         from medfuse.metrics import run_evaluation
 
         evaluation = run_evaluation(fused, mri, pet, json_path=json_path, overwrite=overwrite)

@@ -80,16 +80,37 @@ def _interrupted(task: CaseTask, started: float) -> CaseResult:
 
 
 def _init_worker(threads: int) -> None:
-    """Spawned worker setup: ``threads`` CPU threads for torch and ITK, no progress output, Ctrl-C handling."""
+    """Spawned worker setup: Ctrl-C handling, ``threads`` CPU threads for torch and ITK, no progress output.
+
+    The worker starts with Ctrl-C ignored (:func:`_ctrl_c_ignored_by_new_workers`); its handler comes
+    first. A Ctrl-C sent before that is lost to this worker: it may still fuse a queued case, whole.
+    """
     import signal
 
+    signal.signal(signal.SIGINT, _interrupt_worker)
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[variable] = str(threads)
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     set_quiet(True)
-    signal.signal(signal.SIGINT, _interrupt_worker)
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored_by_new_workers() -> Iterator[None]:
+    """Ignore Ctrl-C (SIGINT) while worker processes are spawned: they start with it ignored (an ignored
+    signal stays ignored across exec, and Python then keeps it so) until :func:`_init_worker` installs
+    their handler, so a Ctrl-C during their start-up never prints a traceback from their imports."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def available_cpus() -> int:
@@ -126,12 +147,13 @@ def run_processes(
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("spawn")
-    executor = ProcessPoolExecutor(
-        workers - 1, mp_context=context, initializer=_init_worker, initargs=(options.threads or 1,)
-    )
-    others = set(multiprocessing.active_children())
-    futures = {executor.submit(run_case_on_worker, task): task for task in tasks}
-    spawned = set(multiprocessing.active_children()) - others
+    with _ctrl_c_ignored_by_new_workers():
+        executor = ProcessPoolExecutor(
+            workers - 1, mp_context=context, initializer=_init_worker, initargs=(options.threads or 1,)
+        )
+        others = set(multiprocessing.active_children())
+        futures = {executor.submit(run_case_on_worker, task): task for task in tasks}
+        spawned = set(multiprocessing.active_children()) - others
     try:
         fuser = load_fuser()
         ready()

@@ -68,10 +68,26 @@ def test_nema_phantom_hot_spheres_stand_out_in_the_fused_volume(contrast: float)
     phantom = nema_phantom(contrast, spacing_mm=3.0)
     result = fuse_images(phantom.mri, phantom.pet, FuseOptions(register="none", threads=1))
     ratios = sphere_ratios(sitk.GetArrayFromImage(result.fused), phantom)
-    assert all(ratios[diameter] >= 1.5 for diameter in (22.0, 28.0, 37.0)), ratios
+    assert all(ratios[diameter] >= 1.5 for diameter in (17.0, 22.0, 28.0, 37.0)), ratios  # 10 mm: 1.2, 13 mm: 1.45
     assert all(np.diff([ratios[d] for d in sorted(ratios)]) > 0), "bigger spheres (less partial volume) are brighter"
     fidelity = _fidelity(phantom.mri, result.pet_on_mri, result.fused)
     assert fidelity.hottest_is_brightest
+
+
+@pytest.mark.slow
+def test_analytic_head_hottest_uptake_is_the_brightest() -> None:
+    """The analytic FDG head (one lesion): hot voxels brightest even on bright anatomy (MRI headroom)."""
+    from synthetic import Grid, phantom_mri, phantom_pet
+
+    grid = Grid((96, 112, 100), (2.0, 2.0, 2.0))
+    mri, pet = phantom_mri(grid), phantom_pet(grid)
+    result = fuse_images(mri, pet, FuseOptions(register="none", threads=1))
+    fidelity = _fidelity(mri, result.pet_on_mri, result.fused)
+    assert fidelity.hottest_is_brightest, fidelity.class_means
+    means = list(fidelity.class_means.values())
+    assert all(np.diff(means) > 0), "each hotter PET class is brighter on average"
+    assert fidelity.rising_steps >= 0.8  # 84 % measured; white matter (MRI above the PET) holds the rest
+    assert fidelity.hot_contrast > 1.2
 
 
 @pytest.mark.slow

@@ -498,3 +498,20 @@ def test_clinical_style_dicom_cases(tmp_path: Path) -> None:
     np.testing.assert_allclose(fused.GetSpacing(), expected.GetSpacing(), atol=1e-6)
     report = json.loads((out / "good" / "report.json").read_text())
     assert "SUV" in json.dumps(report["inputs"]["pet"])
+
+
+def test_workers_start_with_ctrl_c_ignored_until_their_handler_is_installed() -> None:
+    """A Ctrl-C while workers import their libraries must not print their tracebacks (seen under load)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from medfuse.batch import workers
+
+    before = signal.getsignal(signal.SIGINT)
+    with workers._ctrl_c_ignored_by_new_workers():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        started_ignoring = pool.submit(signal.getsignal, signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert started_ignoring.result(timeout=60) is signal.SIG_IGN
+    pool.shutdown()

@@ -284,12 +284,12 @@ def test_bundled_network_keeps_black_background_black() -> None:
 
 
 @pytest.mark.slow
-def test_bundled_network_on_held_out_slices(harvard_dir: Path) -> None:
-    """On three slices of the validation series the network keeps edges (Qabf) and a black background."""
+def test_bundled_network_on_atlas_slices(harvard_dir: Path) -> None:
+    """On three slices of PET series 41 the network keeps edges (Qabf) and a black background."""
     from medfuse.metrics import luminance_255, qabf
-    from medfuse.training import load_pairs, split_by_series
+    from medfuse.training import load_pairs, training_split
 
-    _, val = split_by_series(load_pairs(harvard_dir, "PET"), "41")
+    _, val = training_split(load_pairs(harvard_dir, "PET"), ("PET41",))
     mri, pet = val.mri[30:33], val.functional[30:33]
     fused = get_fuser("net", device="cpu", threads=2).fuse(mri, pet)
     assert np.all(fused[np.maximum(mri, pet) < 0.5 / 255] == 0)
