@@ -424,7 +424,7 @@ def train(
     ssim_range: Annotated[
         float, typer.Option("--ssim-range", min=1e-6, help="Data range L of the SSIM loss's constants.")
     ] = 0.0078,
-    scd_weight: Annotated[float, typer.Option("--scd-weight", help="Weight of the complementarity (SCD) loss.")] = 0.4,
+    scd_weight: Annotated[float, typer.Option("--scd-weight", help="Weight of the complementarity (SCD) loss.")] = 0.25,
     monotone_weight: Annotated[
         float, typer.Option("--monotone-weight", min=0.0, help="Weight of the monotonicity loss (0: off).")
     ] = 1.0,

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from medfuse.model import FusionNet
 
 BUNDLED_WEIGHTS_NAME = "fusionnet_v2.safetensors"
-BUNDLED_WEIGHTS_SHA256 = "464d6a9e66cf9635ab1cc3251793732ee78f2c5ca8fe9a1873111704ac234097"
+BUNDLED_WEIGHTS_SHA256 = "7533c64ca2e64bcfbdff95287fa0343f54d3eba0e783a9e62f50f5d70327b30c"
 
 
 class Fuser(Protocol):

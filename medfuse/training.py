@@ -185,7 +185,7 @@ class TrainConfig:
     gradient_weight: float = 4.0
     ssim_weight: float = 1.0
     ssim_range: float = 0.0078
-    scd_weight: float = 0.4
+    scd_weight: float = 0.25
     monotone_weight: float = 1.0
     monotone_slope: float = 0.1
     uptake_share: float = 0.4

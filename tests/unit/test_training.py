@@ -297,3 +297,18 @@ def test_complementarity_term_prefers_carrying_both_sources() -> None:
     # F = A + B: F - B is A and F - A is B, both correlations are 1
     assert additive["scd"] == pytest.approx(0.0, abs=1e-6)
     assert mri_only["scd"] > 0.4
+
+
+def test_train_command_defaults_are_the_recipe() -> None:
+    """`medfuse train`'s option defaults are TrainConfig's (the recipe of the bundled weights), knob by knob."""
+    import inspect
+
+    from medfuse import cli
+
+    fields = {name: value.default for name, value in TrainConfig.__dataclass_fields__.items()}
+    options = inspect.signature(cli.train).parameters
+    not_recipe = ("data", "output", "holdout", "threads", "overwrite")
+    shared = [name for name in options if name in fields and name not in not_recipe]
+    assert len(shared) == 14  # every knob the command exposes
+    for name in shared:
+        assert options[name].default == fields[name], name
