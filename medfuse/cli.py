@@ -549,18 +549,26 @@ def info(
     typer.echo(json.dumps(described, indent=2) if as_json else format_description(described))
 
 
-def _stop_on_sigterm(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> None:
     """Console-script entry point.
 
     SIGTERM (a cluster's time limit, ``kill``) is handled like Ctrl-C: the outputs in progress are
-    removed and the exit code is 130.
+    removed and the exit code is 130. Both are remembered (``console.note_interrupt``), so an
+    interruption Python swallows still stops the run.
     """
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    from medfuse.console import note_interrupt
+
+    signal.signal(signal.SIGINT, note_interrupt)
+    signal.signal(signal.SIGTERM, note_interrupt)
+    sys.unraisablehook = _unraisable_but_interrupt
     app()
+
+
+def _unraisable_but_interrupt(unraisable: Any) -> None:
+    """Python's report of an exception it could not raise, except a lost Ctrl-C: that one is remembered
+    and raised again by the run (``console.raise_if_interrupted``), so its traceback would only alarm."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
 
 
 if __name__ == "__main__":  # pragma: no cover

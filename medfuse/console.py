@@ -6,6 +6,7 @@ Everything medfuse says goes to stderr so that stdout stays clean for data (``in
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,27 @@ _collectors: ContextVar[tuple[list[str], ...]] = ContextVar("medfuse_warning_col
 
 class MedfuseWarning(UserWarning):
     """A recoverable problem with the inputs (NaN voxels replaced, folder created...)."""
+
+
+_interruption = threading.Event()
+
+
+def note_interrupt(_signum: int, _frame: object) -> None:
+    """The command line's Ctrl-C / SIGTERM handler: remember the interruption, then raise KeyboardInterrupt.
+
+    Remembering matters when Python loses the KeyboardInterrupt: raised while the main thread runs an
+    import's clean-up callback it is reported as "ignored" and the run would go on (and, with the
+    import lock left held, wait forever for a model loading on another thread). Waits call
+    :func:`raise_if_interrupted`.
+    """
+    _interruption.set()
+    raise KeyboardInterrupt
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if :func:`note_interrupt` ran in this process (even if its exception was lost)."""
+    if _interruption.is_set():
+        raise KeyboardInterrupt
 
 
 def set_quiet(quiet: bool) -> None:

@@ -276,6 +276,20 @@ def _load_in_background(options: FuseOptions) -> Future[Fuser]:
     return loaded
 
 
+def _wait_for(loading: Future[Fuser]) -> Fuser:
+    """The fuser loading on the helper thread, waited for in short steps so that a Ctrl-C whose
+    KeyboardInterrupt Python lost (see :func:`medfuse.console.note_interrupt`) still ends the wait."""
+    import concurrent.futures
+
+    from medfuse.console import raise_if_interrupted
+
+    while True:
+        try:
+            return loading.result(timeout=0.1)
+        except concurrent.futures.TimeoutError:
+            raise_if_interrupted()
+
+
 def _fuse(
     mri: sitk.Image,
     pet: sitk.Image,
@@ -301,7 +315,7 @@ def _fuse(
             pet_on_mri = registration.resample_to(pet, mri, placement.transform)
         if isinstance(fuser, Future):
             with _timed(timings, "load_fuser"), stage("Loading the fusion model"):
-                fuser = fuser.result()
+                fuser = _wait_for(fuser)
         with _timed(timings, "fuse"):
             fused, overlay, details = _fuse_volume(mri, pet_on_mri, pet, options, fuser)
         with _timed(timings, "hotspots"), stage("Reading out the PET hotspots"):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +123,43 @@ def test_parallel_writes_appear_together_or_not_at_all(tmp_path: Path) -> None:
     ):
         transaction.write_parallel([(folder / "a.txt", slow_text("a")), (folder / "b.txt", disk_full)])
     assert not folder.exists()
+
+
+@pytest.fixture
+def lost_ctrl_c() -> Iterator[None]:
+    """A Ctrl-C the command-line handler noted but whose KeyboardInterrupt Python swallowed."""
+    from medfuse import console
+
+    with pytest.raises(KeyboardInterrupt):
+        console.note_interrupt(signal.SIGINT, None)
+    yield
+    console._interruption.clear()
+
+
+def test_a_lost_ctrl_c_still_ends_the_wait_for_the_model(lost_ctrl_c: None) -> None:
+    """Seen under load: Ctrl-C while the model imported torch on its thread raised KeyboardInterrupt inside
+    an import's clean-up callback; Python reported it as ignored and the run waited for the model forever."""
+    never_loaded: Future[object] = Future()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        pipeline._wait_for(never_loaded)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 5.0
+
+
+def test_a_lost_ctrl_c_prints_no_traceback_and_other_lost_errors_still_do(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medfuse.cli import _unraisable_but_interrupt
+
+    class RaisesWhenCollected:
+        def __init__(self, error: BaseException) -> None:
+            self.error = error
+
+        def __del__(self) -> None:
+            raise self.error
+
+    monkeypatch.setattr(sys, "unraisablehook", _unraisable_but_interrupt)
+    RaisesWhenCollected(KeyboardInterrupt())  # collected at once: Python cannot raise from __del__
+    assert capsys.readouterr().err == ""
+    RaisesWhenCollected(ValueError("a real problem"))
+    assert "a real problem" in capsys.readouterr().err
