@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -421,7 +421,13 @@ def run_evaluation(
     return evaluation
 
 
-def write_json(evaluation: Evaluation, path: str | Path, overwrite: bool = False) -> Path:
+class Scores(Protocol):
+    """Anything ``evaluate`` scored: 2-D folders (:class:`Evaluation`) or volumes (``VolumeEvaluation``)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def write_json(evaluation: Scores, path: str | Path, overwrite: bool = False) -> Path:
     """Write ``evaluation.to_dict()`` as indented JSON, atomically."""
     from medfuse.atomic import output_transaction
 

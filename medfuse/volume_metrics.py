@@ -19,7 +19,6 @@ volumes must share one grid (the fused volume and ``fuse --save-pet`` are writte
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -259,18 +258,10 @@ def run_volume_evaluation(
         check_output_path(json_path, allowed=(".json",), inputs=[fused, mri, pet], overwrite=overwrite, option="--json")
     evaluation = evaluate_volumes(fused, mri, pet)
     if json_path is not None:
+        from medfuse.metrics import write_json
+
         write_json(evaluation, json_path, overwrite=overwrite)
     return evaluation
-
-
-def write_json(evaluation: VolumeEvaluation, path: str | Path, overwrite: bool = False) -> Path:
-    """Write ``evaluation.to_dict()`` as indented JSON, atomically."""
-    from medfuse.atomic import output_transaction
-
-    text = json.dumps(evaluation.to_dict(), indent=2) + "\n"
-    with output_transaction(overwrite=overwrite) as transaction:
-        transaction.write(path, lambda temp: Path(temp).write_text(text, encoding="utf-8"))
-    return Path(path)
 
 
 def fidelity_table(fidelity: UptakeFidelity, title: str | None = None) -> Table:
