@@ -395,7 +395,7 @@ def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> tu
 
     ``--pet-window LOW HIGH`` maps LOW..HIGH linearly to the network's 0..1 (clipped). By default LOW is
     the background (0.5th percentile of all voxels) and HIGH is where the line through LOW and the 99.5th
-    percentile of the head voxels (placed at :data:`PET_KNEE`) reaches 1; uptake above the knee is
+    percentile of the foreground voxels (placed at :data:`PET_KNEE`) reaches 1; uptake above the knee is
     compressed towards 1 instead of clipped (:func:`pet_input`).
     """
     import SimpleITK as sitk
