@@ -503,21 +503,13 @@ def evaluate(
     """
     from rich.console import Console
 
-    from medfuse.errors import UnreadableInputError, UsageError
     from medfuse.fusion2d import is_2d_input
     from medfuse.metrics import metrics_table
 
     console = Console()
-    for option, path in (("--fused", fused), ("--mri", mri), ("--pet", pet)):
-        if not path.exists():
-            raise UnreadableInputError(f"{path}: the {option} input does not exist; check the path.")
-    fused_is_2d, mri_is_2d = is_2d_input(fused), is_2d_input(mri)
-    if mri_is_2d and not fused_is_2d and fused.is_file():
-        raise UsageError(
-            f"--mri {mri} is a 2-D image (or folder of them) but --fused {fused} is a volume; "
-            "give three volumes or three folders of 2-D images."
-        )
-    if fused_is_2d or mri_is_2d:  # 2-D images: the MRI decides when the fused folder holds none
+    # 2-D images when the fused input is, or when the MRI is and the fused input is no volume file (an
+    # empty or missing folder: the 2-D evaluation names it); the volume evaluation refuses 2-D sources.
+    if is_2d_input(fused) or (is_2d_input(mri) and not fused.is_file()):
         from medfuse.metrics import run_evaluation
 
         evaluation = run_evaluation(fused, mri, pet, json_path=json_path, overwrite=overwrite)

@@ -165,12 +165,7 @@ def colormap_values(rgb: np.ndarray, name: str, samples: int = 1024) -> np.ndarr
     even steps; each distinct colour is looked up once, so 8-bit images with a few hundred colours
     are fast. Black gives 0.
     """
-    table = np.asarray(
-        [
-            np.interp(np.linspace(0.0, 1.0, samples), np.linspace(0.0, 1.0, LUT_SIZE), colormap_lut(name)[:, c])
-            for c in range(3)
-        ]
-    ).T
+    table = apply_colormap(np.linspace(0.0, 1.0, samples), name)
     pixels = np.asarray(rgb, dtype=np.float32)
     if pixels.shape[-1] != 3:
         raise ValueError(f"expected an RGB array with 3 channels last, got shape {pixels.shape}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -300,6 +300,12 @@ def compute_metrics(fused: np.ndarray, mri: np.ndarray, pet: np.ndarray) -> dict
 
 
 # ---- folders ------------------------------------------------------------------------------------------------
+def mean_metrics(rows: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Each metric's mean over ``rows`` (one dict of the eight metrics per image or slice)."""
+    rows = list(rows)
+    return {name: float(np.mean([row[name] for row in rows])) for name in METRIC_NAMES}
+
+
 @dataclass
 class Evaluation:
     """Per-image metrics of a fused folder and their means, plus the files that had no partner."""
@@ -313,7 +319,7 @@ class Evaluation:
     @property
     def means(self) -> dict[str, float]:
         """Mean of each metric over the evaluated pairs."""
-        return {name: float(np.mean([row[name] for row in self.per_image.values()])) for name in METRIC_NAMES}
+        return mean_metrics(self.per_image.values())
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready summary: folders, pair count, means, per-image values and unpaired files."""

@@ -394,13 +394,12 @@ def predict(model: FusionNet, mri: np.ndarray, pet: np.ndarray, batch_size: int 
 
 def validation_metrics(fused: np.ndarray, mri: np.ndarray, pet: np.ndarray) -> dict[str, float]:
     """Mean fusion metrics of :mod:`medfuse.metrics` (Y on 0..255) over (N, H, W) arrays in [0, 1]."""
-    from medfuse.metrics import METRIC_NAMES, compute_metrics, luminance_255
+    from medfuse.metrics import compute_metrics, luminance_255, mean_metrics
 
-    rows = [
+    return mean_metrics(
         compute_metrics(luminance_255(f), luminance_255(a), luminance_255(b))
         for f, a, b in zip(fused, mri, pet, strict=True)
-    ]
-    return {name: float(np.mean([row[name] for row in rows])) for name in METRIC_NAMES}
+    )
 
 
 def score_held_out(

@@ -147,9 +147,9 @@ class VolumeEvaluation:
     @property
     def means(self) -> dict[str, float]:
         """Mean of each metric over the scored slices."""
-        from medfuse.metrics import METRIC_NAMES
+        from medfuse.metrics import mean_metrics
 
-        return {name: float(np.mean([row[name] for row in self.per_slice.values()])) for name in METRIC_NAMES}
+        return mean_metrics(self.per_slice.values())
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary: inputs, slices scored, metric means and per slice, fidelity, windows."""
@@ -245,9 +245,12 @@ def run_volume_evaluation(
 ) -> VolumeEvaluation:
     """``medfuse evaluate`` for volumes: check the JSON path first, score, then write the JSON if asked."""
     from medfuse.atomic import check_output_path
-    from medfuse.errors import UsageError
+    from medfuse.errors import UnreadableInputError, UsageError
     from medfuse.fusion2d import is_2d_input
 
+    for option, path in (("--fused", fused), ("--mri", mri), ("--pet", pet)):
+        if not Path(path).exists():
+            raise UnreadableInputError(f"{path}: the {option} input does not exist; check the path.")
     for option, path in (("--mri", mri), ("--pet", pet)):
         if is_2d_input(path):
             raise UsageError(
