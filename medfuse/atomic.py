@@ -15,9 +15,13 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from medfuse.console import warn
+from medfuse.console import interrupts_deferred, warn
 from medfuse.errors import MedfuseError, OutputError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -154,8 +158,15 @@ class OutputTransaction:
             for final, temp, writer in temps:
                 _run_writer(final, temp, writer)
             return
-        with ThreadPoolExecutor(len(temps), thread_name_prefix="medfuse-write") as pool:
-            running = [pool.submit(_run_writer, final, temp, writer) for final, temp, writer in temps]
+        running: list[Future[None]] = []
+        with interrupts_deferred():
+            pool = ThreadPoolExecutor(len(temps), thread_name_prefix="medfuse-write")
+            try:
+                for final, temp, writer in temps:
+                    running.append(pool.submit(_run_writer, final, temp, writer))
+            finally:
+                pool.shutdown(wait=False)  # each thread ends once its writer has
+                _wait_through_interrupts(running)
         for done in running:
             done.result()
 
@@ -204,6 +215,28 @@ class OutputTransaction:
             with contextlib.suppress(OSError):
                 directory.rmdir()
         self._created_dirs.clear()
+
+
+def _wait_through_interrupts(futures: Sequence[Future[None]]) -> None:
+    """Wait until every future has ended, even through a Ctrl-C (raised again afterwards) that was
+    not deferred (:func:`~medfuse.console.interrupts_deferred`: Python's own handler, in library use).
+
+    A writer cannot be stopped in the middle of its file, and the rollback must not delete a file
+    still being written. The wait is on the futures, never a join of the threads: in Python 3.11 a
+    ``Thread.join`` interrupted by Ctrl-C marks a thread that is still running as ended, and the
+    interpreter then shuts down under it (the process aborts with "FATAL: exception not rethrown").
+    """
+    from concurrent.futures import wait
+
+    interrupted: KeyboardInterrupt | None = None
+    while True:
+        try:
+            wait(futures)
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
 
 
 def _run_writer(final: Path, temp: Path, writer: Callable[[Path], object]) -> None:

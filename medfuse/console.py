@@ -50,7 +50,28 @@ def note_interrupt(_signum: int, _frame: object) -> None:
     :func:`raise_if_interrupted`.
     """
     _interruption.set()
-    raise KeyboardInterrupt
+    if not _deferral["active"]:
+        raise KeyboardInterrupt
+
+
+_deferral = {"active": False}
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C / SIGTERM noted by :func:`note_interrupt` until the block ends, then raise it.
+
+    For steps that must not be cut between two statements, such as starting the writer threads and
+    waiting for them: raised in between, the interruption would leave a thread writing a file that
+    the rollback had already cleared away.
+    """
+    previous = _deferral["active"]
+    _deferral["active"] = True
+    try:
+        yield
+    finally:
+        _deferral["active"] = previous
+    raise_if_interrupted()
 
 
 def raise_if_interrupted() -> None:

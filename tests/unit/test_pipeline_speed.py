@@ -125,6 +125,43 @@ def test_parallel_writes_appear_together_or_not_at_all(tmp_path: Path) -> None:
     assert not folder.exists()
 
 
+@pytest.mark.parametrize("handler", ["python's own", "the command line's"])
+def test_ctrl_c_during_parallel_writes_waits_for_every_writer_then_rolls_back(
+    handler: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen in CI: a signal while the writers ran ended the wait by joining the threads, Python 3.11 then
+    took a writer still running for ended, and the process aborted ("FATAL: exception not rethrown") or
+    left the file that writer made after the rollback.
+
+    The command line's handler is deferred while the writers start, so its Ctrl-C may land at once;
+    Python's own handler (library use) is waited through once the writers run.
+    """
+    import _thread
+    import threading
+
+    from medfuse import console
+
+    monkeypatch.setattr(console, "_interruption", threading.Event())
+    cli = handler == "the command line's"
+    previous = signal.signal(signal.SIGINT, console.note_interrupt if cli else signal.default_int_handler)
+    finished: list[str] = []
+
+    def slow(path: Path) -> None:
+        if path.name.startswith(".0."):  # the temporary name of 0.txt
+            time.sleep(0.0 if cli else 0.1)
+            _thread.interrupt_main()  # Ctrl-C reaches the main thread while the writers are busy
+        time.sleep(0.3)
+        path.write_text("complete")
+        finished.append(path.name[:2])
+
+    try:
+        with pytest.raises(KeyboardInterrupt), output_transaction() as transaction:
+            transaction.write_parallel([(tmp_path / f"{n}.txt", slow) for n in range(3)])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert sorted(finished) == [".0", ".1", ".2"] and not any(tmp_path.iterdir())
+
+
 @pytest.fixture
 def lost_ctrl_c() -> Iterator[None]:
     """A Ctrl-C the command-line handler noted but whose KeyboardInterrupt Python swallowed."""
