@@ -168,10 +168,11 @@ class NetFuser:
                 raise UsageError(f"--threads {threads}: use a positive number of threads.")
             torch.set_num_threads(threads)
         self._torch_device = resolve_device(device)
-        model, self.weights_sha256 = load_model(weights)
+        trained, self.weights_sha256 = load_model(weights)
+        model = trained.for_inference()  # the same function in fewer operations
         self.batch_size = batch_size
         self.threads = threads or torch.get_num_threads()
-        self.stride = model.stride
+        self.stride = trained.stride
         if self._torch_device.type == "cuda":
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True

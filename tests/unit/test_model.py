@@ -110,3 +110,26 @@ def test_full_resolution_detail_reaches_the_output(small_net: FusionNet) -> None
         changed = (small_net(mri, pet) - base).abs()[0, 0]
     assert changed[13, 18] > 0
     assert changed[13, 18] >= changed.max() * 0.5
+
+
+@pytest.mark.parametrize("channels", [(4, 8, 12), (8, 16, 32, 64)])
+def test_the_inference_form_computes_the_trained_function(channels: tuple[int, ...]) -> None:
+    """``for_inference`` (sigmoid attention, folded merge, half-resolution head) changes only float rounding,
+    with trained-like weights (random, the attention logits spread) and black corners where the gate acts."""
+    torch.manual_seed(3)
+    net = FusionNet(channels).eval()
+    with torch.no_grad():
+        for block in net.fusions:
+            block.attention.weight.mul_(8.0)  # logits far apart: the softmax is far from one half
+    form = net.for_inference()
+    assert form.stride == net.stride and not any(p.requires_grad for p in form.fusions.parameters())
+    for height, width in ((net.stride, net.stride), (3 * net.stride, 5 * net.stride)):
+        mri, pet = torch.rand(2, 1, height, width), torch.rand(2, 1, height, width) ** 3
+        mri[..., : height // 3, : width // 3] = 0.0
+        pet[..., : height // 3, : width // 2] = 0.0
+        with torch.inference_mode():
+            expected, got = net(mri, pet), form(mri, pet)
+        assert float((got - expected).abs().max()) < 1e-5
+        assert torch.equal(
+            got[..., : height // 3, : width // 3], torch.zeros_like(got[..., : height // 3, : width // 3])
+        )
