@@ -186,20 +186,23 @@ def apply_colormap(values: np.ndarray, name: str) -> np.ndarray:
     return _interpolate(values, colormap_lut(name))
 
 
-def colormap_ycbcr(values: np.ndarray, name: str) -> np.ndarray:
-    """Y, Cb, Cr (..., 3) of colour map ``name`` at ``values``: ``rgb_to_ycbcr(apply_colormap(values, name))``.
+def colormap_rgb_offsets(values: np.ndarray, name: str) -> np.ndarray:
+    """How far each colour of map ``name`` at ``values`` lies from grey in R, G and B, (..., 3) float32.
 
-    The conversion is linear, so interpolating the map's YCbCr table gives the same values (to float32
-    rounding, below 1e-6) in one pass instead of an RGB image and a matrix product per voxel.
+    These are the offsets :func:`ycbcr_to_rgb` adds to a luminance for the colour's chroma (Cb, Cr), so
+    ``clip(y + offsets)`` is ``ycbcr_to_rgb(y, Cb, Cr, keep_luminance=False)`` of the map's chroma. The
+    conversion is linear, so interpolating a table of the map's offsets gives the same values (to
+    float32 rounding, below 1e-6) without a chroma image and a matrix product per voxel.
     """
-    table = _YCBCR_TABLES.get(name)
+    table = _OFFSET_TABLES.get(name)
     if table is None:
-        y, cb, cr = rgb_to_ycbcr(colormap_lut(name))
-        table = _YCBCR_TABLES[name] = np.stack([y, cb, cr], axis=-1)
+        _y, cb, cr = rgb_to_ycbcr(colormap_lut(name))
+        chroma = np.stack([cb - 0.5, cr - 0.5], axis=-1)
+        table = _OFFSET_TABLES[name] = (chroma @ _YCBCR_TO_RGB[:, 1:].T).astype(np.float32)
     return _interpolate(values, table)
 
 
-_YCBCR_TABLES: dict[str, np.ndarray] = {}
+_OFFSET_TABLES: dict[str, np.ndarray] = {}
 
 
 def _interpolate(values: np.ndarray, table: np.ndarray) -> np.ndarray:

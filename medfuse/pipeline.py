@@ -32,6 +32,7 @@ How the 3-D volumes meet the 2-D network (it was trained on AANLIB slices):
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import platform
 import sys
@@ -309,8 +310,15 @@ def _fuse(
                 from medfuse.inference import load_fuser
 
                 fuser = load_fuser(options)
+        transform: Future[sitk.Transform] = Future()
+        readout = _hotspots_aside(pet, mri, transform, _pet_units(inputs), pet_name)
         with _timed(timings, "register"), stage("Registering the PET to the MRI"):
-            placement = _transform(mri, pet, options, inputs, pet_name)
+            try:
+                placement = _transform(mri, pet, options, inputs, pet_name)
+            except BaseException as exc:  # the readout stops waiting for the transform too
+                transform.set_exception(exc)
+                raise
+            transform.set_result(placement.transform)
         with _timed(timings, "resample"), stage("Resampling the PET onto the MRI grid"):
             pet_on_mri = registration.resample_to(pet, mri, placement.transform)
         if isinstance(fuser, Future):
@@ -319,7 +327,7 @@ def _fuse(
         with _timed(timings, "fuse"):
             fused, overlay, details = _fuse_volume(mri, pet_on_mri, pet, options, fuser)
         with _timed(timings, "hotspots"), stage("Reading out the PET hotspots"):
-            hotspots, skipped = _hotspots(pet, mri, placement.transform, _pet_units(inputs), pet_name)
+            hotspots, skipped = readout.result()
     report = _report(inputs, mri, options, fuser, placement.record, details, timings)
     report["hotspots"] = hotspots
     if skipped:
@@ -327,11 +335,37 @@ def _fuse(
     return FusionResult(fused, overlay, pet_on_mri, placement.transform, report, placement.registered)
 
 
+def _hotspots_aside(
+    pet: sitk.Image, mri: sitk.Image, transform: Future[sitk.Transform], units: str | None, pet_name: str
+) -> Future[tuple[dict[str, Any] | None, str | None]]:
+    """Start :func:`_hotspots` on a helper thread, beside the registration, whose cores it leaves partly idle.
+
+    The readout needs the PET on its own grid only, and the registration's ``transform`` only at its
+    end, to place its points on the MRI. Its warnings reach the run's lists (the thread runs in a copy
+    of this context). Not a daemon: a run that fails meanwhile lets it end (a fraction of a second).
+    """
+    import contextvars
+
+    result: Future[tuple[dict[str, Any] | None, str | None]] = Future()
+    context = contextvars.copy_context()
+
+    def read_out() -> None:
+        result.set_running_or_notify_cancel()
+        try:
+            result.set_result(context.run(_hotspots, pet, mri, transform, units, pet_name))
+        except BaseException as exc:  # handed to the run, which raises it when it asks for the readout
+            result.set_exception(exc)
+
+    threading.Thread(target=read_out, name="medfuse-hotspots").start()
+    return result
+
+
 def _hotspots(
-    pet: sitk.Image, mri: sitk.Image, transform: sitk.Transform, units: str | None, pet_name: str
+    pet: sitk.Image, mri: sitk.Image, transform: Future[sitk.Transform], units: str | None, pet_name: str
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The hotspot readout of the PET on its own grid (:mod:`medfuse.hotspots`), placed on the MRI too.
 
+    ``transform`` (MRI points to PET points) is waited for when the first point is placed on the MRI.
     A readout that does not fit in memory is skipped with a warning: ``(None, reason)``; the fusion
     does not depend on it.
     """
@@ -346,15 +380,19 @@ def _hotspots(
     if available is not None and needed > available:
         reason = f"it needs up to {format_bytes(needed)} of memory, more than the {format_bytes(available)} available"
     else:
-        try:
-            to_pet = transform.GetInverse()  # transform maps MRI points to PET points
-        except RuntimeError:  # not invertible (a displacement field): positions stay in PET space only
-            to_pet = None
+
+        @functools.cache
+        def pet_to_mri() -> sitk.Transform | None:
+            try:  # the registration maps MRI points to PET points; its inverse places PET points on the MRI
+                return transform.result().GetInverse()
+            except RuntimeError:  # not invertible (a displacement field): positions stay in PET space only
+                return None
 
         def mri_voxel(point: Sequence[float]) -> list[int] | None:
-            if to_pet is None:
+            into_mri = pet_to_mri()
+            if into_mri is None:
                 return None
-            index = mri.TransformPhysicalPointToIndex(to_pet.TransformPoint(tuple(float(v) for v in point)))
+            index = mri.TransformPhysicalPointToIndex(into_mri.TransformPoint(tuple(float(v) for v in point)))
             return list(index) if all(0 <= i < n for i, n in zip(index, mri.GetSize(), strict=True)) else None
 
         grid = Grid(pet.GetOrigin(), pet.GetSpacing(), pet.GetDirection())
@@ -479,13 +517,14 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
 
 @dataclass
 class _Batch:
-    """One batch of slices cut to the body's box, ready for the fuser: network inputs and overlay chroma."""
+    """One batch of slices cut to the body's box, ready for the fuser: network inputs and the overlay's
+    colour offsets (``colour.colormap_rgb_offsets`` of the PET input; the overlay adds the fused luminance)."""
 
     slices: list[int]
     inside: np.ndarray
     mri: np.ndarray
     pet: np.ndarray
-    chroma: np.ndarray | None
+    colour_offsets: np.ndarray | None
 
 
 def _fuse_volume(
@@ -498,7 +537,7 @@ def _fuse_volume(
     """
     import SimpleITK as sitk
 
-    from medfuse.colour import colormap_ycbcr, ycbcr_to_rgb
+    from medfuse.colour import colormap_rgb_offsets
 
     mask = fused_region(mri)
     mri_values = sitk.GetArrayViewFromImage(mri)
@@ -524,15 +563,18 @@ def _fuse_volume(
             (pet_low, pet_high),
             pet_knee,
         )
-        chroma = colormap_ycbcr(pet_x, options.colormap)[..., 1:] if "overlay" in volumes else None
-        return _Batch(batch, mask[batch, box[1], box[2]], mri_in, pet_x, chroma)
+        offsets = colormap_rgb_offsets(pet_x, options.colormap) if "overlay" in volumes else None
+        return _Batch(batch, mask[batch, box[1], box[2]], mri_in, pet_x, offsets)
 
     def store(prepared: _Batch, out: np.ndarray) -> None:
         out = np.where(prepared.inside, out, np.float32(0.0))
         volumes["fused"][prepared.slices, box[1], box[2]] = out
-        if prepared.chroma is not None:
-            rgb = ycbcr_to_rgb(out, prepared.chroma[..., 0], prepared.chroma[..., 1], keep_luminance=False)
-            colour = np.round(rgb * 255.0).astype(np.uint8)
+        if prepared.colour_offsets is not None:  # the fused luminance with the PET's chroma, clipped per channel
+            rgb = prepared.colour_offsets
+            rgb += out[..., None]
+            np.clip(rgb, np.float32(0.0), np.float32(1.0), out=rgb)
+            rgb *= np.float32(255.0)
+            colour = np.rint(rgb).astype(np.uint8)
             volumes["overlay"][prepared.slices, box[1], box[2]] = np.where(prepared.inside[..., None], colour, 0)
 
     batches = [slices[start : start + options.batch_size] for start in range(0, len(slices), options.batch_size)]

@@ -78,12 +78,45 @@ def test_a_fuser_failure_in_the_middle_surfaces(pair: tuple[sitk.Image, sitk.Ima
         pipeline.fuse_images(*pair, FuseOptions(batch_size=4, register="none"), fuser=Breaking())
 
 
-def test_colour_lookup_in_ycbcr_equals_converting_the_rgb_map() -> None:
+def test_overlay_colours_from_the_offset_table_equal_the_ycbcr_conversion() -> None:
     values = np.linspace(-0.1, 1.1, 41 * 122, dtype=np.float32).reshape(41, 122)
+    luminance = np.random.default_rng(0).random(values.shape, dtype=np.float32)
     for name in colour.COLORMAPS:
-        y, cb, cr = colour.rgb_to_ycbcr(colour.apply_colormap(values, name))
-        table = colour.colormap_ycbcr(values, name)
-        np.testing.assert_allclose(table, np.stack([y, cb, cr], axis=-1), atol=1e-6)
+        _y, cb, cr = colour.rgb_to_ycbcr(colour.apply_colormap(values, name))
+        expected = colour.ycbcr_to_rgb(luminance, cb, cr, keep_luminance=False)
+        offsets = colour.colormap_rgb_offsets(values, name)
+        np.testing.assert_allclose(np.clip(luminance[..., None] + offsets, 0.0, 1.0), expected, atol=1e-6)
+        assert float(np.abs(offsets).max()) > (0.1 if name != "grey" else -1.0), name  # colours, not greys
+
+
+def test_the_hotspot_readout_runs_beside_the_registration_and_a_failed_registration_releases_it(
+    pair: tuple[sitk.Image, sitk.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    started_during_registration: list[bool] = []
+    real_place_pet = registration.place_pet
+
+    def watched(*args: object, **kwargs: object) -> object:
+        time.sleep(0.2)  # the readout has started meanwhile, and waits for the transform to place its points
+        started_during_registration.append(any(t.name == "medfuse-hotspots" for t in threading.enumerate()))
+        return real_place_pet(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(registration, "place_pet", watched)
+    result = pipeline.fuse_images(*pair, FuseOptions(batch_size=8), fuser=FakeFuser())
+    assert started_during_registration == [True]
+    assert result.report["hotspots"]["max"]["mri_voxel"] is not None  # placed on the MRI through the transform
+
+    def failing(*args: object, **kwargs: object) -> object:
+        raise ProcessingError("the registration failed")
+
+    monkeypatch.setattr(registration, "place_pet", failing)
+    with pytest.raises(ProcessingError, match="the registration failed"):
+        pipeline.fuse_images(*pair, FuseOptions(), fuser=FakeFuser())
+    deadline = time.monotonic() + 10.0
+    while any(t.name == "medfuse-hotspots" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "medfuse-hotspots" for t in threading.enumerate()), "the readout waits forever"
 
 
 @pytest.mark.slow
