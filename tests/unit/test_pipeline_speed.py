@@ -178,10 +178,12 @@ def test_ctrl_c_during_parallel_writes_waits_for_every_writer_then_rolls_back(
     cli = handler == "the command line's"
     previous = signal.signal(signal.SIGINT, console.note_interrupt if cli else signal.default_int_handler)
     finished: list[str] = []
+    all_started = threading.Barrier(3)
 
     def slow(path: Path) -> None:
+        if not cli:  # Python's own handler: the Ctrl-C comes once every writer runs
+            all_started.wait(timeout=10.0)
         if path.name.startswith(".0."):  # the temporary name of 0.txt
-            time.sleep(0.0 if cli else 0.1)
             _thread.interrupt_main()  # Ctrl-C reaches the main thread while the writers are busy
         time.sleep(0.3)
         path.write_text("complete")
