@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -62,6 +62,8 @@ if TYPE_CHECKING:
     from medfuse.registration import Placement, RegistrationResult
 
 __all__ = ["FuseOptions", "FusionResult", "fuse_files", "fuse_images"]
+
+T = TypeVar("T")
 
 MRI_PERCENTILES = (0.5, 99.5)
 PET_PERCENTILES = (0.5, 99.5)
@@ -277,16 +279,17 @@ def _load_in_background(options: FuseOptions) -> Future[Fuser]:
     return loaded
 
 
-def _wait_for(loading: Future[Fuser]) -> Fuser:
-    """The fuser loading on the helper thread, waited for in short steps so that a Ctrl-C whose
-    KeyboardInterrupt Python lost (see :func:`medfuse.console.note_interrupt`) still ends the wait."""
+def _wait_for(work: Future[T]) -> T:
+    """The result of work on a helper thread (the fuser loading, the hotspot readout), waited for in short
+    steps so that a Ctrl-C whose KeyboardInterrupt Python lost (see :func:`medfuse.console.note_interrupt`)
+    still ends the wait."""
     import concurrent.futures
 
     from medfuse.console import raise_if_interrupted
 
     while True:
         try:
-            return loading.result(timeout=0.1)
+            return work.result(timeout=0.1)
         except concurrent.futures.TimeoutError:
             raise_if_interrupted()
 
@@ -327,7 +330,7 @@ def _fuse(
         with _timed(timings, "fuse"):
             fused, overlay, details = _fuse_volume(mri, pet_on_mri, pet, options, fuser)
         with _timed(timings, "hotspots"), stage("Reading out the PET hotspots"):
-            hotspots, skipped = readout.result()
+            hotspots, skipped = _wait_for(readout)
     report = _report(inputs, mri, options, fuser, placement.record, details, timings)
     report["hotspots"] = hotspots
     if skipped:
@@ -343,8 +346,14 @@ def _hotspots_aside(
     The readout needs the PET on its own grid only, and the registration's ``transform`` only at its
     end, to place its points on the MRI. Its warnings reach the run's lists (the thread runs in a copy
     of this context). Not a daemon: a run that fails meanwhile lets it end (a fraction of a second).
+    The modules it needs are imported here, on the calling thread: the helper must never wait for the
+    import lock, which a Ctrl-C lost in an import's clean-up can leave held (see ``console.note_interrupt``).
     """
     import contextvars
+    import importlib
+
+    for module in ("medfuse.hotspots", "medfuse.memory"):
+        importlib.import_module(module)
 
     result: Future[tuple[dict[str, Any] | None, str | None]] = Future()
     context = contextvars.copy_context()

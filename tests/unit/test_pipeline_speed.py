@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -119,6 +120,34 @@ def test_the_hotspot_readout_runs_beside_the_registration_and_a_failed_registrat
     assert not any(t.name == "medfuse-hotspots" for t in threading.enumerate()), "the readout waits forever"
 
 
+def test_the_hotspot_readout_thread_never_imports() -> None:
+    """Seen under load (2 of 40 Ctrl-C runs while torch loaded): the readout imported its modules on its own
+    thread, a Ctrl-C lost in an import's clean-up had left the import lock held, and the process hung on exit
+    waiting for the thread. Its modules are now imported before it starts (checked in a fresh interpreter)."""
+    code = """
+import sys, threading
+import SimpleITK as sitk
+from concurrent.futures import Future
+from medfuse import pipeline
+assert "medfuse.hotspots" not in sys.modules
+imported_at_start = []
+real_start = threading.Thread.start
+def start(self):
+    imported_at_start.append(all(m in sys.modules for m in ("medfuse.hotspots", "medfuse.memory", "scipy.ndimage")))
+    real_start(self)
+threading.Thread.start = start
+transform = Future()
+transform.set_result(sitk.Transform(3, sitk.sitkIdentity))
+image = sitk.Image(12, 12, 12, sitk.sitkFloat32)
+readout = pipeline._hotspots_aside(image, image, transform, None, "pet.nii.gz")
+readout.result(timeout=60)
+print(imported_at_start)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[True]"
+
+
 @pytest.mark.slow
 def test_the_model_loads_while_inputs_are_read_and_its_errors_still_stop_the_run(
     pair: tuple[sitk.Image, sitk.Image], tmp_path: Path
@@ -214,7 +243,7 @@ def test_a_lost_ctrl_c_still_ends_the_wait_for_the_model(lost_ctrl_c: None) -> N
     never_loaded: Future[object] = Future()
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        pipeline._wait_for(never_loaded)  # type: ignore[arg-type]
+        pipeline._wait_for(never_loaded)
     assert time.monotonic() - started < 5.0
 
 
