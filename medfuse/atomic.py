@@ -219,7 +219,8 @@ class OutputTransaction:
 
 def _wait_through_interrupts(futures: Sequence[Future[None]]) -> None:
     """Wait until every future has ended, even through a Ctrl-C (raised again afterwards) that was
-    not deferred (:func:`~medfuse.console.interrupts_deferred`: Python's own handler, in library use).
+    not deferred (:func:`~medfuse.console.interrupts_deferred`: Python's own handler, in library use,
+    where a Ctrl-C while the threads start can still cut in before the last one is recorded).
 
     A writer cannot be stopped in the middle of its file, and the rollback must not delete a file
     still being written. The wait is on the futures, never a join of the threads: in Python 3.11 a

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -196,9 +197,10 @@ def test_ctrl_c_during_parallel_writes_waits_for_every_writer_then_rolls_back(
     left the file that writer made after the rollback.
 
     The command line's handler is deferred while the writers start, so its Ctrl-C may land at once;
-    Python's own handler (library use) is waited through once the writers run.
+    Python's own handler (library use) is waited through once the writers run: there the Ctrl-C comes
+    when the run waits for them (while the threads start, Python's own handler could still cut in).
     """
-    import _thread
+    import concurrent.futures
     import threading
 
     from medfuse import console
@@ -207,13 +209,22 @@ def test_ctrl_c_during_parallel_writes_waits_for_every_writer_then_rolls_back(
     cli = handler == "the command line's"
     previous = signal.signal(signal.SIGINT, console.note_interrupt if cli else signal.default_int_handler)
     finished: list[str] = []
-    all_started = threading.Barrier(3)
+    waiting = threading.Event()
+    real_wait = concurrent.futures.wait
+
+    def noted_wait(*args: Any, **kwargs: Any) -> Any:
+        waiting.set()
+        return real_wait(*args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "wait", noted_wait)
+    main_thread = threading.main_thread().ident
+    assert main_thread is not None
 
     def slow(path: Path) -> None:
-        if not cli:  # Python's own handler: the Ctrl-C comes once every writer runs
-            all_started.wait(timeout=10.0)
         if path.name.startswith(".0."):  # the temporary name of 0.txt
-            _thread.interrupt_main()  # Ctrl-C reaches the main thread while the writers are busy
+            if not cli:
+                assert waiting.wait(timeout=10.0)
+            signal.pthread_kill(main_thread, signal.SIGINT)  # Ctrl-C reaches the main thread
         time.sleep(0.3)
         path.write_text("complete")
         finished.append(path.name[:2])
