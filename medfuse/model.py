@@ -120,19 +120,11 @@ class FusionNet(nn.Module):
         return self._fuse_scales(mri_half, pet_half)
 
     def _fuse_scales(self, mri_half: torch.Tensor, pet_half: torch.Tensor) -> list[torch.Tensor]:
-        return [
-            fusion(m, p)
-            for fusion, m, p in zip(self.fusions, self.mri_branch(mri_half), self.pet_branch(pet_half), strict=True)
-        ]
+        return _fuse_scales(self, mri_half, pet_half)
 
     def forward(self, mri: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
         mri_half, pet_half = F.pixel_unshuffle(mri, UNSHUFFLE), F.pixel_unshuffle(pet, UNSHUFFLE)
-        fused = self._fuse_scales(mri_half, pet_half)
-        x = fused[-1]
-        for level in range(len(fused) - 2, -1, -1):
-            coarse = self.lateral[level](x)
-            x = F.interpolate(coarse, size=fused[level].shape[-2:], mode="bilinear", align_corners=False)
-            x = self.refine[level](x + fused[level])
+        x = _decode(self, self._fuse_scales(mri_half, pet_half))
         mri_weight, pet_weight, offset = F.pixel_shuffle(
             self.head(torch.cat((x, mri_half, pet_half), dim=1)), UNSHUFFLE
         ).split(1, dim=1)
@@ -210,18 +202,26 @@ class InferenceNet(nn.Module):
     def forward(self, mri: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
         kernel = self.unshuffle_kernel
         mri_half, pet_half = F.conv2d(mri, kernel, stride=UNSHUFFLE), F.conv2d(pet, kernel, stride=UNSHUFFLE)
-        fused = [
-            fusion(m, p)
-            for fusion, m, p in zip(self.fusions, self.mri_branch(mri_half), self.pet_branch(pet_half), strict=True)
-        ]
-        x = fused[-1]
-        for level in range(len(fused) - 2, -1, -1):
-            coarse = self.lateral[level](x)
-            x = F.interpolate(coarse, size=fused[level].shape[-2:], mode="bilinear", align_corners=False)
-            x = self.refine[level](x + fused[level])
+        x = _decode(self, _fuse_scales(self, mri_half, pet_half))
         mri_weight, pet_weight, offset = self.head(torch.cat((x, mri_half, pet_half), dim=1)).split(UNSHUFFLE**2, dim=1)
-        support = (torch.maximum(mri_half, pet_half) > BLACK_LEVEL).to(mri.dtype)
+        support = FusionNet.support(mri_half, pet_half)
         return F.pixel_shuffle((mri_weight * mri_half + pet_weight * pet_half + offset) * support, UNSHUFFLE)
+
+
+def _fuse_scales(net: FusionNet | InferenceNet, mri_half: torch.Tensor, pet_half: torch.Tensor) -> list[torch.Tensor]:
+    """Both branches' features, fused by ``net``'s attention blocks, at every scale (finest first)."""
+    branches = zip(net.fusions, net.mri_branch(mri_half), net.pet_branch(pet_half), strict=True)
+    return [fusion(mri_features, pet_features) for fusion, mri_features, pet_features in branches]
+
+
+def _decode(net: FusionNet | InferenceNet, fused: list[torch.Tensor]) -> torch.Tensor:
+    """``net``'s decoder: from the coarsest fused map up, each projected, upsampled and refined with the next."""
+    x = fused[-1]
+    for level in range(len(fused) - 2, -1, -1):
+        coarse = net.lateral[level](x)
+        x = F.interpolate(coarse, size=fused[level].shape[-2:], mode="bilinear", align_corners=False)
+        x = net.refine[level](x + fused[level])
+    return x
 
 
 def parameter_count(model: nn.Module) -> int:
