@@ -94,11 +94,11 @@ def main() -> None:
     if not (EXAMPLES / "mri.nii.gz").exists():
         sys.exit(f"{EXAMPLES}: the example pair is missing; run examples/make_example.py first.")
 
-    from medfuse.batch.workers import available_cpus
     from medfuse.console import set_quiet
+    from medfuse.device import usable_cpus
 
     set_quiet(True)
-    cpus = available_cpus()
+    cpus = usable_cpus()
     print(f"machine: {machine()}")
     print(f"cases: {args.cases} copies of examples/ (MRI 131x155x126 at 1.5 mm, PET 120x120x55), method {args.method}")
     rates: dict[str, list[float]] = {w: [] for w in args.workers}

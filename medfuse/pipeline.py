@@ -159,20 +159,26 @@ def _fuse_files(
     io.check_distinct_inputs(mri_path, pet_path)
     targets = _plan_outputs(mri_path, pet_path, output, options)
     loading = _load_in_background(options) if fuser is None else fuser
-    timings: dict[str, float] = {}
-    with _timed(timings, "load_mri"), stage("Loading the MRI"):
-        mri = io.load_volume(mri_path, role="MRI", series_uid=options.mri_series)
-    with _timed(timings, "load_pet"), stage("Loading the PET"):
-        pet = io.load_volume(pet_path, role="PET", frame=options.frame, series_uid=options.pet_series, suv=options.suv)
-    _check_patients(mri, pet, options)
-    inputs = {
-        "mri": _input_record(mri.image, mri_path, mri.info),
-        "pet": _input_record(pet.image, pet_path, pet.info, frame=options.frame),
-    }
-    result = _fuse(mri.image, pet.image, options, loading, inputs, timings)
-    result.mri_info, result.pet_info = mri.info, pet.info
-    result.report["warnings"] = warned  # the run's list: warnings while writing join it
-    _write_outputs(result, targets, options, timings, started, (mri.image, pet.image))
+    try:
+        timings: dict[str, float] = {}
+        with _timed(timings, "load_mri"), stage("Loading the MRI"):
+            mri = io.load_volume(mri_path, role="MRI", series_uid=options.mri_series)
+        with _timed(timings, "load_pet"), stage("Loading the PET"):
+            pet = io.load_volume(
+                pet_path, role="PET", frame=options.frame, series_uid=options.pet_series, suv=options.suv
+            )
+        _check_patients(mri, pet, options)
+        inputs = {
+            "mri": _input_record(mri.image, mri_path, mri.info),
+            "pet": _input_record(pet.image, pet_path, pet.info, frame=options.frame),
+        }
+        result = _fuse(mri.image, pet.image, options, loading, inputs, timings)
+        result.mri_info, result.pet_info = mri.info, pet.info
+        result.report["warnings"] = warned  # the run's list: warnings while writing join it
+        _write_outputs(result, targets, options, timings, started, (mri.image, pet.image))
+    finally:
+        if isinstance(loading, Future):
+            _let_loading_end(loading)
     _summarise(result, mri_path, pet_path, targets, time.perf_counter() - started)
     return result
 
@@ -261,8 +267,9 @@ def _load_in_background(options: FuseOptions) -> Future[Fuser]:
     """Start loading the fuser (imports, weights, backend export) on a helper thread.
 
     It then loads while the inputs are read and registered; :func:`_fuse` waits for it (a weights
-    error surfaces there) and the report's ``load_fuser`` time is that wait. The thread is a daemon:
-    it writes nothing, so a run that stops early (an error, Ctrl-C) does not wait for it.
+    error surfaces there) and the report's ``load_fuser`` time is that wait. A run that stops early
+    (an error, Ctrl-C) lets it end first (:func:`_let_loading_end`). The thread is a daemon all the
+    same, so that a loader stuck for good (see ``console.note_interrupt``) never keeps the process alive.
     """
     from medfuse.inference import load_fuser
 
@@ -277,6 +284,22 @@ def _load_in_background(options: FuseOptions) -> Future[Fuser]:
 
     threading.Thread(target=load, name="medfuse-model", daemon=True).start()
     return loaded
+
+
+#: How long a run that stops early waits for its fuser to finish loading (ordinarily a fraction of a second).
+LOADING_GRACE_S = 10.0
+
+
+def _let_loading_end(loading: Future[Fuser]) -> None:
+    """Wait (at most :data:`LOADING_GRACE_S`) for a fuser still loading when the run ends early.
+
+    The process must not exit while the loader is inside ONNX Runtime building its session: the
+    runtime's clean-up at exit then aborts the process ("terminate called without an active
+    exception", exit -6 instead of 130 after a Ctrl-C).
+    """
+    import concurrent.futures
+
+    concurrent.futures.wait([loading], timeout=LOADING_GRACE_S)
 
 
 def _wait_for(work: Future[T]) -> T:

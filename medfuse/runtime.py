@@ -4,14 +4,16 @@
 end by one thread, so results are bit-identical whatever ``--threads`` or ``--batch-size`` (see
 :mod:`medfuse.inference`). A *runner* here computes one ``(1, 1, H, W)`` pair that way.
 
-* ``onnxruntime`` (the default): the network is exported to ONNX in memory when the weights are loaded
-  (``torch.onnx``, traced from the loaded module, so any network built from standard layers works;
-  nothing is written to disk) and run by an ONNX Runtime session with one intra-op thread. Its
-  kernels and graph fusions (convolution + activation, no per-layer Python dispatch) make the
-  network up to 2x faster than eager PyTorch; benchmarks/bench_model.py compares them.
+* ``onnxruntime`` (the default): the network as an ONNX graph, run by an ONNX Runtime session with one
+  intra-op thread. Its kernels and graph fusions (convolution + activation, no per-layer Python
+  dispatch) make the network up to 2x faster than eager PyTorch; benchmarks/bench_model.py compares
+  them. The bundled weights come with their graph (``weights/fusionnet_v2.onnx``, see
+  :mod:`medfuse.inference`), so the default run never imports torch; other weights are exported to
+  ONNX in memory when loaded (``torch.onnx``, traced from the loaded module, so any network built
+  from standard layers works; nothing is written to disk).
 * ``torch``: eager PyTorch in channels-last memory (oneDNN convolutions), one thread per slice.
 
-Before an exported network is used, it fuses a small probe pair and its result is compared with
+Before a network exported at load is used, it fuses a small probe pair and its result is compared with
 PyTorch's; any export problem (a layer ONNX cannot express, a missing ``onnx`` package) falls back to
 ``torch`` and says why in :attr:`OnnxRunner.fallback_reason`.
 """
@@ -71,11 +73,11 @@ class TorchRunner:
 
 
 class OnnxRunner:
-    """The network exported to ONNX in memory and run by ONNX Runtime with one thread per call."""
+    """An ONNX graph (bytes) run by ONNX Runtime with one thread per call; ``metadata`` is the graph's own."""
 
     name = "onnxruntime"
 
-    def __init__(self, model: nn.Module, stride: int) -> None:
+    def __init__(self, graph: bytes) -> None:
         import onnxruntime  # type: ignore[import-untyped]
 
         options = onnxruntime.SessionOptions()
@@ -84,17 +86,17 @@ class OnnxRunner:
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: ONNX Runtime's notes would clutter stderr
-        self._session = onnxruntime.InferenceSession(
-            export_onnx(model, stride), options, providers=["CPUExecutionProvider"]
-        )
+        self._session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
 
     def __call__(self, mri: np.ndarray, pet: np.ndarray) -> np.ndarray:
         output = self._session.run(None, {"mri": mri, "pet": pet})[0]
         return np.asarray(output[0, 0], dtype=np.float32)
 
 
-def export_onnx(model: nn.Module, stride: int) -> bytes:
-    """The model as an ONNX graph (bytes) with free batch, height and width (multiples of ``stride``).
+def export_onnx(model: nn.Module, stride: int, metadata: dict[str, str] | None = None) -> bytes:
+    """The model as an ONNX graph (bytes) with free batch, height and width (multiples of ``stride``),
+    carrying ``metadata`` (text keys and values, e.g. the weights it was exported from).
 
     One export at a time per process: the exporter keeps global state (two fusions started together,
     each loading its model on a helper thread, would otherwise break each other's export).
@@ -117,7 +119,13 @@ def export_onnx(model: nn.Module, stride: int) -> bytes:
             dynamic_axes={"mri": axes, "pet": axes, "fused": axes},
             opset_version=_OPSET,
         )
-    return buffer.getvalue()
+    if not metadata:
+        return buffer.getvalue()
+    import onnx
+
+    graph = onnx.load_from_string(buffer.getvalue())
+    onnx.helper.set_model_props(graph, metadata)
+    return bytes(graph.SerializeToString())
 
 
 def probe_pair(stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +151,7 @@ def cpu_runner(model: nn.Module, stride: int, backend: str = DEFAULT_CPU_BACKEND
     if backend == "torch":
         return torch_runner, None
     try:
-        runner = OnnxRunner(model, stride)
+        runner = OnnxRunner(export_onnx(model, stride))
     except ImportError as exc:
         return torch_runner, f"ONNX Runtime export unavailable ({exc.name or exc} not installed)"
     except Exception as exc:  # any exporter or session failure: the PyTorch path still works

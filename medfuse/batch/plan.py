@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from medfuse.errors import MedfuseError
 from medfuse.memory import format_bytes
 
 #: Resident memory of a worker process before its first case: Python, torch, ONNX Runtime, the model.
@@ -88,7 +89,7 @@ def plan_workers(
     return WorkerPlan(processes, threads or max(1, cpus // processes), f"{reason}; {size}")
 
 
-def busy_cpus(seconds: float = 0.3) -> float:
+def busy_cpus(seconds: float = 0.1) -> float:
     """CPUs other processes keep busy, measured from /proc/stat over ``seconds`` (0 where it cannot be read).
 
     An instant measure rather than the load average, which still counts a batch that just ended.
@@ -120,11 +121,15 @@ def case_voxels(mri: Path) -> int | None:
         if mri.is_dir():
             total = sum(path.stat().st_size for path in mri.rglob("*") if path.is_file())
             return total // 2 or None
+        if mri.name.lower().endswith((".nii", ".nii.gz")):  # the header alone, without importing SimpleITK
+            from medfuse.nifti import spatial_voxels
+
+            return spatial_voxels(mri)
         import SimpleITK as sitk
 
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(mri))
         reader.ReadImageInformation()
         return math.prod(reader.GetSize()[:3])
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, MedfuseError):
         return None

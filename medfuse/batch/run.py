@@ -12,8 +12,9 @@ from medfuse.atomic import check_output_path, output_transaction
 from medfuse.batch.cases import DEFAULT_MRI_GLOBS, DEFAULT_PET_GLOBS, Case, find_cases, locate_inputs, read_pairs
 from medfuse.batch.plan import AUTO, busy_cpus, case_voxels, parse_workers, plan_workers
 from medfuse.batch.task import NOT_RUN, CaseResult, CaseTask, Status, case_outputs
-from medfuse.batch.workers import available_cpus, connect, run_dask, run_here, run_processes
+from medfuse.batch.workers import connect, run_dask, run_here, run_processes
 from medfuse.console import batch_progress, console, info, is_quiet, show_warning, warn
+from medfuse.device import usable_cpus
 from medfuse.errors import InvalidInputError, MedfuseError, OutputError, UsageError
 from medfuse.memory import available_memory
 from medfuse.options import FuseOptions
@@ -138,10 +139,10 @@ def run_batch(
     results = {task.case.name: early for task in tasks if (early := _precheck(task, skip_existing))}
     pending = [task for task in tasks if task.case.name not in results]
     parallel = min(requested or 1, len(pending))
-    threads = max(1, available_cpus() // max(parallel, 1))
+    threads = max(1, usable_cpus() // max(parallel, 1))
     if scheduler is None and requested is None and pending:
         plan = plan_workers(
-            available_cpus(),
+            usable_cpus(),
             len(pending),
             available_memory(),
             _first_case_voxels(pending),

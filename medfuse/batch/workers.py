@@ -7,8 +7,10 @@ cases still queued are skipped.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
+import queue
 import threading
 import time
 import uuid
@@ -17,7 +19,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from medfuse.batch.task import NOT_RUN, CaseResult, CaseTask, case_outputs, first_line, run_case
-from medfuse.console import set_quiet
+from medfuse.console import raise_if_interrupted, set_quiet
 from medfuse.errors import MedfuseError, UsageError
 from medfuse.options import FuseOptions
 
@@ -113,13 +115,6 @@ def _ctrl_c_ignored_by_new_workers() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def run_here(tasks: list[CaseTask], fuser: Fuser) -> Iterator[CaseResult]:
     for task in tasks:
         yield run_case(task, fuser)
@@ -138,10 +133,10 @@ def run_processes(
     The spawned workers start first, so their start-up (imports, model) overlaps this process loading
     its own fuser; then ``ready()`` runs (e.g. creating the output folder). A fuser that cannot be
     loaded, or a failing ``ready``, stops the workers and the batch here, before anything is written
-    (the workers fail to load their fusers as well). The spawned workers take cases from the front of the list;
-    this process takes them from the back (cancelling them in the pool before they start), so no core
-    waits and no extra model is loaded. Results come as cases end; after an interruption, ``late``
-    gets those that still ended.
+    (the workers fail to load their fusers as well). Cases are handed out as processes become free
+    (:class:`_Dispatch`): the spawned workers from the front of the list, this process from the back,
+    so no process waits while cases are left and no extra model is loaded. Results come as cases end;
+    after an interruption, ``late`` gets those that still ended.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -152,50 +147,118 @@ def run_processes(
             workers - 1, mp_context=context, initializer=_init_worker, initargs=(options.threads or 1,)
         )
         others = set(multiprocessing.active_children())
-        futures = {executor.submit(run_case_on_worker, task): task for task in tasks}
+        dispatch = _Dispatch(executor, tasks, workers - 1)
         spawned = set(multiprocessing.active_children()) - others
     try:
         fuser = load_fuser()
         ready()
     except BaseException:
+        dispatch.close()
         _interrupt(spawned)
         executor.shutdown(wait=True, cancel_futures=True)
         raise
-    return _process_results(executor, futures, fuser, spawned, late)
+    return _process_results(executor, dispatch, fuser, spawned, late)
+
+
+class _Dispatch:
+    """The cases of :func:`run_processes`, handed out one at a time as processes become free.
+
+    Each spawned worker holds one case at a time: the next is submitted when its case ends (from the
+    pool's result thread). A pool given every case at once queues some ahead for its workers, where
+    this process can no longer take them: on 8 cases and 2 processes it sat idle for the last two
+    cases' time. This process takes cases from the back of the list (:meth:`take_last`). Ended
+    spawned cases wait in a queue until this process reports them (:meth:`reports`).
+    """
+
+    def __init__(self, executor: Any, tasks: list[CaseTask], spawned_workers: int) -> None:
+        self._executor = executor
+        self._queued = collections.deque(tasks)
+        self._lock = threading.Lock()
+        self._open = True
+        self._unreported = 0  # cases submitted to the pool whose results were not taken yet
+        self._ended: queue.SimpleQueue[tuple[Future, CaseTask]] = queue.SimpleQueue()
+        for _ in range(spawned_workers):
+            self._hand_out()
+
+    def _hand_out(self) -> None:
+        """Submit the case at the front to the pool, unless none is left or the batch is stopping."""
+        with self._lock:
+            if not self._open or not self._queued:
+                return
+            task = self._queued.popleft()
+            try:
+                future = self._executor.submit(run_case_on_worker, task)
+            except RuntimeError:  # the pool broke (a worker died) or shut down: this process fuses the rest
+                self._queued.appendleft(task)
+                self._open = False
+                return
+            self._unreported += 1
+        future.add_done_callback(lambda done: self._end(done, task))
+
+    def _end(self, future: Future, task: CaseTask) -> None:
+        self._ended.put((future, task))
+        self._hand_out()
+
+    def take_last(self) -> CaseTask | None:
+        """The case at the back, for this process (``None`` when none is left)."""
+        with self._lock:
+            return self._queued.pop() if self._queued else None
+
+    def reports(self, wait: bool = False) -> Iterator[CaseResult]:
+        """Results of the spawned cases that ended; with ``wait``, first wait for one while any is running.
+
+        The wait polls in short steps so that a Ctrl-C whose KeyboardInterrupt Python lost (see
+        :func:`medfuse.console.note_interrupt`) still ends it.
+        """
+        while True:
+            with self._lock:
+                if not self._unreported:
+                    return
+            try:
+                future, task = self._ended.get(timeout=0.1 if wait else 0)
+            except queue.Empty:
+                if not wait:
+                    return
+                raise_if_interrupted()
+                continue
+            with self._lock:
+                self._unreported -= 1
+            wait = False
+            yield _result_of(future, task)
+
+    def running(self) -> bool:
+        """Whether spawned cases were submitted whose results were not reported yet."""
+        with self._lock:
+            return self._unreported > 0
+
+    def close(self) -> None:
+        """Hand out no more cases (an interruption, a failed start, the end of the batch)."""
+        with self._lock:
+            self._open = False
 
 
 def _process_results(
-    executor: Any,
-    futures: dict[Future, CaseTask],
-    fuser: Fuser,
-    spawned: set[Any],
-    late: Callable[[CaseResult], None],
+    executor: Any, dispatch: _Dispatch, fuser: Fuser, spawned: set[Any], late: Callable[[CaseResult], None]
 ) -> Iterator[CaseResult]:
     """The results of :func:`run_processes` as cases end, this process fusing from the back of the list."""
-    from concurrent.futures import as_completed
-
-    reported: set[Future] = set()
-
-    def finished() -> Iterator[CaseResult]:
-        for future, task in futures.items():
-            if future.done() and not future.cancelled() and future not in reported:
-                reported.add(future)
-                yield _result_of(future, task)
-
     try:
-        for future in reversed(list(futures)):
-            if future.cancel():  # not started by a spawned worker yet: run it here
-                yield run_case(futures[future], fuser)
-                yield from finished()
-        for future in as_completed([f for f in futures if not f.cancelled() and f not in reported]):
-            reported.add(future)
-            yield _result_of(future, futures[future])
+        while True:
+            yield from dispatch.reports()
+            task = dispatch.take_last()
+            if task is not None:
+                yield run_case(task, fuser)
+            elif dispatch.running():
+                yield from dispatch.reports(wait=True)
+            else:
+                return
     except (KeyboardInterrupt, GeneratorExit):
+        dispatch.close()
         _interrupt(spawned)  # Ctrl-C may have reached this process only (SIGTERM, kill -INT)
         raise
     finally:
+        dispatch.close()
         executor.shutdown(wait=True, cancel_futures=True)
-        for result in finished():
+        for result in dispatch.reports():
             late(result)
 
 
@@ -209,6 +272,8 @@ def _interrupt(processes: Iterable[Any]) -> None:
 
 
 def _result_of(future: Future, task: CaseTask) -> CaseResult:
+    if future.cancelled():  # still queued in the pool when the batch stopped
+        return CaseResult(task.case.name, "skipped", NOT_RUN)
     try:
         return future.result()
     except Exception as exc:  # the worker process died (e.g. out of memory) or could not return the result

@@ -100,18 +100,31 @@ def test_inputs_are_byte_identical_after_every_command(name: str, studies: Path,
 
 
 # ---- weights: verified by SHA-256 before use, never unpickled ------------------------------------------
-def test_bundled_weights_are_verified_before_they_are_loaded(studies: Path, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("form", ["graph", "weights"])
+def test_bundled_weights_are_verified_before_they_are_loaded(
+    form: str, studies: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ONNX graph the CPU runs and the safetensors file (CUDA, other backends, no graph) are both
+    checked against their pinned SHA-256 before anything is made of their bytes."""
+    import onnxruntime
     import safetensors.torch
 
     from medfuse import inference
 
     loads: list[int] = []
     monkeypatch.setattr(safetensors.torch, "load", lambda data: loads.append(len(data)))
-    monkeypatch.setattr(inference, "BUNDLED_WEIGHTS_SHA256", hashlib.sha256(b"other weights").hexdigest())
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda data, *args, **kwargs: loads.append(len(data)))
+    other = hashlib.sha256(b"other weights").hexdigest()
+    if form == "graph":
+        monkeypatch.setattr(inference, "BUNDLED_GRAPH_SHA256", other)
+    else:
+        monkeypatch.setattr(inference, "load_bundled_graph", lambda: None)
+        monkeypatch.setattr(inference, "BUNDLED_WEIGHTS_SHA256", other)
     result = runner.invoke(app, ["fuse", str(studies / "mri.nii.gz"), str(studies / "pet.mha"), "-o",
                                  str(tmp_path / "f.nii.gz")])  # fmt: skip
     assert result.exit_code == EXIT_WEIGHTS, result.output
-    assert "fusionnet_v2.safetensors: SHA-256 mismatch" in result.output
+    name = "fusionnet_v2.onnx" if form == "graph" else "fusionnet_v2.safetensors"
+    assert f"{name}: SHA-256 mismatch" in result.output
     assert loads == [] and not (tmp_path / "f.nii.gz").exists()
 
 

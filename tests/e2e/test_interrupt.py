@@ -99,17 +99,19 @@ def assert_interrupted(process: subprocess.Popen[str], out: Path, left: list[str
     assert remaining == left, stderr
 
 
-def _torch_is_mapped(pid: int) -> bool:
+def _network_runtime_is_mapped(pid: int) -> bool:
+    """Whether the process has started loading the network: ONNX Runtime's library (or torch's) is mapped."""
     try:
-        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+        maps = Path(f"/proc/{pid}/maps").read_text()
     except OSError:
         return False
+    return "onnxruntime" in maps or "libtorch" in maps
 
 
 @pytest.mark.parametrize("moment", ["reading the MRI", "loading the network"])
 def test_ctrl_c_during_a_real_run(moment: str, studies: dict[str, Path], tmp_path: Path) -> None:
     if moment == "loading the network" and not Path("/proc/self/maps").exists():
-        pytest.skip("needs /proc to see the torch libraries mapped")
+        pytest.skip("needs /proc to see the network runtime's libraries mapped")
     out = tmp_path / "out"
     process = medfuse_process("fuse", studies["mri_dicom"], studies["pet"], "-o", out / "fused.nii.gz",
                               "--preview", out / "preview.png", "--report", out / "report.json")  # fmt: skip
@@ -119,7 +121,7 @@ def test_ctrl_c_during_a_real_run(moment: str, studies: dict[str, Path], tmp_pat
         assert any(line.startswith("MRI: series") for line in lines), "the run never said it read the MRI"
     else:
         deadline = time.monotonic() + TIMEOUT_S
-        while not _torch_is_mapped(process.pid) and process.poll() is None and time.monotonic() < deadline:
+        while not _network_runtime_is_mapped(process.pid) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
     assert process.poll() is None, "the run ended before it could be interrupted"
     process.send_signal(signal.SIGINT)

@@ -87,7 +87,7 @@ def install_fake(monkeypatch: pytest.MonkeyPatch) -> FakePipeline:
 
     monkeypatch.setattr(medfuse.inference, "load_fuser", load)
     monkeypatch.setattr(batch.workers, "_FUSERS", {})
-    monkeypatch.setattr(batch.run, "available_cpus", lambda: 1)  # the fake lives here: --workers auto plans 1 process
+    monkeypatch.setattr(batch.run, "usable_cpus", lambda: 1)  # the fake lives here: --workers auto plans 1 process
     return pipeline
 
 
@@ -265,6 +265,59 @@ def test_interrupt_keeps_finished_cases_and_writes_the_summary(tmp_path: Path, f
     assert [(r["case"], r["status"]) for r in rows] == [("a", "ok"), ("b", "skipped"), ("c", "skipped")]
     assert rows[1]["error"] == "not run: the batch was interrupted."
     assert sorted(p.name for p in out.iterdir()) == ["a", "index.html", "summary.csv"]
+
+
+def test_spawned_workers_hold_one_case_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker gets its next case when its case ends; the rest stays for this process, taken from the back."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medfuse.batch.task import CaseResult, CaseTask
+
+    started: list[str] = []
+    release = {name: threading.Event() for name in "abcde"}
+
+    def fake_worker(task: CaseTask) -> CaseResult:
+        started.append(task.case.name)
+        release[task.case.name].wait(10)
+        return CaseResult(task.case.name, "ok")
+
+    def until(condition: Any) -> None:
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert condition()
+
+    monkeypatch.setattr(batch.workers, "run_case_on_worker", fake_worker)
+    tasks = [CaseTask(Case(name, tmp_path), tmp_path, FuseOptions()) for name in "abcde"]
+    with ThreadPoolExecutor(1) as pool:  # stands in for one spawned worker process
+        dispatch = batch.workers._Dispatch(pool, tasks, spawned_workers=1)
+        until(lambda: started == ["a"])
+        assert [dispatch.take_last().case.name for _ in range(2)] == ["e", "d"]  # type: ignore[union-attr]
+        assert list(dispatch.reports()) == [] and dispatch.running()
+        release["a"].set()
+        assert [r.case for r in dispatch.reports(wait=True)] == ["a"]
+        until(lambda: started == ["a", "b"])  # handed out when "a" ended, not queued ahead
+        assert dispatch.take_last().case.name == "c"  # type: ignore[union-attr]
+        assert dispatch.take_last() is None
+        release["b"].set()
+        assert [r.case for r in dispatch.reports(wait=True)] == ["b"]
+        assert not dispatch.running() and started == ["a", "b"]
+
+
+def test_cases_a_broken_pool_cannot_take_stay_for_this_process(tmp_path: Path) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    from medfuse.batch.task import CaseTask
+
+    class BrokenPool:
+        def submit(self, *args: Any) -> None:
+            raise BrokenProcessPool("a worker died")
+
+    tasks = [CaseTask(Case(name, tmp_path), tmp_path, FuseOptions()) for name in "ab"]
+    dispatch = batch.workers._Dispatch(BrokenPool(), tasks, spawned_workers=1)
+    assert not dispatch.running()
+    assert [dispatch.take_last().case.name for _ in range(2)] == ["b", "a"]  # type: ignore[union-attr]
 
 
 def test_ctrl_c_in_a_worker_process(tmp_path: Path, fake: FakePipeline, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -75,6 +75,38 @@ def test_cuda_index_out_of_range(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_device("cuda:3")
 
 
+def test_auto_is_the_cpu_without_torch_where_no_nvidia_driver_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medfuse import device
+
+    def torch_asked(spec: str) -> torch.device:
+        raise AssertionError(f"torch was asked about {spec}")
+
+    monkeypatch.setattr(device, "resolve_device", torch_asked)
+    monkeypatch.setattr(device.sys, "platform", "linux")
+    monkeypatch.setattr(device.os.path, "exists", lambda path: False)
+    assert not device.cuda_driver_visible()
+    assert not device.uses_cuda("auto") and not device.uses_cuda(" CPU ")
+    monkeypatch.setattr(device.os.path, "exists", lambda path: path == "/proc/driver/nvidia/version")
+    assert device.cuda_driver_visible()
+    with pytest.raises(AssertionError, match="torch was asked about auto"):  # a driver: only torch can tell
+        device.uses_cuda("auto")
+    monkeypatch.setattr(device.sys, "platform", "darwin")
+    assert not device.cuda_driver_visible()
+
+
+def test_uses_cuda_follows_torch_where_a_driver_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medfuse import device
+
+    monkeypatch.setattr(device, "cuda_driver_visible", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert device.uses_cuda("auto") and device.uses_cuda("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not device.uses_cuda("auto")
+    with pytest.raises(UsageError, match="CUDA is not available"):
+        device.uses_cuda("cuda")
+
+
 @pytest.mark.parametrize("spec", ["tpu", "gpu", "cuda:x", "cuda:-1", ""])
 def test_unknown_device_is_a_usage_error(spec: str) -> None:
     with pytest.raises(UsageError, match=r"--device .*unknown device; use auto, cpu, cuda or cuda:N"):

@@ -58,6 +58,65 @@ def test_onnxruntime_is_the_default_and_matches_float32_pytorch() -> None:
     assert float(np.max(np.abs(torch_fuser.fuse(mri, pet) - expected))) <= 1e-5
 
 
+def test_the_bundled_graph_is_the_bundled_weights_and_needs_no_torch(tmp_path: Path) -> None:
+    """The committed ONNX graph names the committed weights and computes what they compute in PyTorch."""
+    from medfuse import inference
+
+    loaded = inference.load_bundled_graph()
+    assert loaded is not None, "weights/fusionnet_v2.onnx is missing: python -m medfuse.inference"
+    runner, stride = loaded
+    assert runner.metadata[inference.GRAPH_WEIGHTS_KEY] == inference.BUNDLED_WEIGHTS_SHA256
+    model, _ = load_model()
+    assert stride == model.stride
+    inference_form = model.for_inference()
+    mri, pet = _brain_slices(2, 96, 128)
+    for index in range(2):
+        a, b = mri[index : index + 1, None], pet[index : index + 1, None]
+        with torch.inference_mode():
+            expected = inference_form(torch.from_numpy(a), torch.from_numpy(b))[0, 0].numpy()
+        np.testing.assert_allclose(runner(a, b), expected, atol=1e-5)
+    # Rebuilding it from the weights gives the same graph (the command the model card names).
+    rebuilt = tmp_path / "graph.onnx"
+    assert inference.export_bundled_graph(inference.bundled_weights_path(), rebuilt) == inference.BUNDLED_GRAPH_SHA256
+
+
+@pytest.mark.slow
+def test_a_default_fuser_never_imports_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from medfuse.inference import NetFuser\n"
+        "fuser = NetFuser(device='cpu')\n"
+        "out = fuser.fuse(np.full((2, 40, 40), 0.5, np.float32), np.zeros((2, 40, 40), np.float32))\n"
+        "assert out.shape == (2, 40, 40) and fuser.backend == 'onnxruntime', fuser.backend\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_damaged_or_stale_bundled_graph_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medfuse import inference
+    from medfuse.errors import WeightsError
+
+    graph = inference.bundled_weights_path().with_name(inference.BUNDLED_GRAPH_NAME).read_bytes()
+    weights = tmp_path / inference.BUNDLED_WEIGHTS_NAME
+    monkeypatch.setattr(inference, "bundled_weights_path", lambda: weights)
+    assert inference.load_bundled_graph() is None  # no graph beside the weights: they load into PyTorch
+    damaged = bytearray(graph)
+    damaged[len(damaged) // 2] ^= 0xFF
+    (tmp_path / inference.BUNDLED_GRAPH_NAME).write_bytes(bytes(damaged))
+    with pytest.raises(WeightsError, match=r"fusionnet_v2.onnx: SHA-256 mismatch .*reinstall medfuse"):
+        NetFuser(device="cpu")
+    stale = runtime.export_onnx(FusionNet((4, 8, 16)).eval(), 16, {inference.GRAPH_WEIGHTS_KEY: "0" * 64})
+    (tmp_path / inference.BUNDLED_GRAPH_NAME).write_bytes(stale)
+    monkeypatch.setattr(inference, "BUNDLED_GRAPH_SHA256", __import__("hashlib").sha256(stale).hexdigest())
+    with pytest.raises(WeightsError, match=r"exported from other weights than fusionnet_v2.safetensors"):
+        NetFuser(device="cpu")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", runtime.CPU_BACKENDS)
 def test_each_backend_is_bit_identical_across_threads_batches_and_runs(tiny_weights: Path, backend: str) -> None:
@@ -142,6 +201,13 @@ def test_without_onnxruntime_the_network_runs_on_pytorch(tiny_weights: Path, mon
     runner, reason = runtime.cpu_runner(model, model.stride)
     assert runner.name == "torch"
     assert reason is not None and "onnxruntime not installed" in reason
+
+
+def test_without_onnxruntime_the_bundled_network_runs_on_pytorch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
+    with pytest.warns(UserWarning, match=r"runs on PyTorch instead of onnxruntime.*onnxruntime not installed"):
+        fuser = NetFuser(device="cpu")
+    assert fuser.backend == "torch"
 
 
 def test_unknown_backend_is_a_usage_error(tiny_weights: Path) -> None:
