@@ -192,7 +192,11 @@ def encode_array(array: np.ndarray) -> str:
     """
     planes = np.ascontiguousarray(array).reshape(-1).astype(array.dtype.newbyteorder("<"))
     data = planes.view(np.uint8).reshape(-1, array.dtype.itemsize).T.tobytes()
-    return base64.b64encode(gzip.compress(data, compresslevel=_GZIP_LEVEL, mtime=0)).decode("ascii")
+    try:
+        from isal.igzip import compress  # 5x faster than zlib at level 1, same size within 1 %
+    except ImportError:  # a platform without ISA-L wheels
+        from gzip import compress  # type: ignore[assignment]
+    return base64.b64encode(compress(data, _GZIP_LEVEL, mtime=0)).decode("ascii")
 
 
 def decode_array(text: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
