@@ -12,10 +12,13 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medfuse.atomic import VOLUME_EXTENSIONS, full_suffix
 from medfuse.errors import InvalidInputError, UnreadableInputError, UsageError
+
+if TYPE_CHECKING:
+    from medfuse.dicom.series import SeriesInfo
 
 DEFAULT_MRI_GLOBS: tuple[str, ...] = ("mri*", "t1*")
 DEFAULT_PET_GLOBS: tuple[str, ...] = ("pet*",)
@@ -122,6 +125,23 @@ def _named(folder: Path, globs: Sequence[str]) -> list[Path]:
     return sorted(found)
 
 
+def _dicom_series(folder: Path) -> list[SeriesInfo]:
+    """The DICOM series under ``folder``; pydicom (a quarter of a second to import) only where a file looks DICOM."""
+    from medfuse.dicom.files import candidate_files, looks_like_dicom, read_head
+
+    def maybe_dicom(path: Path) -> bool:
+        try:
+            return looks_like_dicom(path, read_head(path))
+        except OSError:  # unreadable: list_series names it
+            return True
+
+    if not any(maybe_dicom(path) for path in candidate_files(folder, recursive=True)):
+        return []
+    from medfuse.dicom import list_series
+
+    return list_series(folder)
+
+
 def locate_inputs(
     case: Case, mri_globs: Sequence[str] = DEFAULT_MRI_GLOBS, pet_globs: Sequence[str] = DEFAULT_PET_GLOBS
 ) -> tuple[Path, Path]:
@@ -129,9 +149,7 @@ def locate_inputs(
     if case.folder is None:
         assert case.mri is not None and case.pet is not None
         return case.mri, case.pet
-    from medfuse.dicom import list_series
-
-    series = list_series(case.folder)
+    series = _dicom_series(case.folder)
     found: dict[str, Path] = {}
     for role, modalities, globs in (("MRI", _MRI_MODALITIES, mri_globs), ("PET", _PET_MODALITIES, pet_globs)):
         for modality in modalities:
