@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 BUNDLED_WEIGHTS_NAME = "fusionnet_v2.safetensors"
 BUNDLED_WEIGHTS_SHA256 = "7533c64ca2e64bcfbdff95287fa0343f54d3eba0e783a9e62f50f5d70327b30c"
 BUNDLED_GRAPH_NAME = "fusionnet_v2.onnx"
-BUNDLED_GRAPH_SHA256 = "33b78f90882af10e89a57cbe0fbab4a3e16d27bd0ff39ac49c1188b65e5c0555"
+BUNDLED_GRAPH_SHA256 = "4435db102f9261565524047835fbdb9b15b3894bcdfd921e4d2f83d789b309a2"
 #: Keys of the bundled graph's metadata: the SHA-256 of the weights it holds, and the network's stride.
 GRAPH_WEIGHTS_KEY, GRAPH_STRIDE_KEY = "medfuse.weights_sha256", "medfuse.stride"
 

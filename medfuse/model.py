@@ -180,8 +180,9 @@ class InferenceNet(nn.Module):
 
     Besides :class:`SigmoidAttentionFusion` at every scale, the pixel unshuffle is a strided convolution
     with one-hot kernels (exact: it only copies values, and it avoids a six-dimensional transpose),
-    and the head's per-pixel weights are applied at half resolution, so a single pixel shuffle of one
-    channel per block position ends the network instead of a shuffle of all three maps. On a 256x256
+    the head's per-pixel weights are applied at half resolution, so a single pixel shuffle of one
+    channel per block position ends the network instead of a shuffle of all three maps, and the decoder
+    upsamples by a factor of 2 (sizes are multiples of the stride here). On a 256x256
     slice with ONNX Runtime (one thread) this is about 12 % faster than the training form; the largest
     difference of the outputs is float rounding (below 1e-6, checked by the tests).
     """
@@ -202,7 +203,7 @@ class InferenceNet(nn.Module):
     def forward(self, mri: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
         kernel = self.unshuffle_kernel
         mri_half, pet_half = F.conv2d(mri, kernel, stride=UNSHUFFLE), F.conv2d(pet, kernel, stride=UNSHUFFLE)
-        x = _decode(self, _fuse_scales(self, mri_half, pet_half))
+        x = _decode(self, _fuse_scales(self, mri_half, pet_half), doubling=True)
         mri_weight, pet_weight, offset = self.head(torch.cat((x, mri_half, pet_half), dim=1)).split(UNSHUFFLE**2, dim=1)
         support = FusionNet.support(mri_half, pet_half)
         return F.pixel_shuffle((mri_weight * mri_half + pet_weight * pet_half + offset) * support, UNSHUFFLE)
@@ -214,12 +215,21 @@ def _fuse_scales(net: FusionNet | InferenceNet, mri_half: torch.Tensor, pet_half
     return [fusion(mri_features, pet_features) for fusion, mri_features, pet_features in branches]
 
 
-def _decode(net: FusionNet | InferenceNet, fused: list[torch.Tensor]) -> torch.Tensor:
-    """``net``'s decoder: from the coarsest fused map up, each projected, upsampled and refined with the next."""
+def _decode(net: FusionNet | InferenceNet, fused: list[torch.Tensor], doubling: bool = False) -> torch.Tensor:
+    """``net``'s decoder: from the coarsest fused map up, each projected, upsampled and refined with the next.
+
+    The training form upsamples to each scale's size (any input size works). With ``doubling`` (the
+    inference form, whose sizes are multiples of the stride) every scale is exactly twice the next, and
+    upsampling by a factor of 2 computes the same while leaving ONNX Runtime no shape to read: it then
+    keeps the maps in its blocked layout (5 % faster on a 256x256 slice, outputs within 2e-7).
+    """
     x = fused[-1]
     for level in range(len(fused) - 2, -1, -1):
         coarse = net.lateral[level](x)
-        x = F.interpolate(coarse, size=fused[level].shape[-2:], mode="bilinear", align_corners=False)
+        if doubling:
+            x = F.interpolate(coarse, scale_factor=2.0, mode="bilinear", align_corners=False)
+        else:
+            x = F.interpolate(coarse, size=fused[level].shape[-2:], mode="bilinear", align_corners=False)
         x = net.refine[level](x + fused[level])
     return x
 
