@@ -112,6 +112,21 @@ def _channels_from_state(state: dict[str, Any], path: Path) -> tuple[int, ...]:
     return tuple(channels)
 
 
+def _checked_bytes(path: Path, kind: str, expected: str | None, remedy: str) -> tuple[bytes, str]:
+    """The bytes of ``path`` and their SHA-256, refused (:class:`WeightsError`) when unreadable or not ``expected``."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise WeightsError(f"{path}: the {kind} cannot be read ({exc.strerror}).") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if expected is not None and digest != expected:
+        raise WeightsError(
+            f"{path}: SHA-256 mismatch (expected {expected[:12]}…, got {digest[:12]}…); the file is corrupt or "
+            f"not the one intended, so {remedy}."
+        )
+    return data, digest
+
+
 def load_model(weights: str | Path | None = None) -> tuple[FusionNet, str]:
     """Build a FusionNet from a safetensors file (default: the bundled one) after checking its SHA-256.
 
@@ -128,17 +143,7 @@ def load_model(weights: str | Path | None = None) -> tuple[FusionNet, str]:
         raise WeightsError(f"{path}: the bundled weights are missing; reinstall medfuse or pass --weights FILE.")
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found; check the --weights path.")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise WeightsError(f"{path}: the weights file cannot be read ({exc.strerror}).") from exc
-    digest = hashlib.sha256(data).hexdigest()
-    expected = _expected_sha256(path, bundled)
-    if expected is not None and digest != expected:
-        raise WeightsError(
-            f"{path}: SHA-256 mismatch (expected {expected[:12]}…, got {digest[:12]}…); the file is corrupt or "
-            f"not the one intended, so replace it."
-        )
+    data, digest = _checked_bytes(path, "weights file", _expected_sha256(path, bundled), "replace it")
     try:
         state = load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
@@ -163,18 +168,9 @@ def load_bundled_graph() -> tuple[OnnxRunner, int] | None:
     from medfuse.runtime import OnnxRunner
 
     path = bundled_weights_path().with_name(BUNDLED_GRAPH_NAME)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    if not path.is_file():
         return None
-    except OSError as exc:
-        raise WeightsError(f"{path}: the network graph cannot be read ({exc.strerror}).") from exc
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != BUNDLED_GRAPH_SHA256:
-        raise WeightsError(
-            f"{path}: SHA-256 mismatch (expected {BUNDLED_GRAPH_SHA256[:12]}…, got {digest[:12]}…); the file is "
-            "corrupt or not the one intended, so reinstall medfuse."
-        )
+    data, _digest = _checked_bytes(path, "network graph", BUNDLED_GRAPH_SHA256, "reinstall medfuse")
     runner = OnnxRunner(data)
     if runner.metadata.get(GRAPH_WEIGHTS_KEY) != BUNDLED_WEIGHTS_SHA256:
         raise WeightsError(
