@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from medfuse.console import set_quiet
     from medfuse.inference import get_fuser
-    from medfuse.options import FuseOptions
+    from medfuse.options import FuseOptions, RegisterMode
     from medfuse.pipeline import fuse_images
     from medfuse.volume_metrics import evaluate_volume_images
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {}
     for name, mri, pet, phantom in _cases():
         started = time.perf_counter()
-        options = FuseOptions(register="rigid" if name == "example" else "none", threads=1)
+        options = FuseOptions(register=RegisterMode.RIGID if name == "example" else RegisterMode.NONE, threads=1)
         fused = fuse_images(mri, pet, options, fuser=fuser)
         per_slice, fidelity, _ = evaluate_volume_images(fused.fused, mri, fused.pet_on_mri)
         means = {k: float(np.mean([row[k] for row in per_slice.values()])) for k in next(iter(per_slice.values()))}
