@@ -35,7 +35,9 @@ DEFAULT_CPU_BACKEND = "onnxruntime"
 #: Largest difference from PyTorch's float32 output accepted for an exported network (the probe check).
 EXPORT_TOLERANCE = 1e-4
 _OPSET = 17
-_EXPORT_LOCK = threading.Lock()
+#: Held while a shared model is changed in place (its conversion to channels-last) or exported: either,
+#: done while another thread exports or runs the same model, can hand that thread freed memory.
+_MODEL_LOCK = threading.Lock()
 
 
 class SliceRunner(Protocol):
@@ -56,7 +58,8 @@ class TorchRunner:
     def __init__(self, model: nn.Module) -> None:
         import torch
 
-        self._model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        with _MODEL_LOCK:  # the first conversion rewrites the parameters; later ones leave them as they are
+            self._model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def __call__(self, mri: np.ndarray, pet: np.ndarray) -> np.ndarray:
         import torch
@@ -107,7 +110,7 @@ def export_onnx(model: nn.Module, stride: int, metadata: dict[str, str] | None =
     example = (torch.zeros(1, 1, size, size), torch.zeros(1, 1, size, size))
     axes = {0: "slices", 2: "height", 3: "width"}
     buffer = io.BytesIO()
-    with _EXPORT_LOCK, warnings.catch_warnings(), torch.inference_mode():
+    with _MODEL_LOCK, warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's concern
         torch.onnx.export(
             model,
