@@ -40,7 +40,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the phantom builders live with the tests
 
-from nema_phantom import nema_phantom, sphere_ratios  # noqa: E402
+from nema_phantom import central_slice_ratios, nema_phantom, sphere_ratios  # noqa: E402
 from synthetic import Grid, phantom_mri, phantom_pet  # noqa: E402
 
 
@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         means = {k: float(np.mean([row[k] for row in per_slice.values()])) for k in next(iter(per_slice.values()))}
         row: dict[str, Any] = {"fidelity": fidelity.__dict__, "metrics": means}
         if phantom is not None:
-            row["spheres"] = sphere_ratios(sitk.GetArrayFromImage(fused.fused), phantom)
+            fused_array = sitk.GetArrayFromImage(fused.fused)
+            row["spheres"] = sphere_ratios(fused_array, phantom)
+            row["spheres_central_slice"] = central_slice_ratios(fused_array, phantom)
         results[name] = row
         classes = " ".join(f"{value:.2f}" for value in fidelity.class_means.values())
         print(
@@ -118,7 +120,9 @@ def main(argv: list[str] | None = None) -> None:
         print("          metrics " + "  ".join(f"{k} {v:.3f}" for k, v in means.items()))
         if phantom is not None:
             spheres = "  ".join(f"{d:g} mm {r:.2f}x" for d, r in row["spheres"].items())
-            print(f"          spheres / background: {spheres}")
+            print(f"          spheres / background (whole sphere): {spheres}")
+            central = "  ".join(f"{d:g} mm {r:.2f}x" for d, r in row["spheres_central_slice"].items())
+            print(f"          spheres / background (central slice, NEMA NU 2): {central}")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

@@ -92,3 +92,16 @@ def sphere_ratios(fused: np.ndarray, phantom: NemaPhantom) -> dict[float, float]
     """Mean fused value inside each sphere divided by the mean of the background region."""
     background = float(fused[phantom.background].mean())
     return {diameter: float(fused[mask].mean()) / background for diameter, mask in phantom.spheres.items()}
+
+
+def central_slice_ratios(fused: np.ndarray, phantom: NemaPhantom) -> dict[float, float]:
+    """Each sphere as NEMA NU 2's image-quality test reads it: the mean over the sphere's cross-section on the
+    transverse slice(s) through its centre (the slices where that cross-section is largest; two when the centre
+    falls between slices), divided by the mean of the background region."""
+    background = float(fused[phantom.background].mean())
+    ratios = {}
+    for diameter, mask in phantom.spheres.items():
+        area = mask.sum(axis=(1, 2))
+        central = mask & (area == area.max())[:, None, None]
+        ratios[diameter] = float(fused[central].mean()) / background
+    return ratios
