@@ -420,11 +420,17 @@ def train(
     seed: Annotated[int, typer.Option("--seed", help="Random seed (weights init, crops, augmentation).")] = 0,
     intensity_weight: Annotated[float, typer.Option("--intensity-weight", help="Weight of the intensity loss.")] = 1.0,
     gradient_weight: Annotated[float, typer.Option("--gradient-weight", help="Weight of the gradient loss.")] = 4.0,
+    gradient_gain: Annotated[
+        float, typer.Option("--gradient-gain", min=0.0, help="Factor on the gradient loss's target edges (1: as is).")
+    ] = 1.05,
     ssim_weight: Annotated[float, typer.Option("--ssim-weight", help="Weight of the SSIM loss.")] = 1.0,
     ssim_range: Annotated[
         float, typer.Option("--ssim-range", min=1e-6, help="Data range L of the SSIM loss's constants.")
     ] = 0.0078,
     scd_weight: Annotated[float, typer.Option("--scd-weight", help="Weight of the complementarity (SCD) loss.")] = 0.25,
+    qabf_weight: Annotated[
+        float, typer.Option("--qabf-weight", min=0.0, help="Weight of the edge-transfer (Qabf) loss (0: off).")
+    ] = 0.0,
     monotone_weight: Annotated[
         float, typer.Option("--monotone-weight", min=0.0, help="Weight of the monotonicity loss (0: off).")
     ] = 1.0,
@@ -459,9 +465,11 @@ def train(
         seed=seed,
         intensity_weight=intensity_weight,
         gradient_weight=gradient_weight,
+        gradient_gain=gradient_gain,
         ssim_weight=ssim_weight,
         ssim_range=ssim_range,
         scd_weight=scd_weight,
+        qabf_weight=qabf_weight,
         monotone_weight=monotone_weight,
         monotone_slope=monotone_slope,
         uptake_share=uptake_share,

@@ -42,9 +42,9 @@ if TYPE_CHECKING:
     from medfuse.runtime import OnnxRunner, SliceRunner
 
 BUNDLED_WEIGHTS_NAME = "fusionnet_v2.safetensors"
-BUNDLED_WEIGHTS_SHA256 = "7533c64ca2e64bcfbdff95287fa0343f54d3eba0e783a9e62f50f5d70327b30c"
+BUNDLED_WEIGHTS_SHA256 = "842b02727da286428aae5021c782d17ba9bcadede913e5bd367c038eff8a1b9d"
 BUNDLED_GRAPH_NAME = "fusionnet_v2.onnx"
-BUNDLED_GRAPH_SHA256 = "4435db102f9261565524047835fbdb9b15b3894bcdfd921e4d2f83d789b309a2"
+BUNDLED_GRAPH_SHA256 = "803d7a84bc76f1414ec25f0c659e3540aea068396bb25994ee9f0822d21a05cb"
 #: Keys of the bundled graph's metadata: the SHA-256 of the weights it holds, and the network's stride.
 GRAPH_WEIGHTS_KEY, GRAPH_STRIDE_KEY = "medfuse.weights_sha256", "medfuse.stride"
 

@@ -40,8 +40,8 @@ CDDFUSE_MRI_PET = {
 }
 
 # Xydeas-Petrovic constants of the sigmoids that turn strength and orientation agreement into preservation.
-_QABF_GAMMA_G, _QABF_KAPPA_G, _QABF_SIGMA_G = 0.9994, -15.0, 0.5
-_QABF_GAMMA_A, _QABF_KAPPA_A, _QABF_SIGMA_A = 0.9879, -22.0, 0.8
+QABF_GAMMA_G, QABF_KAPPA_G, QABF_SIGMA_G = 0.9994, -15.0, 0.5
+QABF_GAMMA_A, QABF_KAPPA_A, QABF_SIGMA_A = 0.9879, -22.0, 0.8
 # Sheikh-Bovik pixel-domain VIF: variance of the visual noise and the number of scales.
 _VIF_NOISE_VARIANCE = 2.0
 _VIF_SCALES = 4
@@ -216,8 +216,8 @@ def _edge_preservation(source: tuple[np.ndarray, np.ndarray], fused: tuple[np.nd
     larger = np.maximum(g_s, g_f)
     ratio = np.divide(np.minimum(g_s, g_f), larger, out=np.ones_like(larger), where=larger > 0)
     agreement = 1.0 - np.abs(a_s - a_f) / (math.pi / 2)
-    strength_term = _QABF_GAMMA_G / (1.0 + np.exp(_QABF_KAPPA_G * (ratio - _QABF_SIGMA_G)))
-    orientation_term = _QABF_GAMMA_A / (1.0 + np.exp(_QABF_KAPPA_A * (agreement - _QABF_SIGMA_A)))
+    strength_term = QABF_GAMMA_G / (1.0 + np.exp(QABF_KAPPA_G * (ratio - QABF_SIGMA_G)))
+    orientation_term = QABF_GAMMA_A / (1.0 + np.exp(QABF_KAPPA_A * (agreement - QABF_SIGMA_A)))
     return strength_term * orientation_term
 
 

@@ -6,12 +6,16 @@ There is no ground-truth fused image, so the loss asks the output F to keep what
 * **intensity**: L1 distance to the element-wise maximum of A and B, so bright anatomy and bright (hot)
   metabolism both survive at full strength and the black background stays black;
 * **gradient**: L1 distance between F's Sobel gradient (Gx, Gy) and, pixel by pixel, the gradient of
-  whichever source has the stronger edge there, so the sharper edge of either source is kept with its
-  direction and sign (what edge-transfer metrics such as Qabf look for), not only its strength;
+  whichever source has the stronger edge there times ``gradient_gain`` (1.05), so the sharper edge of
+  either source is kept with its direction and sign (what edge-transfer metrics such as Qabf look for),
+  not only its strength; the gain of 5 % makes up for the softening an L1 fit leaves (sharpness, SF);
 * **structure**: one minus the mean SSIM of F with each source (the metric's 7x7 window and near-zero
   constants), which keeps local contrast and structure close to both at once;
 * **complementarity**: one minus half the sum of corr(F - B, A) and corr(F - A, B) (the SCD idea): what
   F adds to one source should be the other source's content, so neither is merely overwritten;
+* **edge transfer** (``qabf_weight``, off in the recipe): one minus a differentiable Qabf, the metric's
+  own edge preservation; it buys Qabf, MI and VIF at the cost of SD, complementarity and of the volumes'
+  monotonicity (model card, "Tried and not adopted");
 * **monotonicity**: the same crops are fused again with B raised by a smooth positive bump; wherever
   F rose by less than ``monotone_slope`` times the bump, the shortfall is penalised. So the fused
   brightness rises with uptake at every MRI intensity, also where the MRI is brighter than the PET.
@@ -183,9 +187,11 @@ class TrainConfig:
     holdout: tuple[str, ...] = ()
     intensity_weight: float = 1.0
     gradient_weight: float = 4.0
+    gradient_gain: float = 1.05
     ssim_weight: float = 1.0
     ssim_range: float = 0.0078
     scd_weight: float = 0.25
+    qabf_weight: float = 0.0
     monotone_weight: float = 1.0
     monotone_slope: float = 0.1
     uptake_share: float = 0.4
@@ -277,27 +283,66 @@ def _correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return numerator / torch.sqrt((x * x).sum(dim=(1, 2, 3)) * (y * y).sum(dim=(1, 2, 3)) + 1e-12)
 
 
+def _edges(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sobel edge strength and orientation as Qabf measures them (zero padding), kept differentiable.
+
+    The orientation arctan(sy / sx) is taken as arctan(sy sx / (sx^2 + 1e-4)): equal where the edge is
+    clear, but with a bounded derivative where F is nearly flat (arctan's own grows as 1 / strength).
+    """
+    kernel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=image.device)
+    sobel = F.conv2d(image, torch.stack((kernel_x, kernel_x.t())).unsqueeze(1), padding=1)
+    sx, sy = sobel[:, :1], sobel[:, 1:]
+    return torch.sqrt(sx * sx + sy * sy + 1e-12), torch.atan(sy * sx / (sx * sx + 1e-4))
+
+
+def edge_transfer(fused: torch.Tensor, mri: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+    """Qabf of each (N, 1, H, W) image triple, as :func:`medfuse.metrics.qabf` scores it, differentiable in F."""
+    from medfuse.metrics import (
+        QABF_GAMMA_A,
+        QABF_GAMMA_G,
+        QABF_KAPPA_A,
+        QABF_KAPPA_G,
+        QABF_SIGMA_A,
+        QABF_SIGMA_G,
+    )
+
+    strength_f, orientation_f = _edges(fused)
+    preserved, weights = torch.zeros_like(fused), torch.zeros_like(fused)
+    for source in (mri, pet):
+        strength_s, orientation_s = _edges(source)
+        ratio = torch.minimum(strength_s, strength_f) / torch.maximum(strength_s, strength_f)
+        agreement = 1.0 - (orientation_s - orientation_f).abs() / (math.pi / 2)
+        strength_term = QABF_GAMMA_G * torch.sigmoid(-QABF_KAPPA_G * (ratio - QABF_SIGMA_G))
+        orientation_term = QABF_GAMMA_A * torch.sigmoid(-QABF_KAPPA_A * (agreement - QABF_SIGMA_A))
+        preserved = preserved + strength_term * orientation_term * strength_s
+        weights = weights + strength_s
+    return preserved.sum(dim=(1, 2, 3)) / weights.sum(dim=(1, 2, 3)).clamp_min(1e-6)
+
+
 def fusion_loss(
     fused: torch.Tensor, mri: torch.Tensor, pet: torch.Tensor, config: TrainConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted unsupervised loss (module docstring, all terms but monotonicity) and its parts."""
     intensity = F.l1_loss(fused, torch.maximum(mri, pet))
     # |Gx| + |Gy| of the difference, like the magnitudes the Sobel-based metrics (Qabf, SF) compare
-    gradient = 2.0 * F.l1_loss(sobel_gradients(fused), dominant_gradient(mri, pet))
+    gradient = 2.0 * F.l1_loss(sobel_gradients(fused), config.gradient_gain * dominant_gradient(mri, pet))
     similarity = ssim_map(fused, mri, config.ssim_range).mean() + ssim_map(fused, pet, config.ssim_range).mean()
     structure = 1.0 - 0.5 * similarity
     complementarity = 1.0 - 0.5 * (_correlation(fused - pet, mri) + _correlation(fused - mri, pet)).mean()
+    edge_loss = 1.0 - edge_transfer(fused, mri, pet).mean() if config.qabf_weight else torch.zeros(())
     total = (
         config.intensity_weight * intensity
         + config.gradient_weight * gradient
         + config.ssim_weight * structure
         + config.scd_weight * complementarity
+        + config.qabf_weight * edge_loss
     )
     parts = {
         "intensity": intensity.item(),
         "gradient": gradient.item(),
         "ssim": structure.item(),
         "scd": complementarity.item(),
+        **({"qabf": edge_loss.item()} if config.qabf_weight else {}),
     }
     return total, parts
 

@@ -23,6 +23,7 @@ from medfuse.training import (
     colour_luminance,
     cross_validate,
     dominant_gradient,
+    edge_transfer,
     fusion_loss,
     load_harvard,
     load_pairs,
@@ -134,13 +135,23 @@ def test_gradient_target_is_the_stronger_edge_with_its_sign() -> None:
 
 
 def test_loss_terms_vanish_for_the_ideal_output() -> None:
-    config = TrainConfig(data=Path(), output=None)
+    config = TrainConfig(data=Path(), output=None, gradient_gain=1.0)
     torch.manual_seed(0)
     image = torch.rand(2, 1, 16, 16)
     _, parts = fusion_loss(image.clone(), image, image, config)
     assert parts["intensity"] == pytest.approx(0.0, abs=1e-7)
     assert parts["gradient"] == pytest.approx(0.0, abs=1e-6)
     assert parts["ssim"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_gradient_gain_asks_for_edges_that_much_sharper_than_the_sources() -> None:
+    torch.manual_seed(1)
+    image = torch.rand(2, 1, 16, 16)
+    config = TrainConfig(data=Path(), output=None, gradient_gain=1.05)
+    _, as_is = fusion_loss(image.clone(), image, image, config)
+    _, sharpened = fusion_loss(1.05 * image, image, image, config)
+    assert sharpened["gradient"] == pytest.approx(0.0, abs=1e-6)
+    assert as_is["gradient"] == pytest.approx(0.05 * 2.0 * float(sobel_gradients(image).abs().mean()), rel=1e-4)
 
 
 def test_intensity_term_pulls_towards_the_brighter_source() -> None:
@@ -299,6 +310,43 @@ def test_complementarity_term_prefers_carrying_both_sources() -> None:
     assert mri_only["scd"] > 0.4
 
 
+def test_edge_transfer_loss_matches_the_qabf_metric_and_has_bounded_gradients() -> None:
+    from medfuse.metrics import qabf
+
+    rng = np.random.default_rng(4)
+    rows, cols = np.mgrid[:64, :64]
+    mri = (0.2 + 0.6 * (cols > 30) + 0.05 * rng.random((64, 64))).astype(np.float32)
+    pet = (0.7 * np.exp(-((rows - 20) ** 2 + (cols - 40) ** 2) / 60.0)).astype(np.float32)
+    candidates = {"max": np.maximum(mri, pet), "blurred mean": (mri + pet) / 2, "mri": mri.copy()}
+    for name, fused in candidates.items():
+        tensors = [torch.from_numpy(x[None, None]) for x in (fused, mri, pet)]
+        expected = qabf(fused * 255, mri * 255, pet * 255)
+        assert float(edge_transfer(*tensors)[0]) == pytest.approx(expected, abs=0.01), name
+    sources = torch.from_numpy(mri[None, None]), torch.from_numpy(pet[None, None])
+    flat = torch.full((1, 1, 64, 64), 0.5, requires_grad=True)
+    (1.0 - edge_transfer(flat, *sources).mean()).backward()
+    assert flat.grad is not None and torch.isfinite(flat.grad).all()
+    # a few steps down the loss carry more of the sources' edges into F, as the metric measures it
+    fused = torch.from_numpy(candidates["blurred mean"][None, None]).clone().requires_grad_(True)
+    optimiser = torch.optim.SGD([fused], lr=0.5)
+    for _ in range(5):
+        optimiser.zero_grad()
+        (1.0 - edge_transfer(fused, *sources).mean()).backward()
+        optimiser.step()
+    improved = fused.detach()[0, 0].clamp(0, 1).numpy()
+    assert (
+        qabf(improved * 255, mri * 255, pet * 255) > qabf(candidates["blurred mean"] * 255, mri * 255, pet * 255) + 0.01
+    )
+    config = TrainConfig(data=Path(), output=None, qabf_weight=1.0)
+    _, parts = fusion_loss(
+        torch.from_numpy(mri[None, None]).clone(),
+        torch.from_numpy(mri[None, None]),
+        torch.from_numpy(pet[None, None]),
+        config,
+    )
+    assert 0.0 < parts["qabf"] < 1.0
+
+
 def test_train_command_defaults_are_the_recipe() -> None:
     """`medfuse train`'s option defaults are TrainConfig's (the recipe of the bundled weights), knob by knob."""
     import inspect
@@ -309,6 +357,6 @@ def test_train_command_defaults_are_the_recipe() -> None:
     options = inspect.signature(cli.train).parameters
     not_recipe = ("data", "output", "holdout", "threads", "overwrite")
     shared = [name for name in options if name in fields and name not in not_recipe]
-    assert len(shared) == 14  # every knob the command exposes
+    assert len(shared) == 16  # every knob the command exposes
     for name in shared:
         assert options[name].default == fields[name], name
