@@ -15,7 +15,7 @@ There is no ground-truth fused image, so the loss asks the output F to keep what
   F adds to one source should be the other source's content, so neither is merely overwritten;
 * **edge transfer** (``qabf_weight``, off in the recipe): one minus a differentiable Qabf, the metric's
   own edge preservation; it buys Qabf, MI and VIF at the cost of SD, complementarity and of the volumes'
-  monotonicity (model card, "Tried and not adopted");
+  monotonicity (model card, "The gradient gain, and what else was tried");
 * **monotonicity**: the same crops are fused again with B raised by a smooth positive bump; wherever
   F rose by less than ``monotone_slope`` times the bump, the shortfall is penalised. So the fused
   brightness rises with uptake at every MRI intensity, also where the MRI is brighter than the PET.
@@ -51,6 +51,7 @@ from medfuse.atomic import check_output_path, output_transaction
 from medfuse.colour import apply_colormap, colormap_values, rgb_to_ycbcr
 from medfuse.console import info, make_progress, stage
 from medfuse.errors import InvalidInputError, UnreadableInputError, UsageError
+from medfuse.metrics import QABF_GAMMA_A, QABF_GAMMA_G, QABF_KAPPA_A, QABF_KAPPA_G, QABF_SIGMA_A, QABF_SIGMA_G
 from medfuse.model import BLACK_LEVEL, DEFAULT_CHANNELS, FusionNet, parameter_count
 
 if TYPE_CHECKING:
@@ -244,11 +245,12 @@ def colour_luminance(uptake: np.ndarray, colormap: str) -> np.ndarray:
 
 
 # ---- losses ----------------------------------------------------------------------------------------------------
-def sobel_gradients(image: torch.Tensor) -> torch.Tensor:
-    """(Gx, Gy) of the 3x3 Sobel operator (replicate-padded): (N, 1, H, W) -> (N, 2, H, W)."""
+def sobel_gradients(image: torch.Tensor, padding: str = "replicate") -> torch.Tensor:
+    """(Gx, Gy) of the 3x3 Sobel operator: (N, 1, H, W) -> (N, 2, H, W); ``padding`` "replicate" or
+    "constant" (zeros, as the Qabf metric pads)."""
     kernel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=image.device)
     kernels = torch.stack((kernel_x, kernel_x.t())).unsqueeze(1)
-    return F.conv2d(F.pad(image, (1, 1, 1, 1), mode="replicate"), kernels)
+    return F.conv2d(F.pad(image, (1, 1, 1, 1), mode=padding), kernels)
 
 
 def dominant_gradient(mri: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
@@ -289,23 +291,13 @@ def _edges(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     The orientation arctan(sy / sx) is taken as arctan(sy sx / (sx^2 + 1e-4)): equal where the edge is
     clear, but with a bounded derivative where F is nearly flat (arctan's own grows as 1 / strength).
     """
-    kernel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=image.device)
-    sobel = F.conv2d(image, torch.stack((kernel_x, kernel_x.t())).unsqueeze(1), padding=1)
+    sobel = sobel_gradients(image, padding="constant")
     sx, sy = sobel[:, :1], sobel[:, 1:]
     return torch.sqrt(sx * sx + sy * sy + 1e-12), torch.atan(sy * sx / (sx * sx + 1e-4))
 
 
 def edge_transfer(fused: torch.Tensor, mri: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
     """Qabf of each (N, 1, H, W) image triple, as :func:`medfuse.metrics.qabf` scores it, differentiable in F."""
-    from medfuse.metrics import (
-        QABF_GAMMA_A,
-        QABF_GAMMA_G,
-        QABF_KAPPA_A,
-        QABF_KAPPA_G,
-        QABF_SIGMA_A,
-        QABF_SIGMA_G,
-    )
-
     strength_f, orientation_f = _edges(fused)
     preserved, weights = torch.zeros_like(fused), torch.zeros_like(fused)
     for source in (mri, pet):
