@@ -310,7 +310,7 @@ def test_complementarity_term_prefers_carrying_both_sources() -> None:
     assert mri_only["scd"] > 0.4
 
 
-def test_edge_transfer_loss_matches_the_qabf_metric_and_has_bounded_gradients() -> None:
+def test_edge_transfer_loss_matches_the_qabf_metric_and_its_descent_raises_the_metric() -> None:
     from medfuse.metrics import qabf
 
     rng = np.random.default_rng(4)
