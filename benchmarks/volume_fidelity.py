@@ -119,10 +119,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         print("          metrics " + "  ".join(f"{k} {v:.3f}" for k, v in means.items()))
         if phantom is not None:
-            spheres = "  ".join(f"{d:g} mm {r:.2f}x" for d, r in row["spheres"].items())
-            print(f"          spheres / background (whole sphere): {spheres}")
-            central = "  ".join(f"{d:g} mm {r:.2f}x" for d, r in row["spheres_central_slice"].items())
-            print(f"          spheres / background (central slice, NEMA NU 2): {central}")
+            for key, reading in (("spheres", "whole sphere"), ("spheres_central_slice", "central slice, NEMA NU 2")):
+                spheres = "  ".join(f"{d:g} mm {r:.2f}x" for d, r in row[key].items())
+                print(f"          spheres / background ({reading}): {spheres}")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
