@@ -11,7 +11,9 @@ Cases (all fused with the default PET window):
   10-37 mm in a warm background, mid-grey MRI anatomy), already aligned.
 
 For each: the rank correlation of PET and fused within MRI-intensity deciles (mean, lowest), the share of
-PET-decile steps within MRI deciles where the fused mean rises, the fused mean per PET percentile class,
+PET-decile steps within MRI deciles where the fused mean rises (and per decile, with the decile's MRI range:
+a decile that spans two of a phantom's flat tissue levels sorts tissues, not uptake), the fused mean per PET
+percentile class,
 whether the hottest class is the brightest, the fused contrast of the hottest 1 % against the 50th-90th
 percentile, the eight fusion metrics (mean over head slices), and for the NEMA phantom each sphere's
 fused mean over the background's (targets of issue 11: >= 90 % rising steps, hottest class brightest,
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
             f"hot/warm {fidelity.hot_contrast:.2f}  ({time.perf_counter() - started:.0f} s)"
         )
         print("          metrics " + "  ".join(f"{k} {v:.3f}" for k, v in means.items()))
+        deciles = "  ".join(f"{s.rising}/{s.steps} ({s.mri_low:.2f}-{s.mri_high:.2f})" for s in fidelity.strata)
+        print(f"          rising steps by MRI decile (its MRI range): {deciles}")
         if phantom is not None:
             for key, reading in (("spheres", "whole sphere"), ("spheres_central_slice", "central slice, NEMA NU 2")):
                 spheres = "  ".join(f"{d:g} mm {r:.2f}x" for d, r in row[key].items())

@@ -14,7 +14,9 @@ volumes must share one grid (the fused volume and ``fuse --save-pet`` are writte
   whether the fused mean rises from each PET decile to the next; the fused mean of PET percentile
   classes (is the hottest class the brightest?) and the contrast of the hottest 1 % against the
   50th-90th percentile. A fused volume that shows uptake faithfully has rank correlations near 1,
-  rising steps everywhere and a hot contrast well above 1.
+  rising steps everywhere and a hot contrast well above 1. Each decile is also reported on its own
+  (:class:`StratumFidelity`): where the MRI has a few flat tissue levels (a phantom), a decile can span
+  two tissues, and then its PET deciles sort tissues rather than uptake; its MRI range shows it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,18 @@ GRID_TOLERANCE = 1e-4
 
 
 @dataclass
+class StratumFidelity:
+    """One MRI-intensity decile: its MRI range (network input, 0-1), size, rank correlation and rising steps."""
+
+    mri_low: float
+    mri_high: float
+    voxels: int
+    rank_correlation: float
+    rising: int
+    steps: int
+
+
+@dataclass
 class UptakeFidelity:
     """How the fused brightness follows uptake (see the module docstring); all over head voxels."""
 
@@ -54,7 +68,7 @@ class UptakeFidelity:
     class_means: dict[str, float]
     hottest_is_brightest: bool
     hot_contrast: float
-    strata_rank_correlations: list[float] = field(default_factory=list)
+    strata: list[StratumFidelity] = field(default_factory=list)
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -98,18 +112,26 @@ def uptake_fidelity(fused: np.ndarray, mri: np.ndarray, pet: np.ndarray, mask: n
     f = np.asarray(fused, dtype=np.float64).ravel()[chosen]
     a = np.asarray(mri, dtype=np.float64).ravel()[chosen]
     b = np.asarray(pet, dtype=np.float64).ravel()[chosen]
-    correlations, weights, rising, steps = [], [], 0, 0
-    strata = _class_index(a, STRATA)
-    for stratum in range(int(strata.max()) + 1):
-        inside = strata == stratum
+    strata: list[StratumFidelity] = []
+    stratum_index = _class_index(a, STRATA)
+    for stratum in range(int(stratum_index.max()) + 1):
+        inside = stratum_index == stratum
         if inside.sum() < 10:
             continue
-        correlations.append(_rank_correlation(b[inside], f[inside]))
-        weights.append(int(inside.sum()))
         classes = _class_index(b[inside], STRATA)
         means = [f[inside][classes == c].mean() for c in np.unique(classes)]
-        rising += int(np.sum(np.diff(means) > 0))
-        steps += len(means) - 1
+        strata.append(
+            StratumFidelity(
+                mri_low=float(a[inside].min()),
+                mri_high=float(a[inside].max()),
+                voxels=int(inside.sum()),
+                rank_correlation=_rank_correlation(b[inside], f[inside]),
+                rising=int(np.sum(np.diff(means) > 0)),
+                steps=len(means) - 1,
+            )
+        )
+    correlations = [s.rank_correlation for s in strata]
+    rising, steps = sum(s.rising for s in strata), sum(s.steps for s in strata)
     edges = np.percentile(b, [edge for edge, _ in PET_CLASSES] + [100.0])
     class_means: dict[str, float] = {}
     for (low, high), low_value, high_value in zip(PET_CLASSES, edges[:-1], edges[1:], strict=True):
@@ -121,14 +143,14 @@ def uptake_fidelity(fused: np.ndarray, mri: np.ndarray, pet: np.ndarray, mask: n
     warm = f[(b >= np.percentile(b, 50.0)) & (b < np.percentile(b, 90.0))]
     warm_mean = float(warm.mean()) if warm.size else 0.0
     return UptakeFidelity(
-        rank_correlation=float(np.average(correlations, weights=weights)),
+        rank_correlation=float(np.average(correlations, weights=[s.voxels for s in strata])),
         rank_correlation_min=float(np.min(correlations)),
         rising_steps=rising / steps if steps else 0.0,
         steps=steps,
         class_means=class_means,
         hottest_is_brightest=all(hottest > value for value in list(class_means.values())[:-1]),
         hot_contrast=float(hot.mean()) / warm_mean if warm_mean > 0 else float("inf"),
-        strata_rank_correlations=[round(c, 4) for c in correlations],
+        strata=strata,
     )
 
 
@@ -279,6 +301,7 @@ def fidelity_table(fidelity: UptakeFidelity, title: str | None = None) -> Table:
     table.add_row(
         "fused mean rises with PET decile (share of steps)", f"{fidelity.rising_steps:.1%} of {fidelity.steps}"
     )
+    table.add_row("  rising steps by MRI decile", " ".join(f"{s.rising}/{s.steps}" for s in fidelity.strata))
     for name, value in fidelity.class_means.items():
         table.add_row(f"fused mean, PET percentile {name}", f"{value:.3f}")
     table.add_row("hottest class is the brightest", "yes" if fidelity.hottest_is_brightest else "no")

@@ -54,6 +54,24 @@ def test_the_luminance_of_the_aanlib_map_darkens_the_hottest_uptake(anatomy: tup
     assert fidelity.hot_contrast < 1.0
 
 
+def test_each_decile_is_reported_and_one_spanning_two_tissues_shows_its_range(rng: np.random.Generator) -> None:
+    """A phantom-like MRI of two flat tissues (75 % at 0.4, 25 % at 0.8, 1 % noise): one decile takes the top of
+    the first tissue and the bottom of the second. Uptake is lower in the bright tissue, so there the PET deciles
+    sort the tissues and the fused mean falls where they meet, although the fused value rises with uptake in
+    every voxel."""
+    bright = rng.random(SHAPE) < 0.25
+    mri = np.where(bright, 0.8, 0.4) + rng.normal(0.0, 0.01, SHAPE)
+    pet = np.where(bright, 0.1, 0.2) + rng.normal(0.0, 0.02, SHAPE)
+    fidelity = uptake_fidelity(mri + 0.5 * pet, mri, pet, np.ones(SHAPE, dtype=bool))
+    assert len(fidelity.strata) == 10 and sum(s.voxels for s in fidelity.strata) == mri.size
+    spanning = [s for s in fidelity.strata if s.mri_low < 0.5 < s.mri_high]
+    assert len(spanning) == 1 and spanning[0].rising < spanning[0].steps and spanning[0].rank_correlation < 0
+    within = [s for s in fidelity.strata if s not in spanning]
+    assert all(s.rising == s.steps == 9 and s.rank_correlation > 0.5 for s in within)
+    assert fidelity.rising_steps == sum(s.rising for s in fidelity.strata) / 90
+    assert fidelity.rank_correlation_min == min(s.rank_correlation for s in fidelity.strata)
+
+
 def test_only_head_voxels_count(anatomy: tuple[np.ndarray, ...]) -> None:
     mri, pet, _ = anatomy
     fused = 0.5 * mri + 0.5 * pet
@@ -114,6 +132,11 @@ def test_evaluate_command_on_volumes(volumes: dict[str, Path], tmp_path: Path) -
     assert set(scores["means"]) == {"EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM"}
     assert scores["slices"] == len(scores["per_slice"])
     assert scores["uptake_fidelity"]["hottest_is_brightest"] is True
+    fidelity, strata = scores["uptake_fidelity"], scores["uptake_fidelity"]["strata"]
+    assert len(strata) == 10
+    assert set(strata[0]) == {"mri_low", "mri_high", "voxels", "rank_correlation", "rising", "steps"}
+    assert sum(s["rising"] for s in strata) / sum(s["steps"] for s in strata) == fidelity["rising_steps"]
+    assert "rising steps by MRI decile" in result.output
 
 
 def test_evaluate_command_refuses_mixed_inputs_and_other_grids(volumes: dict[str, Path], tmp_path: Path) -> None:
