@@ -34,6 +34,7 @@ import platform
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         fused = fuse_images(mri, pet, options, fuser=fuser)
         per_slice, fidelity, _ = evaluate_volume_images(fused.fused, mri, fused.pet_on_mri)
         means = {k: float(np.mean([row[k] for row in per_slice.values()])) for k in next(iter(per_slice.values()))}
-        row: dict[str, Any] = {"fidelity": fidelity.__dict__, "metrics": means}
+        row: dict[str, Any] = {"fidelity": asdict(fidelity), "metrics": means}
         if phantom is not None:
             fused_array = sitk.GetArrayFromImage(fused.fused)
             row["spheres"] = sphere_ratios(fused_array, phantom)

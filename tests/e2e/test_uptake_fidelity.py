@@ -129,3 +129,26 @@ def test_fuse_then_evaluate_the_volumes(example_transform: Path, tmp_path: Path)
     assert written["uptake_fidelity"]["hottest_is_brightest"] is True
     assert written["uptake_fidelity"]["rising_steps"] >= 0.9
     assert written["means"]["SSIM"] > 0.5 and written["slices"] > 50
+
+
+@pytest.mark.slow
+def test_volume_fidelity_benchmark_writes_its_figures(tmp_path: Path) -> None:
+    """benchmarks/volume_fidelity.py with the inputs' maximum (the documented reference; no network): every case,
+    per-decile figures and both sphere readings land in the JSON, and the maximum caps the 10 mm sphere."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "volume_fidelity.py"
+    out = tmp_path / "figures.json"
+    run = subprocess.run([sys.executable, str(script), "--method", "max", "--json", str(out)], capture_output=True)
+    assert run.returncode == 0, run.stderr.decode()
+    figures = json.loads(out.read_text())
+    assert list(figures) == ["example", "head", "nema 4:1", "nema 8:1"]
+    for row in figures.values():
+        strata = row["fidelity"]["strata"]
+        assert len(strata) == 10
+        assert sum(s["rising"] for s in strata) / sum(s["steps"] for s in strata) == row["fidelity"]["rising_steps"]
+    for name in ("nema 4:1", "nema 8:1"):
+        assert set(figures[name]["spheres"]) == set(figures[name]["spheres_central_slice"])
+        assert figures[name]["spheres"]["10.0"] < 1.5  # the inputs' maximum: 1.32x (4:1), 1.19x (8:1)
+    assert "rising steps by MRI decile" in run.stdout.decode()
