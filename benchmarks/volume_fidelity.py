@@ -13,9 +13,8 @@ Cases (all fused with the default PET window):
 For each: the rank correlation of PET and fused within MRI-intensity deciles (mean, lowest), the share of
 PET-decile steps within MRI deciles where the fused mean rises (and per decile, with the decile's MRI range:
 a decile that spans two of a phantom's flat tissue levels sorts tissues, not uptake), the fused mean per PET
-percentile class,
-whether the hottest class is the brightest, the fused contrast of the hottest 1 % against the 50th-90th
-percentile, the eight fusion metrics (mean over head slices), and for the NEMA phantom each sphere's
+percentile class, whether the hottest class is the brightest, the fused contrast of the hottest 1 % against
+the 50th-90th percentile, the eight fusion metrics (mean over head slices), and for the NEMA phantom each sphere's
 fused mean over the background's (targets of issue 11: >= 90 % rising steps, hottest class brightest,
 spheres >= 1.5x).
 
