@@ -440,6 +440,13 @@ def train(
     uptake_share: Annotated[
         float, typer.Option("--uptake-share", help="Share of crops whose PET input is uptake (the volume input).")
     ] = 0.4,
+    spect_share: Annotated[
+        float, typer.Option("--spect-share", help="Share of crops taken from the SPECT-MRI pairs (the rest PET-MRI).")
+    ] = 0.5,
+    pet_map_share: Annotated[
+        float,
+        typer.Option("--pet-map-share", help="Share of colour SPECT crops recoloured with the PET map (T2 + PET map)."),
+    ] = 0.5,
     threads: ThreadsOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -473,6 +480,8 @@ def train(
         monotone_weight=monotone_weight,
         monotone_slope=monotone_slope,
         uptake_share=uptake_share,
+        spect_share=spect_share,
+        pet_map_share=pet_map_share,
         threads=threads,
         overwrite=overwrite,
     )

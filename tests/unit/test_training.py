@@ -281,6 +281,13 @@ def test_train_command_needs_output_or_cv(harvard_like: Path, tmp_path: Path) ->
         assert "give either --output FILE (train and write weights) or --cv" in result.output
 
 
+@pytest.mark.parametrize("option", ["--uptake-share", "--spect-share", "--pet-map-share"])
+def test_train_command_refuses_a_share_outside_0_to_1(harvard_like: Path, option: str) -> None:
+    result = CliRunner().invoke(app, ["train", "--data", str(harvard_like), "--cv", option, "1.5"])
+    assert result.exit_code == 2
+    assert f"{option} 1.5: use a share between 0 and 1." in result.output
+
+
 def test_train_command_bad_data_folder(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "none"), "-o", str(tmp_path / "w.safetensors")])
     assert result.exit_code == 3
@@ -357,6 +364,6 @@ def test_train_command_defaults_are_the_recipe() -> None:
     options = inspect.signature(cli.train).parameters
     not_recipe = ("data", "output", "holdout", "threads", "overwrite")
     shared = [name for name in options if name in fields and name not in not_recipe]
-    assert len(shared) == 16  # every knob the command exposes
+    assert len(shared) == 18  # every knob the command exposes
     for name in shared:
         assert options[name].default == fields[name], name
