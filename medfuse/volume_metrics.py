@@ -116,16 +116,18 @@ def uptake_fidelity(fused: np.ndarray, mri: np.ndarray, pet: np.ndarray, mask: n
     stratum_index = _class_index(a, STRATA)
     for stratum in range(int(stratum_index.max()) + 1):
         inside = stratum_index == stratum
-        if inside.sum() < 10:
+        voxels = int(inside.sum())
+        if voxels < 10:
             continue
-        classes = _class_index(b[inside], STRATA)
-        means = [f[inside][classes == c].mean() for c in np.unique(classes)]
+        f_in, a_in, b_in = f[inside], a[inside], b[inside]
+        classes = _class_index(b_in, STRATA)
+        means = [f_in[classes == c].mean() for c in np.unique(classes)]
         strata.append(
             StratumFidelity(
-                mri_low=float(a[inside].min()),
-                mri_high=float(a[inside].max()),
-                voxels=int(inside.sum()),
-                rank_correlation=_rank_correlation(b[inside], f[inside]),
+                mri_low=float(a_in.min()),
+                mri_high=float(a_in.max()),
+                voxels=voxels,
+                rank_correlation=_rank_correlation(b_in, f_in),
                 rising=int(np.sum(np.diff(means) > 0)),
                 steps=len(means) - 1,
             )
