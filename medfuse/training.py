@@ -517,10 +517,17 @@ def _recipe(config: TrainConfig) -> dict[str, str]:
     return {k: str(v) for k, v in asdict(config).items() if k not in ("data", "output", "overwrite", "holdout")}
 
 
+def training_software() -> dict[str, str]:
+    """What a bit-identical retraining needs besides the recipe: torch's version and the CPU kernels it used."""
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train a FusionNet on every Harvard pair except ``config.holdout`` and write its weights (+ .sha256).
 
-    Deterministic for a given seed and thread count. The recipe is stored in the file's metadata.
+    Bit-identical for a given seed and thread count on one torch version and one kind of CPU: torch picks
+    its vector kernels by CPU (AVX2, AVX-512), whose rounding differs in the last bits and grows over
+    training. The recipe, torch's version and its CPU capability are stored in the file's metadata.
     """
     import hashlib
 
@@ -547,6 +554,7 @@ def train(config: TrainConfig) -> TrainResult:
                 "recipe": _recipe(config),
                 "held_out": sorted(config.holdout),
                 "final_losses": {k: round(v, 5) for k, v in history[-1].items() if k != "epoch"},
+                "trained_with": training_software(),
             },
             sort_keys=True,
         )

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from typer.testing import CliRunner
 
 from medfuse.cli import app
@@ -224,6 +225,11 @@ def test_smoke_training_writes_loadable_reproducible_weights(harvard_like: Path,
     assert hashlib.sha256(first.output.read_bytes()).hexdigest() == first.sha256
     model, digest = load_model(first.output)  # sidecar checked on load
     assert model.channels == (4, 8, 16) and digest == first.sha256
+    with safe_open(str(first.output), "pt") as weights:
+        stored = json.loads(weights.metadata()["medfuse"])
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert stored["trained_with"] == {"torch": torch.__version__, "cpu_capability": capability}
+    assert stored["recipe"]["seed"] == "0" and set(stored["final_losses"]) >= {"loss", "monotone"}
     second = train(_config(harvard_like, tmp_path / "b.safetensors"))
     assert second.sha256 == first.sha256, "same seed, same data, same threads: same weights"
     assert not list(tmp_path.glob(".*medfuse-tmp*"))
