@@ -517,7 +517,7 @@ def _recipe(config: TrainConfig) -> dict[str, str]:
     return {k: str(v) for k, v in asdict(config).items() if k not in ("data", "output", "overwrite", "holdout")}
 
 
-def training_software() -> dict[str, str]:
+def _training_software() -> dict[str, str]:
     """What a bit-identical retraining needs besides the recipe: torch's version and the CPU kernels it used."""
     return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
@@ -554,7 +554,7 @@ def train(config: TrainConfig) -> TrainResult:
                 "recipe": _recipe(config),
                 "held_out": sorted(config.holdout),
                 "final_losses": {k: round(v, 5) for k, v in history[-1].items() if k != "epoch"},
-                "trained_with": training_software(),
+                "trained_with": _training_software(),
             },
             sort_keys=True,
         )
