@@ -8,7 +8,9 @@ Cases (all fused with the default PET window):
 * ``example``: examples/mri.nii.gz + pet.nii.gz (T1 head, FDG with two lesions), registered (rigid);
 * ``head``: the analytic T1/FDG head of tests/synthetic.py (one lesion), 2 mm, already aligned;
 * ``nema 4:1`` and ``nema 8:1``: the NEMA-like body phantom of tests/nema_phantom.py (six hot spheres of
-  10-37 mm in a warm background, mid-grey MRI anatomy), already aligned.
+  10-37 mm in a warm background, mid-grey MRI anatomy), already aligned;
+* ``nema 4:1 flat`` and ``nema 8:1 flat``: the same PET with a flat anatomy (one tissue level throughout the
+  body, as an MRI made from a phantom scan's body outline), which the MRI window shows mid-grey.
 
 For each: the rank correlation of PET and fused within MRI-intensity deciles (mean, lowest), the share of
 PET-decile steps within MRI deciles where the fused mean rises (and per decile, with the decile's MRI range:
@@ -57,9 +59,10 @@ def _cases() -> Iterator[tuple[str, Any, Any, Any]]:
     )
     grid = Grid((96, 112, 100), (2.0, 2.0, 2.0))
     yield "head", phantom_mri(grid), phantom_pet(grid), None
-    for contrast in (4.0, 8.0):
-        phantom = nema_phantom(contrast)
-        yield f"nema {contrast:g}:1", phantom.mri, phantom.pet, phantom
+    for flat in (False, True):
+        for contrast in (4.0, 8.0):
+            phantom = nema_phantom(contrast, flat_anatomy=flat)
+            yield f"nema {contrast:g}:1{' flat' if flat else ''}", phantom.mri, phantom.pet, phantom
 
 
 class InputMaximum:
@@ -114,18 +117,18 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = row
         classes = " ".join(f"{value:.2f}" for value in fidelity.class_means.values())
         print(
-            f"{name:9s} rank corr {fidelity.rank_correlation:.3f} (lowest {fidelity.rank_correlation_min:.2f})  "
+            f"{name:14s} rank corr {fidelity.rank_correlation:.3f} (lowest {fidelity.rank_correlation_min:.2f})  "
             f"rising {fidelity.rising_steps:.1%}  PET classes 0-50/50-90/90-99/99-99.9/99.9-100: {classes}  "
             f"hottest brightest {'yes' if fidelity.hottest_is_brightest else 'NO'}  "
             f"hot/warm {fidelity.hot_contrast:.2f}  ({time.perf_counter() - started:.0f} s)"
         )
-        print("          metrics " + "  ".join(f"{k} {v:.3f}" for k, v in means.items()))
+        print("               metrics " + "  ".join(f"{k} {v:.3f}" for k, v in means.items()))
         deciles = "  ".join(f"{s.rising}/{s.steps} ({s.mri_low:.2f}-{s.mri_high:.2f})" for s in fidelity.strata)
-        print(f"          rising steps by MRI decile (its MRI range): {deciles}")
+        print(f"               rising steps by MRI decile (its MRI range): {deciles}")
         if phantom is not None:
             for key, reading in (("spheres", "whole sphere"), ("spheres_central_slice", "central slice, NEMA NU 2")):
                 spheres = "  ".join(f"{d:g} mm {r:.2f}x" for d, r in row[key].items())
-                print(f"          spheres / background ({reading}): {spheres}")
+                print(f"               spheres / background ({reading}): {spheres}")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

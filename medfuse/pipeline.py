@@ -12,15 +12,18 @@ How the 3-D volumes meet the 2-D network (it was trained on AANLIB slices):
   foreground voxels are skipped.
 * MRI intensities go to [0, 1] from the background level (0.5th percentile of all voxels), with the
   99.5th percentile of the foreground voxels at :data:`MRI_TOP` = 0.8: the headroom above lets uptake
-  brighten even the brightest anatomy.
+  brighten even the brightest anatomy; and the foreground's median at :data:`MRI_MEDIAN_TOP` = 0.5 at
+  most, so that a flat anatomy (one tissue level, as an MRI made from a phantom's outline) is mid-grey.
 * The PET reaches the network as a brightness that rises with uptake (:func:`pet_input`), the kind of
   input it was trained on for volumes (the atlas PET turned back into uptake by inverting its colour
   map). The window is ``--pet-window LOW HIGH`` (image units, linear, clipped) or, by default, starts at
   the PET's background level (0.5th percentile of all voxels) and puts the 99.5th percentile of its
   foreground voxels at :data:`PET_KNEE` = 0.8; uptake above that is compressed smoothly towards 1, never
-  clipped, so the hottest spots stay the brightest and moderate uptake never saturates. (Before
-  network v2 the network got the luminance of the aanlib colour image, which peaks at half the window:
-  the hottest uptake came out darker than moderate uptake.)
+  clipped, so the hottest spots stay the brightest and moderate uptake never saturates. Where most of
+  the PET's foreground lies low in that window (a body PET windowed by its bladder or tumour), the
+  windowed value is lifted by a power (:func:`pet_window`) so that the network sees it at the levels it
+  was trained on. (Before network v2 the network got the luminance of the aanlib colour image, which
+  peaks at half the window: the hottest uptake came out darker than moderate uptake.)
 * The fused volume is the network's output, float32 in [0, 1], 0 outside the body: brighter where the
   MRI is brighter and, at any MRI intensity, brighter where uptake is higher.
 * The overlay is RGB uint8: the fused luminance with the chroma (Cb, Cr) of the windowed PET in the
@@ -32,8 +35,10 @@ How the 3-D volumes meet the 2-D network (it was trained on AANLIB slices):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
+import math
 import platform
 import sys
 import threading
@@ -50,7 +55,7 @@ from medfuse import __version__
 from medfuse.atomic import VOLUME_EXTENSIONS, check_output_path, full_suffix, output_transaction, sibling
 from medfuse.console import collect_warnings, info, make_progress, stage, warn
 from medfuse.errors import ProcessingError, UsageError
-from medfuse.intensity import normalise, robust_range
+from medfuse.intensity import normalise, robust_range, subsample
 from medfuse.options import FuseOptions, OutputFormat, check_options
 
 if TYPE_CHECKING:
@@ -70,12 +75,21 @@ PET_PERCENTILES = (0.5, 99.5)
 #: The MRI's 99.5th percentile of foreground voxels lands here, not at 1: the headroom above lets uptake brighten
 #: even the brightest anatomy (at 1.0 the fused volume saturates on white matter and hot spots there vanish).
 MRI_TOP = 0.8
+#: The median of the MRI's foreground voxels lands here at most (mid-grey). Heads and bodies have it at
+#: 0.30-0.57 from :data:`MRI_TOP` alone; an anatomy of one flat tissue (a phantom's water, a body mask) would
+#: have it at MRI_TOP, leaving uptake too little room above the anatomy to stand out.
+MRI_MEDIAN_TOP = 0.5
 #: Default PET input: the 99.5th percentile of the PET's foreground voxels lands here (linear below). The atlas
 #: PET the network learned from, turned back into uptake, has it at 0.71-0.86 per slice (0.84 over a series).
 PET_KNEE = 0.8
 #: Above the knee uptake is compressed smoothly towards 1 with this scale (window units), never clipped:
 #: 1.5x the knee's uptake gives 0.91, 2x 0.95, 3x 0.99, so the hottest spots stay the brightest.
 PET_HEADROOM = 0.48
+#: The PET's windowed foreground median is lifted to this at least (:func:`pet_window`): the 10th percentile of
+#: the training slices' foreground medians (the atlas PET turned back into uptake: 0.31-0.46, median 0.38).
+PET_MEDIAN_FLOOR = 0.31
+#: The lift's power stays at or above this (a square root): stronger lifts flatten the hot spots' contrast.
+PET_GAMMA_MIN = 0.5
 _FORMAT_EXTENSIONS = {
     OutputFormat.NIFTI: (".nii.gz", ".nii"),
     OutputFormat.NRRD: (".nrrd",),
@@ -460,45 +474,93 @@ def _frame_of_reference(record: dict[str, Any]) -> str | None:
     return record.get("dicom", {}).get("frame_of_reference_uid") or None
 
 
-def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> tuple[float, float, str]:
-    """The PET window (low, high) in image units, and how it was chosen.
+@dataclass(frozen=True)
+class PetWindow:
+    """How PET values become the network's input: the window (image units) and how it was chosen, the knee
+    above which uptake is compressed (None: clipped, an explicit ``--pet-window``) and the lift (a power
+    ``gamma`` <= 1 applied to the windowed value, see :func:`pet_window`)."""
 
-    ``--pet-window LOW HIGH`` maps LOW..HIGH linearly to the network's 0..1 (clipped). By default LOW is
-    the background (0.5th percentile of all voxels) and HIGH is where the line through LOW and the 99.5th
-    percentile of the foreground voxels (placed at :data:`PET_KNEE`) reaches 1; uptake above the knee is
-    compressed towards 1 instead of clipped (:func:`pet_input`).
+    low: float
+    high: float
+    source: str
+    knee: float | None = PET_KNEE
+    gamma: float = 1.0
+
+
+def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> PetWindow:
+    """The PET window in image units, how it was chosen, and the lift of the network's input.
+
+    ``--pet-window LOW HIGH`` maps LOW..HIGH linearly to 0..1 (clipped). By default LOW is the background
+    (0.5th percentile of all voxels) and HIGH is where the line through LOW and the 99.5th percentile of
+    the foreground voxels (placed at :data:`PET_KNEE`) reaches 1; uptake above the knee is compressed
+    towards 1 instead of clipped (:func:`pet_input`).
+
+    The lift: where the median of the windowed foreground voxels lies under :data:`PET_MEDIAN_FLOOR` (a
+    body PET whose window is set by the bladder or a tumour, a phantom's warm background), the network's
+    input is the windowed value to the power ``gamma`` that brings that median up to the floor, never
+    below :data:`PET_GAMMA_MIN`: most of the body then reaches the network at the levels it was trained
+    on instead of near 0, where its output barely follows uptake. Monotonic, so the order of uptake and
+    the hottest spots' place at the top are kept; a head FDG PET (median about 0.5) is not lifted.
     """
     import SimpleITK as sitk
 
     from medfuse.registration import foreground_mask
 
-    if window is not None:
-        return float(window[0]), float(window[1]), "--pet-window"
     body_image = foreground_mask(pet, "PET")
     body = sitk.GetArrayViewFromImage(body_image).astype(bool)  # the view lives only as long as body_image
-    low, top = robust_range(sitk.GetArrayViewFromImage(pet), body, PET_PERCENTILES)
-    high = low + (top - low) / PET_KNEE
-    how = (
-        f"percentiles: {PET_PERCENTILES[0]}th of all voxels to the {PET_PERCENTILES[1]}th of foreground voxels "
-        f"placed at {PET_KNEE} of the window, higher uptake compressed towards 1"
-    )
-    return low, high, how
+    values = sitk.GetArrayViewFromImage(pet)
+    if window is not None:
+        chosen = PetWindow(float(window[0]), float(window[1]), "--pet-window", knee=None)
+    else:
+        low, top = robust_range(values, body, PET_PERCENTILES)
+        how = (
+            f"percentiles: {PET_PERCENTILES[0]}th of all voxels to the {PET_PERCENTILES[1]}th of foreground "
+            f"voxels placed at {PET_KNEE} of the window, higher uptake compressed towards 1"
+        )
+        chosen = PetWindow(low, low + (top - low) / PET_KNEE, how)
+    if not body.any():
+        return chosen
+    median = float(np.median(pet_input(subsample(values[body]), chosen)))
+    return dataclasses.replace(chosen, gamma=lift_gamma(median))
 
 
-def pet_input(values: np.ndarray, window: tuple[float, float], knee: float | None = PET_KNEE) -> np.ndarray:
-    """PET values as the network's input, float32 in [0, 1], rising with uptake everywhere.
+def lift_gamma(median: float) -> float:
+    """The power that takes ``median`` (a windowed PET value) up to :data:`PET_MEDIAN_FLOOR`, within
+    [:data:`PET_GAMMA_MIN`, 1]."""
+    if median >= PET_MEDIAN_FLOOR:
+        return 1.0
+    if median <= 0.0:
+        return PET_GAMMA_MIN
+    return max(PET_GAMMA_MIN, math.log(PET_MEDIAN_FLOOR) / math.log(median))
 
-    Linear from the window's low (0) to ``knee``; above it ``1 - (1 - knee) exp(-(v - knee) / PET_HEADROOM)``
-    (v the linear value), so very high uptake is compressed but still ordered. ``knee=None``: linear and
+
+def pet_display(values: np.ndarray, window: PetWindow) -> np.ndarray:
+    """PET values windowed to [0, 1], float32, rising with uptake (the overlay's colours; not lifted).
+
+    Linear from the window's low (0) to the knee; above it ``1 - (1 - knee) exp(-(v - knee) / PET_HEADROOM)``
+    (v the linear value), so very high uptake is compressed but still ordered. No knee: linear and
     clipped at 1 (an explicit ``--pet-window``).
     """
-    linear = (np.asarray(values, dtype=np.float32) - np.float32(window[0])) / np.float32(window[1] - window[0])
+    linear = (np.asarray(values, dtype=np.float32) - np.float32(window.low)) / np.float32(window.high - window.low)
     linear = np.maximum(linear, np.float32(0.0))
-    if knee is None:
+    if window.knee is None:
         return np.minimum(linear, np.float32(1.0))
+    knee = window.knee
     excess = np.maximum(linear - np.float32(knee), np.float32(0.0))
     compressed = np.float32(1.0) - np.float32(1.0 - knee) * np.exp(-excess / np.float32(PET_HEADROOM))
     return np.where(linear <= knee, linear, compressed).astype(np.float32)
+
+
+def lift(display: np.ndarray, window: PetWindow) -> np.ndarray:
+    """The network's PET input from :func:`pet_display`'s values: raised to ``window.gamma``."""
+    if window.gamma == 1.0:
+        return display
+    return np.power(display, np.float32(window.gamma)).astype(np.float32)
+
+
+def pet_input(values: np.ndarray, window: PetWindow) -> np.ndarray:
+    """PET values as the network's input, float32 in [0, 1], rising with uptake everywhere."""
+    return lift(pet_display(values, window), window)
 
 
 def fused_region(mri: sitk.Image) -> np.ndarray:
@@ -515,18 +577,16 @@ def mri_window(mri_values: np.ndarray, body: np.ndarray) -> tuple[float, float]:
     """The MRI window (low, high) the network sees, in image units.
 
     LOW is the background level (0.5th percentile of all voxels); the 99.5th percentile of the ``body``
-    voxels lands at :data:`MRI_TOP` of the window, so HIGH lies above it.
+    voxels lands at :data:`MRI_TOP` of the window, so HIGH lies above it, or higher still where that
+    would put the body's median above :data:`MRI_MEDIAN_TOP` (a flat anatomy shows mid-grey, not white).
     """
     low, top = robust_range(mri_values, body, MRI_PERCENTILES)
-    return low, low + (top - low) / MRI_TOP
+    median = float(np.median(subsample(mri_values[body]))) if body.any() else low
+    return low, low + max((top - low) / MRI_TOP, (median - low) / MRI_MEDIAN_TOP)
 
 
 def network_inputs(
-    mri_values: np.ndarray,
-    pet_values: np.ndarray,
-    mri_window: tuple[float, float],
-    pet_window: tuple[float, float],
-    pet_knee: float | None = PET_KNEE,
+    mri_values: np.ndarray, pet_values: np.ndarray, mri_window: tuple[float, float], pet_window: PetWindow
 ) -> tuple[np.ndarray, np.ndarray]:
     """MRI and PET values (arrays of one shape) as the network gets them, float32 in [0, 1].
 
@@ -534,7 +594,7 @@ def network_inputs(
     the network was trained on this kind of input (the atlas PET turned back into uptake), so the fused
     volume rises with uptake too and the hottest spots are the brightest.
     """
-    return normalise(mri_values, mri_window), pet_input(pet_values, pet_window, pet_knee)
+    return normalise(mri_values, mri_window), pet_input(pet_values, pet_window)
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
@@ -550,7 +610,8 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
 @dataclass
 class _Batch:
     """One batch of slices cut to the body's box, ready for the fuser: network inputs and the overlay's
-    colour offsets (``colour.colormap_rgb_offsets`` of the PET input; the overlay adds the fused luminance)."""
+    colour offsets (``colour.colormap_rgb_offsets`` of the windowed PET, not lifted; the overlay adds the
+    fused luminance)."""
 
     slices: list[int]
     inside: np.ndarray
@@ -574,7 +635,7 @@ def _fuse_volume(
     mask = fused_region(mri)
     mri_values = sitk.GetArrayViewFromImage(mri)
     mri_low, mri_high = mri_window(mri_values, mask)
-    pet_low, pet_high, window_source = pet_window(pet, options.pet_window)
+    pet_transfer = pet_window(pet, options.pet_window)
     pet_values = sitk.GetArrayViewFromImage(pet_on_mri)
 
     box = _bounding_box(mask)
@@ -585,18 +646,11 @@ def _fuse_volume(
     if options.overlay or options.preview is not None or options.qc is not None:
         volumes["overlay"] = np.zeros((*mri_values.shape, 3), dtype=np.uint8)
 
-    pet_knee = None if options.pet_window is not None else PET_KNEE
-
     def prepare(batch: list[int]) -> _Batch:
-        mri_in, pet_x = network_inputs(
-            mri_values[batch, box[1], box[2]],
-            pet_values[batch, box[1], box[2]],
-            (mri_low, mri_high),
-            (pet_low, pet_high),
-            pet_knee,
-        )
-        offsets = colormap_rgb_offsets(pet_x, options.colormap) if "overlay" in volumes else None
-        return _Batch(batch, mask[batch, box[1], box[2]], mri_in, pet_x, offsets)
+        mri_in = normalise(mri_values[batch, box[1], box[2]], (mri_low, mri_high))
+        display = pet_display(pet_values[batch, box[1], box[2]], pet_transfer)
+        offsets = colormap_rgb_offsets(display, options.colormap) if "overlay" in volumes else None
+        return _Batch(batch, mask[batch, box[1], box[2]], mri_in, lift(display, pet_transfer), offsets)
 
     def store(prepared: _Batch, out: np.ndarray) -> None:
         out = np.where(prepared.inside, out, np.float32(0.0))
@@ -638,7 +692,12 @@ def _fuse_volume(
         "slices_total": int(mri_values.shape[0]),
         "crop_zyx": [[s.start, s.stop] for s in box],
         "mri_window": [mri_low, mri_high],
-        "pet_window": {"low": pet_low, "high": pet_high, "source": window_source},
+        "pet_window": {
+            "low": pet_transfer.low,
+            "high": pet_transfer.high,
+            "source": pet_transfer.source,
+            "gamma": pet_transfer.gamma,
+        },
     }
     return fused_image, overlay_image, details
 
@@ -731,7 +790,9 @@ def _report(
             "slices_fused": details["slices_fused"],
             "slices_total": details["slices_total"],
             "crop_zyx": details["crop_zyx"],
-            "network_pet_input": "PET windowed to [0, 1], rising with uptake",
+            "network_pet_input": (
+                f"PET windowed to [0, 1], rising with uptake, to the power {details['pet_window']['gamma']:.3g}"
+            ),
             "overlay_colormap": options.colormap,
         },
         "timings_s": timings,

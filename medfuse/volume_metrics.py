@@ -215,16 +215,17 @@ def evaluate_volume_images(
     import SimpleITK as sitk
 
     from medfuse.metrics import compute_metrics, luminance_255
-    from medfuse.pipeline import PET_KNEE, fused_region, mri_window, network_inputs, pet_window
+    from medfuse.pipeline import fused_region, mri_window, network_inputs, pet_window
 
     check_same_grid({"the fused volume": fused, "the MRI": mri, "the PET": pet})
     mask = fused_region(mri)
     if mask.sum() < STRATA * 10:
         raise InvalidInputError("the MRI shows no head or body (too few voxels above its background).")
     mri_values = sitk.GetArrayViewFromImage(mri)
-    windows = {"mri": mri_window(mri_values, mask), "pet": pet_window(pet)[:2]}
+    pet_transfer = pet_window(pet)
+    windows = {"mri": mri_window(mri_values, mask), "pet": (pet_transfer.low, pet_transfer.high)}
     pet_values = sitk.GetArrayViewFromImage(pet)
-    mri_in, pet_in = network_inputs(mri_values, pet_values, windows["mri"], windows["pet"], PET_KNEE)
+    mri_in, pet_in = network_inputs(mri_values, pet_values, windows["mri"], pet_transfer)
     fused_values = sitk.GetArrayFromImage(fused).astype(np.float32)
     fused_values = np.nan_to_num(fused_values)
     if fused_values.min() < 0.0 or fused_values.max() > 1.0:  # not medfuse's [0, 1]: take its own range

@@ -4,7 +4,9 @@
 here 80 mm long around the sphere plane) with a 51 mm cold lung insert on its axis and six hot spheres
 (10, 13, 17, 22, 28 and 37 mm across) on a 57.2 mm ring in its central plane, filled at ``contrast``
 times the background activity. Its MRI is a mid-grey anatomy: water at half the brightness of a
-12 mm fat layer under the wall, a dark lung insert and dark 1 mm sphere walls, 1 % noise. Its PET is the
+12 mm fat layer under the wall, a dark lung insert and dark 1 mm sphere walls, 1 % noise; with
+``flat_anatomy`` it is one flat tissue instead (the water level throughout the body, 1 % noise), as when an
+MRI is made from the PET's body outline to fuse a real phantom scan. Its PET is the
 activity blurred to 6 mm FWHM with 5 % Gaussian noise. Both are sampled on the same grid (the PET is
 "already registered"), 2 mm voxels by default.
 """
@@ -53,7 +55,9 @@ def _image(values: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
-def nema_phantom(contrast: float = 4.0, spacing_mm: float = 2.0, seed: int = 0) -> NemaPhantom:
+def nema_phantom(
+    contrast: float = 4.0, spacing_mm: float = 2.0, seed: int = 0, *, flat_anatomy: bool = False
+) -> NemaPhantom:
     """The NEMA-like phantom of the module docstring at sphere-to-background ``contrast``."""
     z, y, x = _grid_points(spacing_mm)[:3]
     reference = _grid_points(spacing_mm)[3]
@@ -77,8 +81,10 @@ def nema_phantom(contrast: float = 4.0, spacing_mm: float = 2.0, seed: int = 0) 
         activity[inside] = contrast * BACKGROUND_ACTIVITY
         mri[(distance > diameter / 2.0) & (distance <= diameter / 2.0 + 1.0)] = MRI_WALL
         near_sphere |= distance <= diameter / 2.0 + 15.0
+    if flat_anatomy:
+        mri = np.where(body, MRI_WATER, 0.0)
     rng = np.random.default_rng(seed)
-    mri = np.clip(mri + rng.normal(0.0, 0.01 * MRI_FAT, shape) * body, 0.0, None)
+    mri = np.clip(mri + rng.normal(0.0, 0.01 * mri.max(), shape) * body, 0.0, None)
     sigma = 6.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
     blurred = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(_image(activity, reference), sigma))
     pet = np.clip(blurred + rng.normal(0.0, 0.05 * BACKGROUND_ACTIVITY, shape) * (blurred > 0.01), 0.0, None)

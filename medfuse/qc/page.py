@@ -103,6 +103,13 @@ def report_window(report: dict[str, Any]) -> tuple[float, float] | None:
     return (low, high) if math.isfinite(low) and math.isfinite(high) and high > low else None
 
 
+def _lift(gamma: Any) -> str | None:
+    """The power the PET's windowed value was raised to for the network, when it was lifted (< 1)."""
+    if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not 0.0 < gamma < 1.0:
+        return None
+    return number(gamma, 3)
+
+
 # ---- formatting ------------------------------------------------------------------------------------
 def number(value: Any, digits: int = 4, unit: str = "") -> str | None:
     """A finite number with ``digits`` significant digits (and a unit); None when absent or not a number."""
@@ -325,6 +332,7 @@ def render_case(page: CasePage, report: dict[str, Any]) -> str:
         hotspots_skipped=_text(report.get("hotspots_skipped")) if report.get("hotspots_skipped") else None,
         units=units,
         pet_window=(number(window.get("low")), number(window.get("high")), _text(window.get("source"))),
+        pet_lift=_lift(window.get("gamma")),
         warnings=warnings if isinstance(warnings, list) else None,
         timings=_timings(report),
         versions=[(str(k), str(v)) for k, v in as_dict(report.get("versions")).items()],

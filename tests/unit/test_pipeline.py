@@ -98,8 +98,10 @@ def test_network_sees_the_windowed_uptake_and_overlay_keeps_pet_colour(mri: sitk
     pet_values = sitk.GetArrayFromImage(result.pet_on_mri)
     (z0, _z1), (y0, y1), (x0, x1) = result.report["fusion"]["crop_zyx"]
     first = pet_values[z0 : z0 + seen[0].shape[0], y0:y1, x0:x1]
-    # an explicit window: linear from LOW to HIGH, clipped (no colour map: brightness rises with uptake)
-    np.testing.assert_allclose(seen[0], np.clip(first / 10.0, 0, 1), atol=1e-6)
+    # an explicit window: linear from LOW to HIGH, clipped (no colour map: brightness rises with uptake), then
+    # lifted by the power the report gives
+    gamma = result.report["pet_window"].pop("gamma")
+    np.testing.assert_allclose(seen[0], np.clip(first / 10.0, 0, 1) ** gamma, atol=1e-6)
     assert result.report["pet_window"] == {"low": 0.0, "high": 10.0, "source": "--pet-window", "units": None}
     assert result.report["fusion"]["network_pet_input"].startswith("PET windowed")
     overlay = sitk.GetArrayFromImage(result.overlay).astype(float)
@@ -118,21 +120,71 @@ def test_default_pet_input_rises_with_uptake_without_clipping(mri: sitk.Image, p
     assert uptake.max() < 1.0, "the hottest voxels are compressed, not clipped to one value"
 
 
-def test_pet_input_is_linear_to_the_knee_then_compressed() -> None:
+def test_pet_display_is_linear_to_the_knee_then_compressed_and_the_lift_a_power() -> None:
     values = np.array([0.0, 4.5, 9.0, 10.0, 15.0, 30.0, 1e6])
-    mapped = pipeline.pet_input(values, (0.0, 10.0), knee=0.9)
+    window = pipeline.PetWindow(0.0, 10.0, "test", knee=0.9)
+    mapped = pipeline.pet_display(values, window)
     np.testing.assert_allclose(mapped[:3], [0.0, 0.45, 0.9], atol=1e-6)
     assert np.all(np.diff(mapped[:-1]) > 0)
     assert 0.9 < mapped[3] < mapped[4] < mapped[5] < 1.0 and mapped[-1] == pytest.approx(1.0)
-    np.testing.assert_allclose(pipeline.pet_input(values, (0.0, 10.0), knee=None), [0, 0.45, 0.9, 1, 1, 1, 1])
+    clipped = pipeline.PetWindow(0.0, 10.0, "--pet-window", knee=None)
+    np.testing.assert_allclose(pipeline.pet_display(values, clipped), [0, 0.45, 0.9, 1, 1, 1, 1])
+    lifted = pipeline.PetWindow(0.0, 10.0, "test", knee=0.9, gamma=0.5)
+    np.testing.assert_allclose(pipeline.pet_input(values, lifted), np.sqrt(mapped), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("median", "gamma"),
+    [
+        (0.5, 1.0),
+        (0.31, 1.0),
+        (0.2, np.log(0.31) / np.log(0.2)),
+        (0.1, np.log(0.31) / np.log(0.1)),
+        (0.01, 0.5),
+        (0.0, 0.5),
+    ],
+)
+def test_lift_takes_a_low_median_up_to_the_floor_within_bounds(median: float, gamma: float) -> None:
+    assert pipeline.PET_MEDIAN_FLOOR == 0.31 and pipeline.PET_GAMMA_MIN == 0.5
+    assert pipeline.lift_gamma(median) == pytest.approx(gamma, rel=1e-9)
 
 
 def test_default_pet_window_puts_the_hot_head_at_the_knee(pet: sitk.Image) -> None:
-    low, high, how = pipeline.pet_window(pet)
+    window = pipeline.pet_window(pet)
     values = sitk.GetArrayFromImage(pet)
-    assert low == pytest.approx(np.percentile(values, 0.5), abs=1e-3)
-    assert 8.0 / high == pytest.approx(pipeline.PET_KNEE, abs=0.1)  # grey matter uptake is 8
-    assert "percentiles" in how
+    assert window.low == pytest.approx(np.percentile(values, 0.5), abs=1e-3)
+    assert 8.0 / window.high == pytest.approx(pipeline.PET_KNEE, abs=0.1)  # grey matter uptake is 8
+    assert "percentiles" in window.source and window.knee == pipeline.PET_KNEE
+
+
+def test_a_pet_whose_body_sits_low_in_its_window_is_lifted_to_the_floor() -> None:
+    """A whole-body-like PET: warm body (4), a small hot spot (20) setting the window. The lift brings the
+    body's windowed median up to the floor; the order of uptake and the hot spot's place at the top stay."""
+    values = np.zeros((30, 40, 40), np.float32)
+    values[2:28, 5:35, 5:35] = 4.0 + 0.2 * np.random.default_rng(0).standard_normal((26, 30, 30))
+    values[12:18, 17:23, 17:23] = 20.0  # 0.9 % of the body: above its 99.5th percentile
+    pet = sitk.GetImageFromArray(values)
+    pet.SetSpacing((4.0, 4.0, 4.0))
+    window = pipeline.pet_window(pet)
+    body = values[2:28, 5:35, 5:35]
+    assert np.median(pipeline.pet_display(body, window)) == pytest.approx(0.8 * 4.0 / 20.0, abs=0.01)
+    assert window.gamma == pytest.approx(np.log(0.31) / np.log(0.16), abs=0.02)
+    assert np.median(pipeline.pet_input(body, window)) == pytest.approx(pipeline.PET_MEDIAN_FLOOR, abs=0.02)
+    order = np.argsort(values, axis=None)
+    assert np.all(np.diff(pipeline.pet_input(values, window).ravel()[order]) >= 0)
+    assert pipeline.pet_input(np.float32(20.0), window) > 0.8
+
+
+def test_a_flat_mri_anatomy_is_mid_grey_and_a_head_keeps_its_top_at_mri_top(mri: sitk.Image) -> None:
+    flat = np.zeros((20, 30, 30), np.float32)
+    flat[2:18, 5:25, 5:25] = 500.0 + np.random.default_rng(0).normal(0.0, 5.0, (16, 20, 20))
+    body = flat > 0
+    low, high = pipeline.mri_window(flat, body)
+    assert (np.median(flat[body]) - low) / (high - low) == pytest.approx(pipeline.MRI_MEDIAN_TOP, abs=1e-6)
+    values = sitk.GetArrayFromImage(mri)
+    head = pipeline.fused_region(mri)
+    low, high = pipeline.mri_window(values, head)
+    assert (np.percentile(values[head], 99.5) - low) / (high - low) == pytest.approx(pipeline.MRI_TOP, abs=1e-3)
 
 
 @pytest.mark.slow

@@ -111,6 +111,15 @@ def test_a_bare_report_says_what_is_not_available(case: Case) -> None:
     assert "Hotspots not available: skipped: it needs up to 9 GB." in html
 
 
+@pytest.mark.parametrize(("gamma", "shown"), [(0.74, "to the power 0.74"), (1.0, None), (None, None), ("x", None)])
+def test_the_pet_lift_is_stated_when_the_network_got_a_lifted_pet(case: Case, gamma: Any, shown: str | None) -> None:
+    report = full_report(case.report)
+    report["pet_window"]["gamma"] = gamma
+    text = re.sub(r"\s+", " ", prepare_case_page(case.volumes, report, "lift").html(report))
+    assert ("Most of the PET's body lay low in that window" in text) is (shown is not None)
+    assert shown is None or shown in text
+
+
 def test_viewer_volumes_hold_the_registered_pet_on_an_exact_grid(case: Case, full_html: str) -> None:
     data = _viewer_data(full_html)
     grid = qc_grid(case.volumes.mri)
