@@ -10,7 +10,9 @@ Cases (all fused with the default PET window):
 * ``nema 4:1`` and ``nema 8:1``: the NEMA-like body phantom of tests/nema_phantom.py (six hot spheres of
   10-37 mm in a warm background, mid-grey MRI anatomy), already aligned;
 * ``nema 4:1 flat`` and ``nema 8:1 flat``: the same PET with a flat anatomy (one tissue level throughout the
-  body, as an MRI made from a phantom scan's body outline), which the MRI window shows mid-grey.
+  body, as an MRI made from a phantom scan's body outline), which the MRI window shows mid-grey;
+* ``thigh in whole-body``: the thigh MRI (sarcoma) inside a whole-body FDG PET of tests/phantoms.py, in
+  another frame 500-700 mm away, registered (rigid): the PET's window comes from the thigh.
 
 For each: the rank correlation of PET and fused within MRI-intensity deciles (mean, lowest), the share of
 PET-decile steps within MRI deciles where the fused mean rises (and per decile, with the decile's MRI range:
@@ -45,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the phantom builders live with the tests
 
 from nema_phantom import central_slice_ratios, nema_phantom, sphere_ratios  # noqa: E402
+from phantoms import wholebody_pair  # noqa: E402
 from synthetic import Grid, phantom_mri, phantom_pet  # noqa: E402
 
 
@@ -63,6 +66,8 @@ def _cases() -> Iterator[tuple[str, Any, Any, Any]]:
         for contrast in (4.0, 8.0):
             phantom = nema_phantom(contrast, flat_anatomy=flat)
             yield f"nema {contrast:g}:1{' flat' if flat else ''}", phantom.mri, phantom.pet, phantom
+    pair = wholebody_pair(0)
+    yield "thigh in whole-body", pair.mri, pair.pet, None
 
 
 class InputMaximum:
@@ -105,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {}
     for name, mri, pet, phantom in _cases():
         started = time.perf_counter()
-        options = FuseOptions(register=RegisterMode.RIGID if name == "example" else RegisterMode.NONE, threads=1)
+        registered = name in ("example", "thigh in whole-body")
+        options = FuseOptions(register=RegisterMode.RIGID if registered else RegisterMode.NONE, threads=1)
         fused = fuse_images(mri, pet, options, fuser=fuser)
         per_slice, fidelity, _ = evaluate_volume_images(fused.fused, mri, fused.pet_on_mri)
         means = {k: float(np.mean([row[k] for row in per_slice.values()])) for k in next(iter(per_slice.values()))}
@@ -117,18 +123,18 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = row
         classes = " ".join(f"{value:.2f}" for value in fidelity.class_means.values())
         print(
-            f"{name:14s} rank corr {fidelity.rank_correlation:.3f} (lowest {fidelity.rank_correlation_min:.2f})  "
+            f"{name:19s} rank corr {fidelity.rank_correlation:.3f} (lowest {fidelity.rank_correlation_min:.2f})  "
             f"rising {fidelity.rising_steps:.1%}  PET classes 0-50/50-90/90-99/99-99.9/99.9-100: {classes}  "
             f"hottest brightest {'yes' if fidelity.hottest_is_brightest else 'NO'}  "
             f"hot/warm {fidelity.hot_contrast:.2f}  ({time.perf_counter() - started:.0f} s)"
         )
-        print("               metrics " + "  ".join(f"{k} {v:.3f}" for k, v in means.items()))
+        print("                    metrics " + "  ".join(f"{k} {v:.3f}" for k, v in means.items()))
         deciles = "  ".join(f"{s.rising}/{s.steps} ({s.mri_low:.2f}-{s.mri_high:.2f})" for s in fidelity.strata)
-        print(f"               rising steps by MRI decile (its MRI range): {deciles}")
+        print(f"                    rising steps by MRI decile (its MRI range): {deciles}")
         if phantom is not None:
             for key, reading in (("spheres", "whole sphere"), ("spheres_central_slice", "central slice, NEMA NU 2")):
                 spheres = "  ".join(f"{d:g} mm {r:.2f}x" for d, r in row[key].items())
-                print(f"               spheres / background ({reading}): {spheres}")
+                print(f"                    spheres / background ({reading}): {spheres}")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

@@ -18,9 +18,10 @@ How the 3-D volumes meet the 2-D network (it was trained on AANLIB slices):
   input it was trained on for volumes (the atlas PET turned back into uptake by inverting its colour
   map). The window is ``--pet-window LOW HIGH`` (image units, linear, clipped) or, by default, starts at
   the PET's background level (0.5th percentile of all voxels) and puts the 99.5th percentile of its
-  foreground voxels at :data:`PET_KNEE` = 0.8; uptake above that is compressed smoothly towards 1, never
-  clipped, so the hottest spots stay the brightest and moderate uptake never saturates. Where most of
-  the PET's foreground lies low in that window (a body PET windowed by its bladder or tumour), the
+  voxels in the MRI's body at :data:`PET_KNEE` = 0.8; uptake above that is compressed smoothly towards 1, never
+  clipped, so the hottest spots stay the brightest and moderate uptake never saturates. The window is
+  taken from the PET within the MRI's body (the voxels fused), so a regional MRI gets its own region's
+  uptake. Where most of those voxels lie low in the window (a body PET windowed by a tumour), the
   windowed value is lifted by a power (:func:`pet_window`) so that the network sees it at the levels it
   was trained on. (Before network v2 the network got the luminance of the aanlib colour image, which
   peaks at half the window: the hottest uptake came out darker than moderate uptake.)
@@ -365,7 +366,7 @@ def _fuse(
             with _timed(timings, "load_fuser"), stage("Loading the fusion model"):
                 fuser = _wait_for(fuser)
         with _timed(timings, "fuse"):
-            fused, overlay, details = _fuse_volume(mri, pet_on_mri, pet, options, fuser)
+            fused, overlay, details = _fuse_volume(mri, pet_on_mri, options, fuser)
         with _timed(timings, "hotspots"), stage("Reading out the PET hotspots"):
             hotspots, skipped = _wait_for(readout)
     report = _report(inputs, mri, options, fuser, placement.record, details, timings)
@@ -487,40 +488,43 @@ class PetWindow:
     gamma: float = 1.0
 
 
-def pet_window(pet: sitk.Image, window: tuple[float, float] | None = None) -> PetWindow:
+def pet_window(pet_values: np.ndarray, region: np.ndarray, window: tuple[float, float] | None = None) -> PetWindow:
     """The PET window in image units, how it was chosen, and the lift of the network's input.
 
-    ``--pet-window LOW HIGH`` maps LOW..HIGH linearly to 0..1 (clipped). By default LOW is the background
-    (0.5th percentile of all voxels) and HIGH is where the line through LOW and the 99.5th percentile of
-    the foreground voxels (placed at :data:`PET_KNEE`) reaches 1; uptake above the knee is compressed
-    towards 1 instead of clipped (:func:`pet_input`).
+    ``pet_values`` is the PET on the MRI's grid and ``region`` the voxels that are fused (the MRI's
+    body, :func:`fused_region`): the window is set by the uptake the fused volume shows (a thigh MRI
+    in a whole-body PET gets the thigh's uptake, not the bladder's). Its voxels count where the PET lies
+    above its background (0.5th percentile of all voxels; outside the PET's field of view the
+    resampled PET is 0). ``--pet-window LOW HIGH`` maps LOW..HIGH linearly to 0..1 (clipped). By
+    default LOW is that background and HIGH is where the line through LOW and the 99.5th percentile of
+    the counted voxels (placed at :data:`PET_KNEE`) reaches 1; uptake above the knee is compressed
+    towards 1 instead of clipped (:func:`pet_display`).
 
-    The lift: where the median of the windowed foreground voxels lies under :data:`PET_MEDIAN_FLOOR` (a
-    body PET whose window is set by the bladder or a tumour, a phantom's warm background), the network's
-    input is the windowed value to the power ``gamma`` that brings that median up to the floor, never
-    below :data:`PET_GAMMA_MIN`: most of the body then reaches the network at the levels it was trained
-    on instead of near 0, where its output barely follows uptake. Monotonic, so the order of uptake and
-    the hottest spots' place at the top are kept; a head FDG PET (median about 0.5) is not lifted.
+    The lift: where the median of the counted voxels, windowed, lies under :data:`PET_MEDIAN_FLOOR` (a
+    body PET whose window is set by a tumour, a phantom's warm background), the network's input is the
+    windowed value to the power ``gamma`` that brings that median up to the floor, never below
+    :data:`PET_GAMMA_MIN`: most of the body then reaches the network at the levels it was trained on
+    instead of near 0, where its output barely follows uptake. Monotonic, so the order of uptake and
+    the hottest spots' place at the top are kept; the bundled example's FDG head (median 0.50) is not
+    lifted. Percentiles come from a regular subsample (:func:`medfuse.intensity.subsample`).
     """
-    import SimpleITK as sitk
-
-    from medfuse.registration import foreground_mask
-
-    body_image = foreground_mask(pet, "PET")
-    body = sitk.GetArrayViewFromImage(body_image).astype(bool)  # the view lives only as long as body_image
-    values = sitk.GetArrayViewFromImage(pet)
+    values = subsample(pet_values)
+    low = float(np.percentile(values, PET_PERCENTILES[0]))
+    counted = values[subsample(region) & (values > max(low, 0.0))]
     if window is not None:
         chosen = PetWindow(float(window[0]), float(window[1]), "--pet-window", knee=None)
     else:
-        low, top = robust_range(values, body, PET_PERCENTILES)
+        top = float(np.percentile(counted, PET_PERCENTILES[1])) if counted.size else low
+        if top <= low:  # no uptake above the background where the MRI's body is: the whole range
+            low, top = float(values.min()), max(float(values.max()), float(values.min()) + 1.0)
         how = (
-            f"percentiles: {PET_PERCENTILES[0]}th of all voxels to the {PET_PERCENTILES[1]}th of foreground "
-            f"voxels placed at {PET_KNEE} of the window, higher uptake compressed towards 1"
+            f"percentiles: {PET_PERCENTILES[0]}th of all voxels to the {PET_PERCENTILES[1]}th of the voxels "
+            f"fused (the MRI's body) placed at {PET_KNEE} of the window, higher uptake compressed towards 1"
         )
         chosen = PetWindow(low, low + (top - low) / PET_KNEE, how)
-    if not body.any():
+    if not counted.size:
         return chosen
-    median = float(np.median(pet_input(subsample(values[body]), chosen)))
+    median = float(np.median(pet_display(counted, chosen)))
     return dataclasses.replace(chosen, gamma=lift_gamma(median))
 
 
@@ -621,7 +625,7 @@ class _Batch:
 
 
 def _fuse_volume(
-    mri: sitk.Image, pet_on_mri: sitk.Image, pet: sitk.Image, options: FuseOptions, fuser: Fuser
+    mri: sitk.Image, pet_on_mri: sitk.Image, options: FuseOptions, fuser: Fuser
 ) -> tuple[sitk.Image, sitk.Image | None, dict[str, Any]]:
     """Fuse slice by slice along the MRI grid's third axis inside the body's bounding box.
 
@@ -635,8 +639,8 @@ def _fuse_volume(
     mask = fused_region(mri)
     mri_values = sitk.GetArrayViewFromImage(mri)
     mri_low, mri_high = mri_window(mri_values, mask)
-    pet_transfer = pet_window(pet, options.pet_window)
     pet_values = sitk.GetArrayViewFromImage(pet_on_mri)
+    pet_transfer = pet_window(pet_values, mask, options.pet_window)
 
     box = _bounding_box(mask)
     slices = [k for k in range(box[0].start, box[0].stop) if mask[k, box[1], box[2]].any()]

@@ -222,9 +222,9 @@ def evaluate_volume_images(
     if mask.sum() < STRATA * 10:
         raise InvalidInputError("the MRI shows no head or body (too few voxels above its background).")
     mri_values = sitk.GetArrayViewFromImage(mri)
-    pet_transfer = pet_window(pet)
-    windows = {"mri": mri_window(mri_values, mask), "pet": (pet_transfer.low, pet_transfer.high)}
     pet_values = sitk.GetArrayViewFromImage(pet)
+    pet_transfer = pet_window(pet_values, mask)
+    windows = {"mri": mri_window(mri_values, mask), "pet": (pet_transfer.low, pet_transfer.high)}
     mri_in, pet_in = network_inputs(mri_values, pet_values, windows["mri"], pet_transfer)
     fused_values = sitk.GetArrayFromImage(fused).astype(np.float32)
     fused_values = np.nan_to_num(fused_values)

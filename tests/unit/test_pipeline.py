@@ -150,29 +150,51 @@ def test_lift_takes_a_low_median_up_to_the_floor_within_bounds(median: float, ga
 
 
 def test_default_pet_window_puts_the_hot_head_at_the_knee(pet: sitk.Image) -> None:
-    window = pipeline.pet_window(pet)
     values = sitk.GetArrayFromImage(pet)
+    window = pipeline.pet_window(values, values > 0.5)
     assert window.low == pytest.approx(np.percentile(values, 0.5), abs=1e-3)
     assert 8.0 / window.high == pytest.approx(pipeline.PET_KNEE, abs=0.1)  # grey matter uptake is 8
     assert "percentiles" in window.source and window.knee == pipeline.PET_KNEE
 
 
-def test_a_pet_whose_body_sits_low_in_its_window_is_lifted_to_the_floor() -> None:
-    """A whole-body-like PET: warm body (4), a small hot spot (20) setting the window. The lift brings the
-    body's windowed median up to the floor; the order of uptake and the hot spot's place at the top stay."""
+def _warm_body_with_a_hot_spot() -> tuple[np.ndarray, np.ndarray]:
+    """A whole-body-like PET on the MRI's grid: warm body (4), a hot spot (20) of 0.9 % of the body."""
     values = np.zeros((30, 40, 40), np.float32)
     values[2:28, 5:35, 5:35] = 4.0 + 0.2 * np.random.default_rng(0).standard_normal((26, 30, 30))
-    values[12:18, 17:23, 17:23] = 20.0  # 0.9 % of the body: above its 99.5th percentile
-    pet = sitk.GetImageFromArray(values)
-    pet.SetSpacing((4.0, 4.0, 4.0))
-    window = pipeline.pet_window(pet)
-    body = values[2:28, 5:35, 5:35]
+    values[12:18, 17:23, 17:23] = 20.0
+    region = np.zeros(values.shape, bool)
+    region[2:28, 5:35, 5:35] = True
+    return values, region
+
+
+def test_a_pet_whose_body_sits_low_in_its_window_is_lifted_to_the_floor() -> None:
+    """The hot spot sets the window; the lift brings the body's windowed median up to the floor, and the
+    order of uptake and the hot spot's place at the top stay."""
+    values, region = _warm_body_with_a_hot_spot()
+    window = pipeline.pet_window(values, region)
+    body = values[region]
     assert np.median(pipeline.pet_display(body, window)) == pytest.approx(0.8 * 4.0 / 20.0, abs=0.01)
     assert window.gamma == pytest.approx(np.log(0.31) / np.log(0.16), abs=0.02)
     assert np.median(pipeline.pet_input(body, window)) == pytest.approx(pipeline.PET_MEDIAN_FLOOR, abs=0.02)
     order = np.argsort(values, axis=None)
     assert np.all(np.diff(pipeline.pet_input(values, window).ravel()[order]) >= 0)
     assert pipeline.pet_input(np.float32(20.0), window) > 0.8
+
+
+def test_the_pet_window_is_set_by_the_uptake_where_the_mri_body_is() -> None:
+    """A regional MRI (its body: the lower half) inside a PET whose hot spot lies outside it: the window
+    comes from the region's own uptake; region voxels outside the PET's field of view (0) do not count."""
+    values, _ = _warm_body_with_a_hot_spot()
+    region = np.zeros(values.shape, bool)
+    region[2:28, 20:40, 5:35] = True  # rows 35-39 lie outside the PET's body and field (0)
+    values[2:28, 20:35, 5:35] = 4.0  # no hot spot in the region, flat uptake
+    window = pipeline.pet_window(values, region)
+    assert 4.0 / window.high == pytest.approx(pipeline.PET_KNEE, abs=1e-6)
+    assert window.gamma == 1.0  # the region's median sits at the knee
+    explicit = pipeline.pet_window(values, region, (0.0, 40.0))
+    assert (explicit.low, explicit.high, explicit.knee, explicit.source) == (0.0, 40.0, None, "--pet-window")
+    assert explicit.gamma == pytest.approx(np.log(0.31) / np.log(0.1), abs=1e-6)
+    assert pipeline.pet_window(np.zeros((4, 8, 8), np.float32), np.ones((4, 8, 8), bool)).gamma == 1.0
 
 
 def test_a_flat_mri_anatomy_is_mid_grey_and_a_head_keeps_its_top_at_mri_top(mri: sitk.Image) -> None:
