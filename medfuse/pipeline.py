@@ -80,7 +80,7 @@ MRI_TOP = 0.8
 #: 0.30-0.57 from :data:`MRI_TOP` alone; an anatomy of one flat tissue (a phantom's water, a body mask) would
 #: have it at MRI_TOP, leaving uptake too little room above the anatomy to stand out.
 MRI_MEDIAN_TOP = 0.5
-#: Default PET input: the 99.5th percentile of the PET's foreground voxels lands here (linear below). The atlas
+#: Default PET input: the 99.5th percentile of the PET within the MRI's body lands here (linear below). The atlas
 #: PET the network learned from, turned back into uptake, has it at 0.71-0.86 per slice (0.84 over a series).
 PET_KNEE = 0.8
 #: Above the knee uptake is compressed smoothly towards 1 with this scale (window units), never clipped:
