@@ -6,11 +6,13 @@ Everything medfuse says goes to stderr so that stdout stays clean for data (``in
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from types import FrameType
 from typing import TypeVar
 
 from rich.console import Console
@@ -41,17 +43,36 @@ class MedfuseWarning(UserWarning):
 _interruption = threading.Event()
 
 
-def note_interrupt(_signum: int, _frame: object) -> None:
-    """The command line's Ctrl-C / SIGTERM handler: remember the interruption, then raise KeyboardInterrupt.
+def note_interrupt(signum: int, frame: FrameType | None) -> None:
+    """The command line's Ctrl-C / SIGTERM handler: remember the interruption, then raise KeyboardInterrupt
+    (:func:`interrupt_outside_imports`).
 
-    Remembering matters when Python loses the KeyboardInterrupt: raised while the main thread runs an
-    import's clean-up callback it is reported as "ignored" and the run would go on (and, with the
-    import lock left held, wait forever for a model loading on another thread). Waits call
+    Remembering covers a KeyboardInterrupt Python loses all the same: waits call
     :func:`raise_if_interrupted`.
     """
     _interruption.set()
     if not _deferral["active"]:
-        raise KeyboardInterrupt
+        interrupt_outside_imports(signum, frame)
+
+
+def interrupt_outside_imports(signum: int, frame: FrameType | None) -> None:
+    """Raise KeyboardInterrupt from a signal handler, unless the signal arrived inside Python's import
+    machinery: then send the signal again a moment later (:data:`_REDELIVERY_S`), once the import has
+    moved on.
+
+    Raised there (in an import's clean-up callback, between taking the global import lock and the
+    ``try`` that releases it), the exception is reported as "ignored" and the lock stays held: the
+    model loading on another thread then waits for it forever, and the process, exiting under it,
+    may abort ("terminate called without an active exception").
+    """
+    if frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+        threading.Timer(_REDELIVERY_S, os.kill, (os.getpid(), signum)).start()
+        return
+    raise KeyboardInterrupt
+
+
+#: How soon a signal that arrived inside the import machinery is sent again.
+_REDELIVERY_S = 0.02
 
 
 _deferral = {"active": False}

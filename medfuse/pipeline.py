@@ -385,7 +385,8 @@ def _hotspots_aside(
     end, to place its points on the MRI. Its warnings reach the run's lists (the thread runs in a copy
     of this context). Not a daemon: a run that fails meanwhile lets it end (a fraction of a second).
     The modules it needs are imported here, on the calling thread: the helper must never wait for the
-    import lock, which a Ctrl-C lost in an import's clean-up can leave held (see ``console.note_interrupt``).
+    import lock, which a Ctrl-C lost in an import's clean-up could leave held (see
+    ``console.interrupt_outside_imports``).
     """
     import contextvars
     import importlib

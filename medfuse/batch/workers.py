@@ -19,11 +19,13 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from medfuse.batch.task import NOT_RUN, CaseResult, CaseTask, case_outputs, first_line, run_case
-from medfuse.console import raise_if_interrupted, set_quiet
+from medfuse.console import interrupt_outside_imports, raise_if_interrupted, set_quiet
 from medfuse.errors import MedfuseError, UsageError
 from medfuse.options import FuseOptions
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from medfuse.inference import Fuser
 
 _FUSERS: dict[tuple[Any, ...], Fuser] = {}
@@ -48,10 +50,10 @@ _STOP = threading.Event()
 _RUNNING = threading.Event()
 
 
-def _interrupt_worker(signum: int, frame: object) -> None:
+def _interrupt_worker(signum: int, frame: FrameType | None) -> None:
     _STOP.set()
     if _RUNNING.is_set():
-        raise KeyboardInterrupt
+        interrupt_outside_imports(signum, frame)
 
 
 def run_case_on_worker(task: CaseTask) -> CaseResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -94,7 +95,6 @@ def test_overlay_colours_from_the_offset_table_equal_the_ycbcr_conversion() -> N
 def test_the_hotspot_readout_runs_beside_the_registration_and_a_failed_registration_releases_it(
     pair: tuple[sitk.Image, sitk.Image], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
 
     started_during_registration: list[bool] = []
     real_place_pet = registration.place_pet
@@ -201,7 +201,6 @@ def test_ctrl_c_during_parallel_writes_waits_for_every_writer_then_rolls_back(
     when the run waits for them (while the threads start, Python's own handler could still cut in).
     """
     import concurrent.futures
-    import threading
 
     from medfuse import console
 
@@ -275,3 +274,25 @@ def test_a_lost_ctrl_c_prints_no_traceback_and_other_lost_errors_still_do(
     assert capsys.readouterr().err == ""
     RaisesWhenCollected(ValueError("a real problem"))
     assert "a real problem" in capsys.readouterr().err
+
+
+def test_a_ctrl_c_inside_the_import_machinery_is_sent_again_once_out_of_it() -> None:
+    """Seen in CI: the Ctrl-C landed in an import's clean-up callback with the global import lock taken;
+    raised there it was lost and the lock stayed held, so the model's import on its thread never ended
+    and the process aborted at exit. It must come back a moment later instead, and raise outside imports."""
+    from medfuse.console import interrupt_outside_imports
+
+    namespace: dict[str, Any] = {}
+    exec(compile("import sys\nframe = sys._getframe()", "<frozen importlib._bootstrap>", "exec"), namespace)
+    received = threading.Event()
+    previous = signal.signal(signal.SIGUSR1, lambda *_: received.set())
+    try:
+        interrupt_outside_imports(signal.SIGUSR1, namespace["frame"])  # no KeyboardInterrupt here
+        deadline = time.monotonic() + 5.0
+        while not received.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the handler runs in the main thread, between bytecodes
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert received.is_set(), "the signal was not sent again"
+    with pytest.raises(KeyboardInterrupt):
+        interrupt_outside_imports(signal.SIGUSR1, sys._getframe())
