@@ -1,0 +1,70 @@
+"""How a fuser draws a uniformly hot lesion: its plateau, the rim just inside its edge and the halo outside.
+
+    python benchmarks/hot_disc_profile.py [--weights FILE] [--method net|laplacian]
+
+A 256x256 slice of flat MRI (grey level ``m``) holds a disc 40 pixels across of uniform PET input ``p`` in a
+background of 0.2, blurred by a Gaussian of 2 pixels (a PET's resolution at the disc's edge). For each
+(m, p) it prints the fused value at the disc's centre (the hottest PET), the brightest fused value in the
+ring of pixels just inside the edge (PET lower than the centre's: the rim), and the darkest and the far
+fused value outside (the halo). A fuser that draws the hottest uptake brightest has rim <= centre; a
+sharpening fuser brightens the rim (issue 11's "hottest class brightest" on a uniform lesion).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SIZE = 256
+RADIUS = 20
+BLUR_PX = 2.0
+BACKGROUND = 0.2
+CASES = [(m, p) for m in (0.1, 0.29, 0.5, 0.7) for p in (0.6, 0.9)]
+
+
+def disc_pair(mri_level: float, pet_level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The flat MRI, the blurred PET disc, and each pixel's distance from the disc's centre."""
+    from scipy import ndimage
+
+    rows, cols = np.mgrid[:SIZE, :SIZE]
+    distance = np.hypot(rows - SIZE / 2, cols - SIZE / 2)
+    pet = ndimage.gaussian_filter(np.where(distance < RADIUS, pet_level, BACKGROUND), BLUR_PX).astype(np.float32)
+    return np.full((SIZE, SIZE), mri_level, np.float32), pet, distance
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, default=None, help="network weights (default: the bundled ones)")
+    parser.add_argument("--method", default="net", help="net or laplacian")
+    args = parser.parse_args(argv)
+
+    from medfuse.inference import get_fuser
+
+    fuser = get_fuser(args.method, weights=args.weights, device="cpu", threads=2)
+    print(f"method {args.method}, weights sha256 {(fuser.weights_sha256 or '-')[:16]}")
+    processor = platform.processor() or platform.machine()
+    print(f"machine: {processor}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    print(f"disc {2 * RADIUS} px across, PET background {BACKGROUND}, blur {BLUR_PX:g} px")
+    print("   MRI   PET | centre (its PET) | rim max (its PET) | halo min   far | rim - centre")
+    for mri_level, pet_level in CASES:
+        mri, pet, distance = disc_pair(mri_level, pet_level)
+        fused = fuser.fuse(mri, pet)
+        centre = distance < 2
+        rim = (distance >= RADIUS - 6) & (distance < RADIUS)
+        halo = (distance >= RADIUS) & (distance < RADIUS + 8)
+        far = distance > 3 * RADIUS
+        rim_index = np.argmax(np.where(rim, fused, -1.0))
+        print(
+            f"  {mri_level:4.2f}  {pet_level:4.2f} | {fused[centre].mean():.3f} ({pet[centre].mean():.2f})  "
+            f"| {fused.flat[rim_index]:.3f} ({pet.flat[rim_index]:.2f})     "
+            f"| {fused[halo].min():.3f}  {fused[far].mean():.3f} | {fused.flat[rim_index] - fused[centre].mean():+.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
