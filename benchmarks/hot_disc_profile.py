@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,24 @@ def disc_pair(mri_level: float, pet_level: float) -> tuple[np.ndarray, np.ndarra
     return np.full((SIZE, SIZE), mri_level, np.float32), pet, distance
 
 
+def measure(fuser: Any, mri_level: float, pet_level: float) -> dict[str, float]:
+    """The fused disc's centre, its rim (brightest pixel just inside the edge) and halo, with their PET inputs."""
+    mri, pet, distance = disc_pair(mri_level, pet_level)
+    fused = fuser.fuse(mri, pet)
+    centre = distance < 2
+    rim = (distance >= RADIUS - 6) & (distance < RADIUS)
+    halo = (distance >= RADIUS) & (distance < RADIUS + 8)
+    rim_index = int(np.argmax(np.where(rim, fused, -1.0)))
+    return {
+        "centre": float(fused[centre].mean()),
+        "centre_pet": float(pet[centre].mean()),
+        "rim": float(fused.flat[rim_index]),
+        "rim_pet": float(pet.flat[rim_index]),
+        "halo_min": float(fused[halo].min()),
+        "far": float(fused[distance > 3 * RADIUS].mean()),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=None, help="network weights (default: the bundled ones)")
@@ -52,17 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"disc {2 * RADIUS} px across, PET background {BACKGROUND}, blur {BLUR_PX:g} px")
     print("   MRI   PET | centre (its PET) | rim max (its PET) | halo min   far | rim - centre")
     for mri_level, pet_level in CASES:
-        mri, pet, distance = disc_pair(mri_level, pet_level)
-        fused = fuser.fuse(mri, pet)
-        centre = distance < 2
-        rim = (distance >= RADIUS - 6) & (distance < RADIUS)
-        halo = (distance >= RADIUS) & (distance < RADIUS + 8)
-        far = distance > 3 * RADIUS
-        rim_index = np.argmax(np.where(rim, fused, -1.0))
+        row = measure(fuser, mri_level, pet_level)
         print(
-            f"  {mri_level:4.2f}  {pet_level:4.2f} | {fused[centre].mean():.3f} ({pet[centre].mean():.2f})  "
-            f"| {fused.flat[rim_index]:.3f} ({pet.flat[rim_index]:.2f})     "
-            f"| {fused[halo].min():.3f}  {fused[far].mean():.3f} | {fused.flat[rim_index] - fused[centre].mean():+.3f}"
+            f"  {mri_level:4.2f}  {pet_level:4.2f} | {row['centre']:.3f} ({row['centre_pet']:.2f})  "
+            f"| {row['rim']:.3f} ({row['rim_pet']:.2f})     "
+            f"| {row['halo_min']:.3f}  {row['far']:.3f} | {row['rim'] - row['centre']:+.3f}"
         )
 
 

@@ -173,3 +173,22 @@ def test_volume_fidelity_benchmark_writes_its_figures(tmp_path: Path) -> None:
         assert all(np.diff([whole[d] for d in diameters]) > 0), whole
         assert all(central[d] >= whole[d] for d in diameters)
     assert "rising steps by MRI decile" in run.stdout.decode()
+
+
+def test_hot_disc_profile_reads_the_laplacian_as_drawn() -> None:
+    """benchmarks/hot_disc_profile.py on the Laplacian pyramid: over dark MRI it returns the PET (centre at the
+    disc's PET, no bright rim), far from the disc the MRI's level where that is above the PET's background."""
+    import importlib.util
+
+    from medfuse.laplacian import LaplacianFuser
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "hot_disc_profile.py"
+    spec = importlib.util.spec_from_file_location("hot_disc_profile", script)
+    assert spec is not None and spec.loader is not None
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    dark = profile.measure(LaplacianFuser(), 0.1, 0.9)
+    assert dark["centre"] == pytest.approx(0.9, abs=0.01) and dark["centre_pet"] == pytest.approx(0.9, abs=1e-3)
+    assert abs(dark["rim"] - dark["centre"]) < 0.01 and dark["far"] == pytest.approx(0.2, abs=0.01)
+    bright = profile.measure(LaplacianFuser(), 0.7, 0.6)
+    assert bright["far"] == pytest.approx(0.7, abs=0.01) and bright["halo_min"] < bright["far"]
