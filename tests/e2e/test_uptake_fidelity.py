@@ -79,15 +79,16 @@ def test_nema_phantom_hot_spheres_stand_out_in_the_fused_volume(contrast: float)
 
 @pytest.mark.slow
 def test_nema_phantom_on_a_flat_anatomy_is_mid_grey_with_the_spheres_standing_out() -> None:
-    """An MRI of one flat tissue (made from the phantom's outline): the MRI window shows it mid-grey, not at
-    the top of the window where no uptake could brighten it (before: background 0.81, spheres 1.13-1.22x)."""
+    """An MRI of one flat tissue (made from the phantom's outline): the MRI window shows it mid-grey (its
+    median at 0.4: no anatomy contrast to keep), not at the top of the window where no uptake could brighten
+    it (before: background 0.81, spheres 1.13-1.22x; with the median at 0.5, 10 / 13 mm 1.28 / 1.50x)."""
     phantom = nema_phantom(4.0, spacing_mm=3.0, flat_anatomy=True)
     result = fuse_images(phantom.mri, phantom.pet, FuseOptions(register="none", threads=1))
     fused = sitk.GetArrayFromImage(result.fused)
-    assert 0.4 < fused[phantom.background].mean() < 0.6
+    assert 0.4 < fused[phantom.background].mean() < 0.5
     ratios = sphere_ratios(fused, phantom)
-    # 3 mm voxels: 10 / 13 mm 1.28 / 1.50x, 17-37 mm 1.64-1.75x (2 mm voxels: 1.35 / 1.55x, 1.67-1.75x)
-    assert all(ratios[diameter] >= 1.5 for diameter in (17.0, 22.0, 28.0, 37.0)), ratios
+    # 3 mm voxels: 10 mm 1.44x, 13-37 mm 1.74-2.06x (2 mm voxels: 10 mm 1.56x, 13-37 mm 1.78-2.00x)
+    assert all(ratios[diameter] >= 1.5 for diameter in (13.0, 17.0, 22.0, 28.0, 37.0)), ratios
     assert all(np.diff([ratios[d] for d in sorted(ratios)]) > 0)
     assert _fidelity(phantom.mri, result.pet_on_mri, result.fused).rising_steps >= 0.9
 

@@ -202,7 +202,12 @@ def test_a_flat_mri_anatomy_is_mid_grey_and_a_head_keeps_its_top_at_mri_top(mri:
     flat[2:18, 5:25, 5:25] = 500.0 + np.random.default_rng(0).normal(0.0, 5.0, (16, 20, 20))
     body = flat > 0
     low, high = pipeline.mri_window(flat, body)
-    assert (np.median(flat[body]) - low) / (high - low) == pytest.approx(pipeline.MRI_MEDIAN_TOP, abs=1e-6)
+    assert (np.median(flat[body]) - low) / (high - low) == pytest.approx(pipeline.MRI_FLAT_MEDIAN_TOP, abs=1e-6)
+    two_tissues = flat.copy()  # 60 % at 400, 40 % at 600: the 99.5th percentile alone puts the median at 0.53
+    two_tissues[2:18, 5:25, 5:13] = 600.0
+    two_tissues[2:18, 5:25, 13:25] = 400.0
+    low, high = pipeline.mri_window(two_tissues, body)
+    assert (np.median(two_tissues[body]) - low) / (high - low) == pytest.approx(pipeline.MRI_MEDIAN_TOP, abs=1e-6)
     values = sitk.GetArrayFromImage(mri)
     head = pipeline.fused_region(mri)
     low, high = pipeline.mri_window(values, head)
@@ -510,3 +515,10 @@ def test_dicom_pet_in_suv_with_a_dicom_export(mri: sitk.Image, pet: sitk.Image, 
     hotspots = result.report["hotspots"]
     assert hotspots["units"] == "SUVbw (g/mL)" and hotspots["is_suv"] is True
     assert hotspots["max"]["value"] == pytest.approx(suv_max, rel=1e-5)
+
+
+def test_the_mri_median_top_rises_from_flat_to_textured_anatomies() -> None:
+    spreads = [0.0, pipeline.MRI_FLAT_SPREAD, 0.15, pipeline.MRI_TEXTURED_SPREAD, 1.3]
+    tops = [pipeline.mri_median_top(spread) for spread in spreads]
+    assert tops[0] == tops[1] == pipeline.MRI_FLAT_MEDIAN_TOP and tops[3] == tops[4] == pipeline.MRI_MEDIAN_TOP
+    assert tops[2] == pytest.approx((pipeline.MRI_FLAT_MEDIAN_TOP + pipeline.MRI_MEDIAN_TOP) / 2, abs=1e-9)
