@@ -598,12 +598,12 @@ def mri_window(mri_values: np.ndarray, body: np.ndarray) -> tuple[float, float]:
     """
     low, top = robust_range(mri_values, body, MRI_PERCENTILES)
     body_sample = subsample(mri_values)[subsample(body)]  # a regular stride, not a copy of every body voxel
-    if not body_sample.size:
+    median = float(np.median(body_sample)) if body_sample.size else low
+    if median <= low:  # no body above the background: the 99.5th percentile alone
         return low, low + (top - low) / MRI_TOP
-    median = float(np.median(body_sample))
-    tissue = body_sample[body_sample > low + 0.5 * (median - low)]  # not the air, lung or rim round the body
-    lower, middle, upper = np.percentile(tissue, [25, 50, 75]) if tissue.size else (median, median, median)
-    spread = float(upper - lower) / float(middle - low) if middle > low else 0.0
+    tissue = body_sample[body_sample > (low + median) / 2]  # not the air, lung or rim round the body
+    lower, middle, upper = (float(q) for q in np.percentile(tissue, [25, 50, 75]))
+    spread = (upper - lower) / (middle - low)
     return low, low + max((top - low) / MRI_TOP, (median - low) / mri_median_top(spread))
 
 
