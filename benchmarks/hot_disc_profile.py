@@ -7,7 +7,9 @@ background of 0.2, blurred by a Gaussian of 2 pixels (a PET's resolution at the 
 (m, p) it prints the fused value at the disc's centre (the hottest PET), the brightest fused value in the
 ring of pixels just inside the edge (PET lower than the centre's: the rim), and the darkest and the far
 fused value outside (the halo). A fuser that draws the hottest uptake brightest has rim <= centre; a
-sharpening fuser brightens the rim (issue 11's "hottest class brightest" on a uniform lesion).
+sharpening fuser brightens the rim (issue 11's "hottest class brightest" on a uniform lesion). For the
+network it also prints the head's per-pixel source weights there (output = w_mri * MRI + w_pet * PET +
+offset): how the rim is drawn.
 """
 
 from __future__ import annotations
@@ -38,15 +40,16 @@ def disc_pair(mri_level: float, pet_level: float) -> tuple[np.ndarray, np.ndarra
     return np.full((SIZE, SIZE), mri_level, np.float32), pet, distance
 
 
-def measure(fuser: Any, mri_level: float, pet_level: float) -> dict[str, float]:
-    """The fused disc's centre, its rim (brightest pixel just inside the edge) and halo, with their PET inputs."""
+def measure(fuser: Any, mri_level: float, pet_level: float, model: Any = None) -> dict[str, float]:
+    """The fused disc's centre, its rim (brightest pixel just inside the edge) and halo, with their PET inputs;
+    with the torch ``model`` also its MRI weight, PET weight and offset at the centre and at the rim pixel."""
     mri, pet, distance = disc_pair(mri_level, pet_level)
     fused = fuser.fuse(mri, pet)
     centre = distance < 2
     rim = (distance >= RADIUS - 6) & (distance < RADIUS)
     halo = (distance >= RADIUS) & (distance < RADIUS + 8)
     rim_index = int(np.argmax(np.where(rim, fused, -1.0)))
-    return {
+    row = {
         "centre": float(fused[centre].mean()),
         "centre_pet": float(pet[centre].mean()),
         "rim": float(fused.flat[rim_index]),
@@ -54,6 +57,15 @@ def measure(fuser: Any, mri_level: float, pet_level: float) -> dict[str, float]:
         "halo_min": float(fused[halo].min()),
         "far": float(fused[distance > 3 * RADIUS].mean()),
     }
+    if model is not None:
+        import torch
+
+        with torch.no_grad():
+            maps = model.source_weights(torch.from_numpy(mri)[None, None], torch.from_numpy(pet)[None, None])
+        for name, values in zip(("w_mri", "w_pet", "offset"), maps, strict=True):
+            at = values[0, 0].numpy()
+            row[f"{name}_centre"], row[f"{name}_rim"] = float(at[centre].mean()), float(at.flat[rim_index])
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,20 +74,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--method", default="net", help="net or laplacian")
     args = parser.parse_args(argv)
 
-    from medfuse.inference import get_fuser
+    from medfuse.inference import get_fuser, load_model
 
     fuser = get_fuser(args.method, weights=args.weights, device="cpu", threads=2)
+    model = load_model(args.weights)[0] if args.method == "net" else None
     print(f"method {args.method}, weights sha256 {(fuser.weights_sha256 or '-')[:16]}")
     processor = platform.processor() or platform.machine()
     print(f"machine: {processor}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     print(f"disc {2 * RADIUS} px across, PET background {BACKGROUND}, blur {BLUR_PX:g} px")
-    print("   MRI   PET | centre (its PET) | rim max (its PET) | halo min   far | rim - centre")
+    weights_header = " | w_mri centre, rim | w_pet centre, rim" if model is not None else ""
+    print("   MRI   PET | centre (its PET) | rim max (its PET) | halo min   far | rim - centre" + weights_header)
     for mri_level, pet_level in CASES:
-        row = measure(fuser, mri_level, pet_level)
+        row = measure(fuser, mri_level, pet_level, model)
+        weights = ""
+        if model is not None:
+            weights = f" | {row['w_mri_centre']:+.2f}, {row['w_mri_rim']:+.2f}      "
+            weights += f"| {row['w_pet_centre']:+.2f}, {row['w_pet_rim']:+.2f}"
         print(
             f"  {mri_level:4.2f}  {pet_level:4.2f} | {row['centre']:.3f} ({row['centre_pet']:.2f})  "
             f"| {row['rim']:.3f} ({row['rim_pet']:.2f})     "
-            f"| {row['halo_min']:.3f}  {row['far']:.3f} | {row['rim'] - row['centre']:+.3f}"
+            f"| {row['halo_min']:.3f}  {row['far']:.3f} | {row['rim'] - row['centre']:+.3f}" + weights
         )
 
 

@@ -447,6 +447,9 @@ def train(
         float,
         typer.Option("--pet-map-share", help="Share of colour SPECT crops recoloured with the PET map (T2 + PET map)."),
     ] = 0.5,
+    plateau_share: Annotated[
+        float, typer.Option("--plateau-share", help="Share of uptake crops given a uniformly hot lesion (a plateau).")
+    ] = 0.0,
     threads: ThreadsOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -482,6 +485,7 @@ def train(
         uptake_share=uptake_share,
         spect_share=spect_share,
         pet_map_share=pet_map_share,
+        plateau_share=plateau_share,
         threads=threads,
         overwrite=overwrite,
     )

@@ -122,12 +122,14 @@ class FusionNet(nn.Module):
     def _fuse_scales(self, mri_half: torch.Tensor, pet_half: torch.Tensor) -> list[torch.Tensor]:
         return _fuse_scales(self, mri_half, pet_half)
 
-    def forward(self, mri: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+    def source_weights(self, mri: torch.Tensor, pet: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The head's full-resolution maps: the MRI's weight, the PET's weight and the offset (each (N, 1, H, W))."""
         mri_half, pet_half = F.pixel_unshuffle(mri, UNSHUFFLE), F.pixel_unshuffle(pet, UNSHUFFLE)
         x = _decode(self, self._fuse_scales(mri_half, pet_half))
-        mri_weight, pet_weight, offset = F.pixel_shuffle(
-            self.head(torch.cat((x, mri_half, pet_half), dim=1)), UNSHUFFLE
-        ).split(1, dim=1)
+        return F.pixel_shuffle(self.head(torch.cat((x, mri_half, pet_half), dim=1)), UNSHUFFLE).split(1, dim=1)
+
+    def forward(self, mri: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+        mri_weight, pet_weight, offset = self.source_weights(mri, pet)
         return (mri_weight * mri + pet_weight * pet + offset) * self.support(mri, pet)
 
     @staticmethod

@@ -25,7 +25,9 @@ pseudo-colour image (2-D benchmarks, the field's convention; not monotonic in up
 itself (volumes), recovered by inverting the atlas colour map. The SPECT slices come with T2-weighted
 MRI; recoloured with the PET map they give T2 + PET-colour pairs next to the T1 + PET pairs. Uptake is
 randomly rescaled and the MRI contrast randomly bent (gamma and gain), so the network does not learn
-one atlas's intensities.
+one atlas's intensities. ``plateau_share`` (off in the recipe) paints a uniformly hot lesion into some
+uptake crops: the brain slices have few broad plateaus of uptake, and body lesions often are one
+(model card, "The bright rim").
 
 Validation is by series (neighbouring slices of a series are near copies): :func:`cross_validate`
 holds out one PET-MRI series and one group of SPECT-MRI series per fold (:data:`CV_FOLDS`), trains the
@@ -200,6 +202,7 @@ class TrainConfig:
     spect_share: float = 0.5
     uptake_scale: float = 1.25
     mri_gamma: float = 1.4
+    plateau_share: float = 0.0
     channels: tuple[int, ...] = DEFAULT_CHANNELS
     threads: int | None = None
     overwrite: bool = False
@@ -361,6 +364,27 @@ def pet_bumps(pet: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return rise.astype(np.float32)
 
 
+def paint_plateau(uptake: np.ndarray, mri: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``uptake`` (H, W) with a uniformly hot lesion added: an ellipse (semi-axes 5-30 px, any angle) of one
+    uptake level (0.4-1.0) inside the anatomy, blurred by a Gaussian of 1-3 px, kept where hotter than before.
+
+    The brain slices hold few broad plateaus of uptake; a sarcoma or a NEMA sphere is one.
+    """
+    from scipy import ndimage
+
+    height, width = uptake.shape
+    tissue = np.flatnonzero(mri > BLACK_LEVEL)
+    centre = int(tissue[rng.integers(len(tissue))]) if len(tissue) else int(rng.integers(height * width))
+    centre_row, centre_col = divmod(centre, width)
+    semi_a, semi_b, angle = rng.uniform(5.0, 30.0), rng.uniform(5.0, 30.0), rng.uniform(0.0, math.pi)
+    level, blur = rng.uniform(0.4, 1.0), rng.uniform(1.0, 3.0)
+    rows, cols = np.mgrid[:height, :width].astype(np.float32)
+    along = (rows - centre_row) * math.cos(angle) + (cols - centre_col) * math.sin(angle)
+    across = (cols - centre_col) * math.cos(angle) - (rows - centre_row) * math.sin(angle)
+    lesion = np.where((along / semi_a) ** 2 + (across / semi_b) ** 2 <= 1.0, np.float32(level), np.float32(0.0))
+    return np.maximum(uptake, ndimage.gaussian_filter(lesion, blur)).astype(np.float32)
+
+
 # ---- sampling --------------------------------------------------------------------------------------------------
 def _log_uniform(rng: np.random.Generator, largest: float) -> float:
     """A factor between 1 / largest and largest, uniform in log."""
@@ -374,8 +398,9 @@ def sample_batch(
 
     Each crop: a PET-MRI or SPECT-MRI pair (``spect_share``), a functional input kind (uptake with
     ``uptake_share``, else the pseudo-colour luminance; SPECT shown in the PET map with
-    ``pet_map_share``), uptake rescaled by up to ``uptake_scale`` before colouring, MRI contrast bent
-    by a gamma of up to ``mri_gamma``, and the same random flips and 90-degree turns for both sources.
+    ``pet_map_share``), uptake rescaled by up to ``uptake_scale`` before colouring, a uniformly hot lesion
+    painted into ``plateau_share`` of the uptake crops (:func:`paint_plateau`), MRI contrast bent by a gamma
+    of up to ``mri_gamma``, and the same random flips and 90-degree turns for both sources.
     """
     config = config or TrainConfig(data=Path(), output=None, uptake_share=0.0, uptake_scale=1.0, mri_gamma=1.0)
     height, width = pairs.mri.shape[1:]
@@ -394,6 +419,8 @@ def sample_batch(
         scale = _log_uniform(rng, config.uptake_scale)
         if rng.random() < config.uptake_share:
             functional = np.clip(pairs.uptake[window] * scale, 0.0, 1.0)
+            if config.plateau_share and rng.random() < config.plateau_share:
+                functional = paint_plateau(functional, pairs.mri[window], rng)
         elif is_spect[i] and rng.random() < config.pet_map_share:
             functional = colour_luminance(np.clip(pairs.uptake[window] * scale, 0.0, 1.0), "aanlib")
         elif scale != 1.0:
@@ -464,7 +491,8 @@ def _check_config(config: TrainConfig) -> None:
     if config.crop < 16 or config.crop % 16:
         raise UsageError(f"--crop {config.crop}: use a multiple of 16 of at least 16.")
     shares = {"--uptake-share": config.uptake_share, "--pet-map-share": config.pet_map_share}
-    for option, value in {**shares, "--spect-share": config.spect_share}.items():
+    shares |= {"--spect-share": config.spect_share, "--plateau-share": config.plateau_share}
+    for option, value in shares.items():
         if not 0.0 <= value <= 1.0:
             raise UsageError(f"{option} {value:g}: use a share between 0 and 1.")
 

@@ -193,3 +193,22 @@ def test_hot_disc_profile_reads_the_laplacian_as_drawn() -> None:
     assert abs(dark["rim"] - dark["centre"]) < 0.01 and dark["far"] == pytest.approx(0.2, abs=0.01)
     bright = profile.measure(LaplacianFuser(), 0.7, 0.6)
     assert bright["far"] == pytest.approx(0.7, abs=0.01) and bright["halo_min"] < bright["far"]
+
+
+def test_hot_disc_profile_reads_the_networks_source_weights() -> None:
+    """With the torch model, the benchmark's rim and centre are the head's weighting of the two sources there."""
+    import importlib.util
+
+    from medfuse.inference import get_fuser, load_model
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "hot_disc_profile.py"
+    spec = importlib.util.spec_from_file_location("hot_disc_profile", script)
+    assert spec is not None and spec.loader is not None
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    model = load_model()[0]
+    row = profile.measure(get_fuser("net", device="cpu", threads=1), 0.29, 0.9, model)
+    rim = row["w_mri_rim"] * 0.29 + row["w_pet_rim"] * row["rim_pet"] + row["offset_rim"]
+    assert min(rim, 1.0) == pytest.approx(row["rim"], abs=0.005)  # the output, clamped to [0, 1]
+    centre = row["w_mri_centre"] * 0.29 + row["w_pet_centre"] * 0.9 + row["offset_centre"]
+    assert centre == pytest.approx(row["centre"], abs=0.005)

@@ -133,3 +133,16 @@ def test_the_inference_form_computes_the_trained_function(channels: tuple[int, .
         assert torch.equal(
             got[..., : height // 3, : width // 3], torch.zeros_like(got[..., : height // 3, : width // 3])
         )
+
+
+def test_source_weights_are_the_maps_the_output_is_made_of(small_net: FusionNet) -> None:
+    torch.manual_seed(4)
+    mri, pet = torch.rand(2, 1, 16, 32), torch.rand(2, 1, 16, 32)
+    mri[..., :4, :4] = pet[..., :4, :4] = 0.0  # black in both: gated to 0
+    with torch.inference_mode():
+        mri_weight, pet_weight, offset = small_net.source_weights(mri, pet)
+        fused = small_net(mri, pet)
+    assert mri_weight.shape == pet_weight.shape == offset.shape == mri.shape
+    expected = (mri_weight * mri + pet_weight * pet + offset) * FusionNet.support(mri, pet)
+    assert torch.equal(fused, expected)
+    assert torch.all(fused[..., :4, :4] == 0)

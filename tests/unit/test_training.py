@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from scipy import ndimage
 from typer.testing import CliRunner
 
 from medfuse.cli import app
@@ -29,6 +30,7 @@ from medfuse.training import (
     load_harvard,
     load_pairs,
     monotone_shortfall,
+    paint_plateau,
     pet_bumps,
     sample_batch,
     sobel_gradients,
@@ -184,6 +186,40 @@ def test_pet_bumps_are_positive_smooth_and_keep_the_pet_in_range(rng: np.random.
     assert np.all(rise[:, :, :, :8] == 0.0) and rise.max() > 0.0
 
 
+def test_paint_plateau_adds_one_uniform_hot_lesion_inside_the_anatomy() -> None:
+    uptake = np.full((96, 96), 0.2, np.float32)
+    mri = np.zeros((96, 96), np.float32)
+    mri[30:70, 40:80] = 0.5  # the only anatomy: the lesion is centred in it
+    flat_tops = []
+    for seed in range(8):
+        painted = paint_plateau(uptake, mri, np.random.default_rng(seed))
+        assert painted.dtype == np.float32 and np.all(painted >= uptake)
+        assert 0.4 - 1e-6 <= painted.max() <= 1.0
+        plateau = painted >= painted.max() - 0.01  # the lesion's top, flat unless the lesion is small
+        flat_tops.append(int(plateau.sum()))
+        count = ndimage.label(painted > 0.2 + 1e-3)[1]
+        assert count == 1  # one lesion, blurred at its edge
+        centre = ndimage.center_of_mass(plateau)
+        assert 30 <= centre[0] < 70 and 40 <= centre[1] < 80
+    assert max(flat_tops) >= 200  # broad plateaus among them
+
+
+def test_sample_batch_paints_plateaus_only_into_uptake_crops_when_asked() -> None:
+    uptake = np.full((2, 32, 32), 0.1, np.float32)
+    mri = np.full((2, 32, 32), 0.5, np.float32)
+    colour = colour_luminance(uptake, "aanlib")
+    pairs = PairSet(["p", "q"], ["PET1", "PET2"], mri, colour, uptake)
+
+    def crops(uptake_share: float, plateau_share: float) -> np.ndarray:
+        config = TrainConfig(data=Path(), output=None, uptake_share=uptake_share, plateau_share=plateau_share)
+        config.uptake_scale, config.mri_gamma = 1.0, 1.0
+        return sample_batch(pairs, np.random.default_rng(1), 16, 32, config)[1][:, 0]
+
+    assert np.all(crops(1.0, 0.0) == 0.1)  # uptake as it is
+    assert all(crop.max() >= 0.4 for crop in crops(1.0, 1.0))  # a lesion of 0.4-1.0 in every uptake crop
+    assert np.all(crops(0.0, 1.0) == colour[0, 0, 0])  # colour crops are never painted
+
+
 def test_sample_batch_crops_come_from_the_slices(rng: np.random.Generator) -> None:
     mri = rng.random((3, 20, 20), dtype=np.float32)
     pairs = PairSet(["a", "b", "c"], ["PET1", "PET1", "PET1"], mri, 1 - mri, mri.copy())
@@ -287,7 +323,7 @@ def test_train_command_needs_output_or_cv(harvard_like: Path, tmp_path: Path) ->
         assert "give either --output FILE (train and write weights) or --cv" in result.output
 
 
-@pytest.mark.parametrize("option", ["--uptake-share", "--spect-share", "--pet-map-share"])
+@pytest.mark.parametrize("option", ["--uptake-share", "--spect-share", "--pet-map-share", "--plateau-share"])
 def test_train_command_refuses_a_share_outside_0_to_1(harvard_like: Path, option: str) -> None:
     result = CliRunner().invoke(app, ["train", "--data", str(harvard_like), "--cv", option, "1.5"])
     assert result.exit_code == 2
@@ -370,6 +406,6 @@ def test_train_command_defaults_are_the_recipe() -> None:
     options = inspect.signature(cli.train).parameters
     not_recipe = ("data", "output", "holdout", "threads", "overwrite")
     shared = [name for name in options if name in fields and name not in not_recipe]
-    assert len(shared) == 18  # every knob the command exposes
+    assert len(shared) == 19  # every knob the command exposes
     for name in shared:
         assert options[name].default == fields[name], name
