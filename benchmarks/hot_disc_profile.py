@@ -30,14 +30,14 @@ BACKGROUND = 0.2
 CASES = [(m, p) for m in (0.1, 0.29, 0.5, 0.7) for p in (0.6, 0.9)]
 
 
-def disc_pair(mri_level: float, pet_level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The flat MRI, the blurred PET disc, and each pixel's distance from the disc's centre."""
+def disc_pair(mri_level: float, pet_level: float, size: int = SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The flat MRI, the blurred PET disc, and each pixel's distance from the disc's centre (a size x size slice)."""
     from scipy import ndimage
 
-    rows, cols = np.mgrid[:SIZE, :SIZE]
-    distance = np.hypot(rows - SIZE / 2, cols - SIZE / 2)
+    rows, cols = np.mgrid[:size, :size]
+    distance = np.hypot(rows - size / 2, cols - size / 2)
     pet = ndimage.gaussian_filter(np.where(distance < RADIUS, pet_level, BACKGROUND), BLUR_PX).astype(np.float32)
-    return np.full((SIZE, SIZE), mri_level, np.float32), pet, distance
+    return np.full((size, size), mri_level, np.float32), pet, distance
 
 
 def measure(fuser: Any, mri_level: float, pet_level: float, model: Any = None) -> dict[str, float]:

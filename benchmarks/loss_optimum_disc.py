@@ -12,32 +12,25 @@ if the rim stands above the centre here, the loss itself asks for it, whatever n
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_batch import machine
+from hot_disc_profile import BACKGROUND, BLUR_PX, RADIUS, disc_pair
 
-SIZE = 128
-RADIUS = 20
-BLUR_PX = 2.0
-BACKGROUND = 0.2
+SIZE = 128  # a quarter of hot_disc_profile's slice: the same disc, four times fewer pixels to optimise
 CASES = [(0.29, 0.9), (0.1, 0.6), (0.5, 0.6)]
 
 
 def loss_optimum(mri_level: float, pet_level: float, steps: int, **loss_knobs: float) -> tuple[float, float]:
     """Centre and rim (brightest pixel within 6 pixels inside the edge) of the loss's optimum for one disc."""
     import torch
-    from scipy import ndimage
 
     from medfuse.training import TrainConfig, fusion_loss
 
-    rows, cols = np.mgrid[:SIZE, :SIZE]
-    distance = np.hypot(rows - SIZE / 2, cols - SIZE / 2)
-    pet_np = ndimage.gaussian_filter(np.where(distance < RADIUS, pet_level, BACKGROUND), BLUR_PX)
-    pet = torch.from_numpy(pet_np.astype(np.float32))[None, None]
-    mri = torch.full_like(pet, mri_level)
+    mri_np, pet_np, distance = disc_pair(mri_level, pet_level, SIZE)
+    mri, pet = torch.from_numpy(mri_np)[None, None], torch.from_numpy(pet_np)[None, None]
     config = TrainConfig(data=Path(), output=None, **loss_knobs)  # type: ignore[arg-type]
     fused = torch.maximum(mri, pet).clone().requires_grad_(True)
     optimiser = torch.optim.Adam([fused], lr=0.01)
@@ -60,8 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
-    processor = platform.processor() or platform.machine()
-    print(f"machine: {processor}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, torch {torch.__version__}")
+    print(f"machine: {machine()}, torch {torch.__version__}")
     print(f"disc {2 * RADIUS} px across on {SIZE}x{SIZE}, PET background {BACKGROUND}, blur {BLUR_PX:g} px")
     print("loss                      MRI   PET | centre   rim | rim - centre")
     variants = [(f"SSIM range {value:g}", {"ssim_range": value}) for value in args.ssim_range]
