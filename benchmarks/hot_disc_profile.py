@@ -15,13 +15,14 @@ offset): how the rim is drawn.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_batch import machine
 
 SIZE = 256
 RADIUS = 20
@@ -79,8 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     fuser = get_fuser(args.method, weights=args.weights, device="cpu", threads=2)
     model = load_model(args.weights)[0] if args.method == "net" else None
     print(f"method {args.method}, weights sha256 {(fuser.weights_sha256 or '-')[:16]}")
-    processor = platform.processor() or platform.machine()
-    print(f"machine: {processor}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    print(f"machine: {machine()}")
     print(f"disc {2 * RADIUS} px across, PET background {BACKGROUND}, blur {BLUR_PX:g} px")
     weights_header = " | w_mri centre, rim | w_pet centre, rim" if model is not None else ""
     print("   MRI   PET | centre (its PET) | rim max (its PET) | halo min   far | rim - centre" + weights_header)
