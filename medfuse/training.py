@@ -490,8 +490,12 @@ def _check_config(config: TrainConfig) -> None:
         raise UsageError("--epochs, --steps-per-epoch and --batch-size must all be at least 1.")
     if config.crop < 16 or config.crop % 16:
         raise UsageError(f"--crop {config.crop}: use a multiple of 16 of at least 16.")
-    shares = {"--uptake-share": config.uptake_share, "--pet-map-share": config.pet_map_share}
-    shares |= {"--spect-share": config.spect_share, "--plateau-share": config.plateau_share}
+    shares = {
+        "--uptake-share": config.uptake_share,
+        "--pet-map-share": config.pet_map_share,
+        "--spect-share": config.spect_share,
+        "--plateau-share": config.plateau_share,
+    }
     for option, value in shares.items():
         if not 0.0 <= value <= 1.0:
             raise UsageError(f"{option} {value:g}: use a share between 0 and 1.")

@@ -8,8 +8,10 @@ decile, the hottest PET class is the brightest, and hot spheres stand out from t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -176,18 +178,22 @@ def test_volume_fidelity_benchmark_writes_its_figures(tmp_path: Path) -> None:
     assert "rising steps by MRI decile" in run.stdout.decode()
 
 
-def test_hot_disc_profile_reads_the_laplacian_as_drawn() -> None:
-    """benchmarks/hot_disc_profile.py on the Laplacian pyramid: over dark MRI it returns the PET (centre at the
-    disc's PET, no bright rim), far from the disc the MRI's level where that is above the PET's background."""
-    import importlib.util
-
-    from medfuse.laplacian import LaplacianFuser
-
+@pytest.fixture(scope="module")
+def profile() -> ModuleType:
+    """benchmarks/hot_disc_profile.py, imported as a module."""
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "hot_disc_profile.py"
     spec = importlib.util.spec_from_file_location("hot_disc_profile", script)
     assert spec is not None and spec.loader is not None
-    profile = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(profile)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hot_disc_profile_reads_the_laplacian_as_drawn(profile: ModuleType) -> None:
+    """benchmarks/hot_disc_profile.py on the Laplacian pyramid: over dark MRI it returns the PET (centre at the
+    disc's PET, no bright rim), far from the disc the MRI's level where that is above the PET's background."""
+    from medfuse.laplacian import LaplacianFuser
+
     dark = profile.measure(LaplacianFuser(), 0.1, 0.9)
     assert dark["centre"] == pytest.approx(0.9, abs=0.01) and dark["centre_pet"] == pytest.approx(0.9, abs=1e-3)
     assert abs(dark["rim"] - dark["centre"]) < 0.01 and dark["far"] == pytest.approx(0.2, abs=0.01)
@@ -195,17 +201,10 @@ def test_hot_disc_profile_reads_the_laplacian_as_drawn() -> None:
     assert bright["far"] == pytest.approx(0.7, abs=0.01) and bright["halo_min"] < bright["far"]
 
 
-def test_hot_disc_profile_reads_the_networks_source_weights() -> None:
+def test_hot_disc_profile_reads_the_networks_source_weights(profile: ModuleType) -> None:
     """With the torch model, the benchmark's rim and centre are the head's weighting of the two sources there."""
-    import importlib.util
-
     from medfuse.inference import get_fuser, load_model
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "hot_disc_profile.py"
-    spec = importlib.util.spec_from_file_location("hot_disc_profile", script)
-    assert spec is not None and spec.loader is not None
-    profile = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(profile)
     model = load_model()[0]
     row = profile.measure(get_fuser("net", device="cpu", threads=1), 0.29, 0.9, model)
     rim = row["w_mri_rim"] * 0.29 + row["w_pet_rim"] * row["rim_pet"] + row["offset_rim"]
