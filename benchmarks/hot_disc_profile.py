@@ -9,7 +9,7 @@ ring of pixels just inside the edge (PET lower than the centre's: the rim), and 
 fused value outside (the halo). A fuser that draws the hottest uptake brightest has rim <= centre; a
 sharpening fuser brightens the rim (issue 11's "hottest class brightest" on a uniform lesion). For the
 network it also prints the head's per-pixel source weights there (output = w_mri * MRI + w_pet * PET +
-offset): how the rim is drawn.
+w_max * max(MRI, PET) + offset): how the rim is drawn.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def measure(fuser: Any, mri_level: float, pet_level: float, model: Any = None) -
 
         with torch.no_grad():
             maps = model.source_weights(torch.from_numpy(mri)[None, None], torch.from_numpy(pet)[None, None])
-        for name, values in zip(("w_mri", "w_pet", "offset"), maps, strict=True):
+        for name, values in zip(("w_mri", "w_pet", "w_max", "offset"), maps, strict=True):
             at = values[0, 0].numpy()
             row[f"{name}_centre"], row[f"{name}_rim"] = float(at[centre].mean()), float(at.flat[rim_index])
     return row
@@ -82,14 +82,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"method {args.method}, weights sha256 {(fuser.weights_sha256 or '-')[:16]}")
     print(f"machine: {machine()}")
     print(f"disc {2 * RADIUS} px across, PET background {BACKGROUND}, blur {BLUR_PX:g} px")
-    weights_header = " | w_mri centre, rim | w_pet centre, rim" if model is not None else ""
+    weights_header = " | w_mri centre, rim | w_pet centre, rim | w_max centre, rim" if model is not None else ""
     print("   MRI   PET | centre (its PET) | rim max (its PET) | halo min   far | rim - centre" + weights_header)
     for mri_level, pet_level in CASES:
         row = measure(fuser, mri_level, pet_level, model)
         weights = ""
         if model is not None:
             weights = f" | {row['w_mri_centre']:+.2f}, {row['w_mri_rim']:+.2f}      "
-            weights += f"| {row['w_pet_centre']:+.2f}, {row['w_pet_rim']:+.2f}"
+            weights += f"| {row['w_pet_centre']:+.2f}, {row['w_pet_rim']:+.2f}      "
+            weights += f"| {row['w_max_centre']:+.2f}, {row['w_max_rim']:+.2f}"
         print(
             f"  {mri_level:4.2f}  {pet_level:4.2f} | {row['centre']:.3f} ({row['centre_pet']:.2f})  "
             f"| {row['rim']:.3f} ({row['rim_pet']:.2f})     "

@@ -435,8 +435,17 @@ def train(
         float, typer.Option("--monotone-weight", min=0.0, help="Weight of the monotonicity loss (0: off).")
     ] = 1.0,
     monotone_slope: Annotated[
-        float, typer.Option("--monotone-slope", min=0.0, help="Least rise of the output per rise of the PET.")
+        float,
+        typer.Option(
+            "--monotone-slope", min=0.0, help="Least rise of the output per rise of the PET (monotony, ordering)."
+        ),
     ] = 0.1,
+    order_weight: Annotated[
+        float,
+        typer.Option(
+            "--order-weight", min=0.0, help="Weight of the ordering loss: hotter uptake brighter, same MRI (0: off)."
+        ),
+    ] = 1.0,
     uptake_share: Annotated[
         float, typer.Option("--uptake-share", help="Share of crops whose PET input is uptake (the volume input).")
     ] = 0.4,
@@ -449,7 +458,7 @@ def train(
     ] = 0.5,
     plateau_share: Annotated[
         float, typer.Option("--plateau-share", help="Share of uptake crops given a uniformly hot lesion (a plateau).")
-    ] = 0.0,
+    ] = 0.3,
     threads: ThreadsOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -482,6 +491,7 @@ def train(
         qabf_weight=qabf_weight,
         monotone_weight=monotone_weight,
         monotone_slope=monotone_slope,
+        order_weight=order_weight,
         uptake_share=uptake_share,
         spect_share=spect_share,
         pet_map_share=pet_map_share,

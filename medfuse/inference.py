@@ -42,9 +42,9 @@ if TYPE_CHECKING:
     from medfuse.runtime import OnnxRunner, SliceRunner
 
 BUNDLED_WEIGHTS_NAME = "fusionnet_v2.safetensors"
-BUNDLED_WEIGHTS_SHA256 = "842b02727da286428aae5021c782d17ba9bcadede913e5bd367c038eff8a1b9d"
+BUNDLED_WEIGHTS_SHA256 = "b43177d4f7269b66db375fd26320e4537f36ef5d42c24de6a586f881333d1a13"
 BUNDLED_GRAPH_NAME = "fusionnet_v2.onnx"
-BUNDLED_GRAPH_SHA256 = "803d7a84bc76f1414ec25f0c659e3540aea068396bb25994ee9f0822d21a05cb"
+BUNDLED_GRAPH_SHA256 = "b35f0133e79950b26ffbd543debf12c8b04a1444628b62d3e1e4e44eed29d0a9"
 #: Keys of the bundled graph's metadata: the SHA-256 of the weights it holds, and the network's stride.
 GRAPH_WEIGHTS_KEY, GRAPH_STRIDE_KEY = "medfuse.weights_sha256", "medfuse.stride"
 
@@ -135,7 +135,7 @@ def load_model(weights: str | Path | None = None) -> tuple[FusionNet, str]:
     from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
 
-    from medfuse.model import FusionNet
+    from medfuse.model import HEAD_MAPS, UNSHUFFLE, FusionNet
 
     bundled = weights is None
     path = bundled_weights_path() if weights is None else Path(weights)
@@ -149,6 +149,12 @@ def load_model(weights: str | Path | None = None) -> tuple[FusionNet, str]:
     except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
         raise WeightsError(f"{path}: not a readable safetensors file (corrupt or truncated); replace it.") from exc
     model = FusionNet(_channels_from_state(state, path))
+    head = state.get("head.weight")
+    if head is not None and head.shape[0] == (HEAD_MAPS - 1) * UNSHUFFLE**2:
+        raise WeightsError(
+            f"{path}: weights of an earlier medfuse network, whose head gives three maps (this one gives four: "
+            f"the MRI's, the PET's and their maximum's weights and an offset); retrain them with `medfuse train`."
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -9,11 +9,16 @@ Speed on a CPU comes from never convolving at full resolution: each input is fir
 losslessly into four half-resolution channels (pixel unshuffle: every 2x2 block becomes one pixel
 with four values) and the whole network runs at half resolution and below. The head (a convolution
 over the finest fused features and both rearranged inputs) gives, for each of the four pixels of a
-2x2 block, a weight for the MRI, a weight for the PET and an offset; rearranged back to full
-resolution (pixel shuffle) they make the output ``w_mri * MRI + w_pet * PET + offset``. So the
-full-resolution detail of the sources reaches the output directly, with per-pixel weights: a
-per-pixel attention at full resolution that costs almost nothing. The result is gated to exactly 0
-where both inputs are black (a haze or halo there would only add noise to the background).
+2x2 block, a weight for the MRI, one for the PET, one for their pixel-wise maximum and an offset;
+rearranged back to full resolution (pixel shuffle) they make the output
+``w_mri * MRI + w_pet * PET + w_max * max(MRI, PET) + offset``. So the full-resolution detail of the
+sources reaches the output directly, with per-pixel weights: a per-pixel attention at full resolution
+that costs almost nothing. The maximum is the one non-linear source: with it, constant weights already
+let the hotter source through wherever it is hotter (a hot sphere on mid-grey anatomy keeps its
+contrast) while the output still rises with the PET everywhere, so the network need not vary its
+weights with the surroundings to show hot uptake, which drew uniform lesions with a bright rim
+(model card, "The bright rim"). The result is gated to exactly 0 where both inputs are black (a haze
+or halo there would only add noise to the background).
 
 Input and output are ``(N, 1, H, W)`` float32 tensors; H and W must be multiples of :attr:`FusionNet.stride`
 (:mod:`medfuse.inference` pads and crops). The output is not clamped here: training sees the raw
@@ -23,6 +28,7 @@ values, inference clamps to [0, 1].
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import cast
 
 import torch
@@ -32,6 +38,8 @@ from torch.nn import functional as F
 DEFAULT_CHANNELS = (8, 16, 32, 64)
 # Inputs below half an 8-bit grey level count as black: where both are black the output is exactly 0.
 BLACK_LEVEL = 0.5 / 255.0
+# The head's maps per output pixel: the weights of the MRI, the PET and their maximum, and an offset.
+HEAD_MAPS = 4
 # Each input becomes UNSHUFFLE**2 channels at 1/UNSHUFFLE of the resolution before the first convolution.
 UNSHUFFLE = 2
 
@@ -104,10 +112,11 @@ class FusionNet(nn.Module):
         self.lateral = nn.ModuleList(nn.Conv2d(coarse, fine, 1) for fine, coarse in itertools.pairwise(self.channels))
         self.refine = nn.ModuleList(_conv(c, c) for c in self.channels[:-1])
         # The head sees the finest fused features and both rearranged inputs; for each pixel of a 2x2 block it
-        # gives the weights of the MRI and of the PET and an offset (three maps, rearranged to full resolution).
-        self.head = nn.Conv2d(self.channels[0] + 2 * UNSHUFFLE**2, 3 * UNSHUFFLE**2, 3, padding=1)
-        # start as the mean of the two sources
-        self.head.bias = nn.Parameter(torch.tensor([0.5, 0.5, 0.0]).repeat_interleave(UNSHUFFLE**2))
+        # gives the weights of the MRI, of the PET and of their maximum and an offset (HEAD_MAPS maps,
+        # rearranged to full resolution).
+        self.head = nn.Conv2d(self.channels[0] + 2 * UNSHUFFLE**2, HEAD_MAPS * UNSHUFFLE**2, 3, padding=1)
+        # start halfway between the mean and the maximum of the two sources
+        self.head.bias = nn.Parameter(torch.tensor([0.25, 0.25, 0.5, 0.0]).repeat_interleave(UNSHUFFLE**2))
 
     @property
     def stride(self) -> int:
@@ -123,14 +132,14 @@ class FusionNet(nn.Module):
         return _fuse_scales(self, mri_half, pet_half)
 
     def source_weights(self, mri: torch.Tensor, pet: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The head's full-resolution maps: the MRI's weight, the PET's weight and the offset (each (N, 1, H, W))."""
+        """The head's full-resolution maps: the weights of the MRI, the PET and their maximum, and the offset
+        (each (N, 1, H, W))."""
         mri_half, pet_half = F.pixel_unshuffle(mri, UNSHUFFLE), F.pixel_unshuffle(pet, UNSHUFFLE)
         x = _decode(self, self._fuse_scales(mri_half, pet_half))
         return F.pixel_shuffle(self.head(torch.cat((x, mri_half, pet_half), dim=1)), UNSHUFFLE).split(1, dim=1)
 
     def forward(self, mri: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
-        mri_weight, pet_weight, offset = self.source_weights(mri, pet)
-        return (mri_weight * mri + pet_weight * pet + offset) * self.support(mri, pet)
+        return _combine(self.source_weights(mri, pet), mri, pet) * self.support(mri, pet)
 
     @staticmethod
     def support(mri: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
@@ -183,7 +192,7 @@ class InferenceNet(nn.Module):
     Besides :class:`SigmoidAttentionFusion` at every scale, the pixel unshuffle is a strided convolution
     with one-hot kernels (exact: it only copies values, and it avoids a six-dimensional transpose),
     the head's per-pixel weights are applied at half resolution, so a single pixel shuffle of one
-    channel per block position ends the network instead of a shuffle of all three maps, and the decoder
+    channel per block position ends the network instead of a shuffle of all four maps, and the decoder
     upsamples by a factor of 2 (sizes are multiples of the stride here). On a 256x256
     slice with ONNX Runtime (one thread) this is about 12 % faster than the training form; the largest
     difference of the outputs is float rounding (below 1e-6, checked by the tests).
@@ -206,9 +215,15 @@ class InferenceNet(nn.Module):
         kernel = self.unshuffle_kernel
         mri_half, pet_half = F.conv2d(mri, kernel, stride=UNSHUFFLE), F.conv2d(pet, kernel, stride=UNSHUFFLE)
         x = _decode(self, _fuse_scales(self, mri_half, pet_half), doubling=True)
-        mri_weight, pet_weight, offset = self.head(torch.cat((x, mri_half, pet_half), dim=1)).split(UNSHUFFLE**2, dim=1)
+        maps = self.head(torch.cat((x, mri_half, pet_half), dim=1)).split(UNSHUFFLE**2, dim=1)
         support = FusionNet.support(mri_half, pet_half)
-        return F.pixel_shuffle((mri_weight * mri_half + pet_weight * pet_half + offset) * support, UNSHUFFLE)
+        return F.pixel_shuffle(_combine(maps, mri_half, pet_half) * support, UNSHUFFLE)
+
+
+def _combine(maps: Sequence[torch.Tensor], mri: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
+    """``w_mri * MRI + w_pet * PET + w_max * max(MRI, PET) + offset`` from the head's maps (in that order)."""
+    mri_weight, pet_weight, max_weight, offset = maps
+    return mri_weight * mri + pet_weight * pet + max_weight * torch.maximum(mri, pet) + offset
 
 
 def _fuse_scales(net: FusionNet | InferenceNet, mri_half: torch.Tensor, pet_half: torch.Tensor) -> list[torch.Tensor]:

@@ -18,16 +18,20 @@ There is no ground-truth fused image, so the loss asks the output F to keep what
   monotonicity (model card, "The gradient gain, and what else was tried");
 * **monotonicity**: the same crops are fused again with B raised by a smooth positive bump; wherever
   F rose by less than ``monotone_slope`` times the bump, the shortfall is penalised. So the fused
-  brightness rises with uptake at every MRI intensity, also where the MRI is brighter than the PET.
+  brightness rises with uptake at every MRI intensity, also where the MRI is brighter than the PET;
+* **ordering** (uptake crops): pixel pairs of one crop 2-16 pixels apart whose MRI differs by less than
+  ``ORDER_MRI_TOLERANCE``: where F is not higher at the pixel of higher uptake by ``monotone_slope``
+  times the uptake difference, the shortfall is penalised. The bump above asks F to rise with uptake
+  at one place; this asks the same between places, which is what "the hottest uptake is the brightest"
+  means across a lesion: a uniformly hot lesion drawn with a bright rim (an edge-sharpening weight) breaks it.
 
 The functional input B comes in the two kinds the network must serve: the luminance Y of the atlas's
 pseudo-colour image (2-D benchmarks, the field's convention; not monotonic in uptake) and the uptake
 itself (volumes), recovered by inverting the atlas colour map. The SPECT slices come with T2-weighted
 MRI; recoloured with the PET map they give T2 + PET-colour pairs next to the T1 + PET pairs. Uptake is
 randomly rescaled and the MRI contrast randomly bent (gamma and gain), so the network does not learn
-one atlas's intensities. ``plateau_share`` (off in the recipe) paints a uniformly hot lesion into some
-uptake crops: the brain slices have few broad plateaus of uptake, and body lesions often are one
-(model card, "The bright rim").
+one atlas's intensities. ``plateau_share`` paints a uniformly hot lesion into some uptake crops: the
+brain slices have few broad plateaus of uptake, and body lesions often are one (model card, "The bright rim").
 
 Validation is by series (neighbouring slices of a series are near copies): :func:`cross_validate`
 holds out one PET-MRI series and one group of SPECT-MRI series per fold (:data:`CV_FOLDS`), trains the
@@ -197,12 +201,13 @@ class TrainConfig:
     qabf_weight: float = 0.0
     monotone_weight: float = 1.0
     monotone_slope: float = 0.1
+    order_weight: float = 1.0
     uptake_share: float = 0.4
     pet_map_share: float = 0.5
     spect_share: float = 0.5
     uptake_scale: float = 1.25
     mri_gamma: float = 1.4
-    plateau_share: float = 0.0
+    plateau_share: float = 0.3
     channels: tuple[int, ...] = DEFAULT_CHANNELS
     threads: int | None = None
     overwrite: bool = False
@@ -350,6 +355,41 @@ def monotone_shortfall(
     return shortfall.sum() / rise.sum().clamp_min(1e-6)
 
 
+# Pixel pairs of the ordering term: one pixel and the pixel this (row, column) shift away, in four directions
+# at four distances (either order of a pair is the same pair).
+ORDER_SHIFTS = tuple((d * dy, d * dx) for d in (2, 4, 8, 16) for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)))
+# Two pixels' MRI "match" (the same tissue, as far as F's ordering goes) within this difference.
+ORDER_MRI_TOLERANCE = 0.02
+
+
+def _shifted_views(image: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The overlapping parts of ``image`` and of ``image`` shifted by (rows, cols): pixel p and pixel p + shift."""
+    height, width = image.shape[-2:]
+    here = image[..., max(rows, 0) : height + min(rows, 0), max(cols, 0) : width + min(cols, 0)]
+    there = image[..., max(-rows, 0) : height + min(-rows, 0), max(-cols, 0) : width + min(-cols, 0)]
+    return here, there
+
+
+def order_shortfall(fused: torch.Tensor, mri: torch.Tensor, pet: torch.Tensor, slope: float) -> torch.Tensor:
+    """How far F fails to order pixel pairs of matching MRI by their uptake, relative to their uptake differences.
+
+    For each pair of :data:`ORDER_SHIFTS` whose MRI differs by less than :data:`ORDER_MRI_TOLERANCE`, F at
+    the pair's hotter pixel should exceed F at the other by ``slope`` times their uptake difference; the
+    shortfalls' sum over the sum of the pairs' uptake differences (0 = every pair ordered).
+    """
+    shortfall, total = fused.new_zeros(()), fused.new_zeros(())
+    for rows, cols in ORDER_SHIFTS:
+        fused_here, fused_there = _shifted_views(fused, rows, cols)
+        mri_here, mri_there = _shifted_views(mri, rows, cols)
+        pet_here, pet_there = _shifted_views(pet, rows, cols)
+        uptake_step = pet_here - pet_there
+        paired = (((mri_here - mri_there).abs() < ORDER_MRI_TOLERANCE) & (uptake_step.abs() > 1e-3)).to(fused.dtype)
+        rise = torch.sign(uptake_step) * (fused_here - fused_there)
+        shortfall = shortfall + (F.relu(slope * uptake_step.abs() - rise) * paired).sum()
+        total = total + (uptake_step.abs() * paired).sum()
+    return shortfall / total.clamp_min(1e-6)
+
+
 def pet_bumps(pet: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A smooth positive rise for each (B, 1, H, W) functional crop: a Gaussian bump (peak 0.05-0.3, sd 3-20 px)
     where the crop is not black, kept inside [0, 1] once added."""
@@ -393,8 +433,9 @@ def _log_uniform(rng: np.random.Generator, largest: float) -> float:
 
 def sample_batch(
     pairs: PairSet, rng: np.random.Generator, batch_size: int, crop: int, config: TrainConfig | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random training crops as two (B, 1, crop, crop) arrays (MRI, functional input).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random training crops as two (B, 1, crop, crop) arrays (MRI, functional input) and, per crop, whether
+    its functional input is uptake (a (B,) boolean array; the volume pipeline's input kind).
 
     Each crop: a PET-MRI or SPECT-MRI pair (``spect_share``), a functional input kind (uptake with
     ``uptake_share``, else the pseudo-colour luminance; SPECT shown in the PET map with
@@ -409,6 +450,7 @@ def sample_batch(
     by_modality = [np.flatnonzero(~is_spect), np.flatnonzero(is_spect)]
     mri_batch = np.empty((batch_size, 1, crop_h, crop_w), np.float32)
     pet_batch = np.empty_like(mri_batch)
+    uptake_crops = np.zeros(batch_size, dtype=bool)
     for b in range(batch_size):
         pool = by_modality[int(rng.random() < config.spect_share)]
         pool = pool if len(pool) else np.arange(len(pairs.names))
@@ -417,7 +459,8 @@ def sample_batch(
         left = rng.integers(width - crop_w + 1)
         window = (i, slice(top, top + crop_h), slice(left, left + crop_w))
         scale = _log_uniform(rng, config.uptake_scale)
-        if rng.random() < config.uptake_share:
+        uptake_crops[b] = rng.random() < config.uptake_share
+        if uptake_crops[b]:
             functional = np.clip(pairs.uptake[window] * scale, 0.0, 1.0)
             if config.plateau_share and rng.random() < config.plateau_share:
                 functional = paint_plateau(functional, pairs.mri[window], rng)
@@ -440,7 +483,7 @@ def sample_batch(
             if flip_cols:
                 patch = patch[:, ::-1]
             target[b, 0] = np.rot90(patch, int(turns))
-    return mri_batch, pet_batch
+    return mri_batch, pet_batch, uptake_crops
 
 
 # ---- running and scoring ---------------------------------------------------------------------------------------
@@ -520,7 +563,7 @@ def fit(config: TrainConfig, pairs: PairSet, label: str = "training") -> tuple[F
             model.train()
             sums: dict[str, float] = {}
             for _ in range(config.steps_per_epoch):
-                mri_np, pet_np = sample_batch(pairs, rng, config.batch_size, config.crop, config)
+                mri_np, pet_np, uptake_crops = sample_batch(pairs, rng, config.batch_size, config.crop, config)
                 mri, pet = torch.from_numpy(mri_np), torch.from_numpy(pet_np)
                 fused = model(mri, pet)
                 loss, parts = fusion_loss(fused, mri, pet, config)
@@ -531,6 +574,11 @@ def fit(config: TrainConfig, pairs: PairSet, label: str = "training") -> tuple[F
                     shortfall = monotone_shortfall(fused[:half], raised, rise, config.monotone_slope)
                     loss = loss + config.monotone_weight * shortfall
                     parts["monotone"] = shortfall.item()
+                if config.order_weight > 0 and uptake_crops.any():
+                    chosen = torch.from_numpy(uptake_crops)
+                    disorder = order_shortfall(fused[chosen], mri[chosen], pet[chosen], config.monotone_slope)
+                    loss = loss + config.order_weight * disorder
+                    parts["order"] = disorder.item()
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()

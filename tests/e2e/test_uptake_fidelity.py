@@ -207,7 +207,10 @@ def test_hot_disc_profile_reads_the_networks_source_weights(profile: ModuleType)
 
     model = load_model()[0]
     row = profile.measure(get_fuser("net", device="cpu", threads=1), 0.29, 0.9, model)
-    rim = row["w_mri_rim"] * 0.29 + row["w_pet_rim"] * row["rim_pet"] + row["offset_rim"]
+    rim_pet = row["rim_pet"]
+    rim = (
+        row["w_mri_rim"] * 0.29 + row["w_pet_rim"] * rim_pet + row["w_max_rim"] * max(0.29, rim_pet) + row["offset_rim"]
+    )
     assert min(rim, 1.0) == pytest.approx(row["rim"], abs=0.005)  # the output, clamped to [0, 1]
-    centre = row["w_mri_centre"] * 0.29 + row["w_pet_centre"] * 0.9 + row["offset_centre"]
+    centre = row["w_mri_centre"] * 0.29 + (row["w_pet_centre"] + row["w_max_centre"]) * 0.9 + row["offset_centre"]
     assert centre == pytest.approx(row["centre"], abs=0.005)

@@ -168,6 +168,20 @@ def test_wrong_structure_is_refused(tmp_path: Path) -> None:
         load_model(path)
 
 
+def test_weights_of_the_three_map_head_are_refused_with_a_remedy(tmp_path: Path) -> None:
+    """Weights of the earlier network (its head gave the MRI's and PET's weights and an offset) name the change."""
+    state = {k: v.contiguous() for k, v in FusionNet((4, 8, 16)).state_dict().items()}
+    state["head.weight"], state["head.bias"] = state["head.weight"][:12].clone(), state["head.bias"][:12].clone()
+    path = tmp_path / "old.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(
+        WeightsError,
+        match=r"old\.safetensors: weights of an earlier medfuse network, whose head .*"
+        r"retrain them with `medfuse train`",
+    ):
+        load_model(path)
+
+
 def test_non_finite_weights_are_refused(tmp_path: Path) -> None:
     model = FusionNet((4, 8, 16))
     with torch.no_grad():

@@ -94,11 +94,12 @@ def test_output_is_exactly_black_where_both_inputs_are_black(small_net: FusionNe
 def test_output_is_a_per_pixel_weighting_of_the_sources() -> None:
     torch.manual_seed(3)
     net = FusionNet((4, 8, 16)).eval()
-    with torch.no_grad():  # head weights zero: only its biases act, which start as the mean of the sources
+    with torch.no_grad():  # head weights zero: only its biases act, which start between the mean and the maximum
         net.head.weight.zero_()
     mri, pet = torch.rand(2, 1, 16, 24), torch.rand(2, 1, 16, 24)
+    start = ((mri + pet) / 2 + torch.maximum(mri, pet)) / 2
     with torch.inference_mode():
-        torch.testing.assert_close(net(mri, pet), (mri + pet) / 2 * FusionNet.support(mri, pet))
+        torch.testing.assert_close(net(mri, pet), start * FusionNet.support(mri, pet))
 
 
 def test_full_resolution_detail_reaches_the_output(small_net: FusionNet) -> None:
@@ -140,9 +141,10 @@ def test_source_weights_are_the_maps_the_output_is_made_of(small_net: FusionNet)
     mri, pet = torch.rand(2, 1, 16, 32), torch.rand(2, 1, 16, 32)
     mri[..., :4, :4] = pet[..., :4, :4] = 0.0  # black in both: gated to 0
     with torch.inference_mode():
-        mri_weight, pet_weight, offset = small_net.source_weights(mri, pet)
+        mri_weight, pet_weight, max_weight, offset = small_net.source_weights(mri, pet)
         fused = small_net(mri, pet)
-    assert mri_weight.shape == pet_weight.shape == offset.shape == mri.shape
-    expected = (mri_weight * mri + pet_weight * pet + offset) * FusionNet.support(mri, pet)
+    assert mri_weight.shape == pet_weight.shape == max_weight.shape == offset.shape == mri.shape
+    combined = mri_weight * mri + pet_weight * pet + max_weight * torch.maximum(mri, pet) + offset
+    expected = combined * FusionNet.support(mri, pet)
     assert torch.equal(fused, expected)
     assert torch.all(fused[..., :4, :4] == 0)

@@ -30,6 +30,7 @@ from medfuse.training import (
     load_harvard,
     load_pairs,
     monotone_shortfall,
+    order_shortfall,
     paint_plateau,
     pet_bumps,
     sample_batch,
@@ -177,6 +178,31 @@ def test_monotone_shortfall_penalises_only_an_output_that_does_not_rise_with_the
     assert float(monotone_shortfall(fused, fused - 0.5 * rise, rise, slope=0.1)) == pytest.approx(0.6)
 
 
+def _lesion(radius: float, rim: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat MRI, a blurred uniform PET disc, and a fused image that follows the PET, plus ``rim`` inside its edge."""
+    rows, cols = np.mgrid[:48, :48]
+    distance = np.hypot(rows - 24, cols - 24)
+    pet = ndimage.gaussian_filter(np.where(distance < radius, 0.9, 0.2), 2.0).astype(np.float32)
+    fused = 0.2 + pet + rim * ((distance > radius - 5) & (distance < radius))
+    as_tensor = [torch.from_numpy(np.asarray(a, np.float32))[None, None] for a in (np.full_like(pet, 0.3), pet, fused)]
+    return as_tensor[0], as_tensor[1], as_tensor[2]
+
+
+def test_order_shortfall_penalises_a_hotter_pixel_drawn_darker_than_a_cooler_one_of_the_same_mri() -> None:
+    mri, pet, fused = _lesion(radius=14, rim=0.0)
+    assert float(order_shortfall(fused, mri, pet, slope=0.1)) == pytest.approx(0.0, abs=1e-7)  # rises with uptake
+    # flat output: every pair short by 0.1 of its uptake difference
+    assert float(order_shortfall(torch.full_like(fused, 0.5), mri, pet, slope=0.1)) == pytest.approx(0.1)
+    _, _, rimmed = _lesion(radius=14, rim=0.1)  # a bright rim: the pixels just inside the edge outshine the centre
+    assert float(order_shortfall(rimmed, mri, pet, slope=0.1)) > 0.005
+    # falling with uptake: short by the whole difference plus the slope's share; the same output where no two
+    # pixels of a pair share their MRI (a ramp steeper than the tolerance in every direction): nothing is compared
+    assert float(order_shortfall(1.0 - pet, mri, pet, slope=0.1)) == pytest.approx(1.1)
+    rows, cols = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    ramp = (0.05 * rows + 0.03 * cols)[None, None]
+    assert float(order_shortfall(1.0 - pet, ramp, pet, slope=0.1)) == 0.0
+
+
 def test_pet_bumps_are_positive_smooth_and_keep_the_pet_in_range(rng: np.random.Generator) -> None:
     pet = rng.random((3, 1, 32, 32), dtype=np.float32)
     pet[:, :, :, :8] = 0.0  # black: no bump there (the network keeps black pixels black)
@@ -223,7 +249,8 @@ def test_sample_batch_paints_plateaus_only_into_uptake_crops_when_asked() -> Non
 def test_sample_batch_crops_come_from_the_slices(rng: np.random.Generator) -> None:
     mri = rng.random((3, 20, 20), dtype=np.float32)
     pairs = PairSet(["a", "b", "c"], ["PET1", "PET1", "PET1"], mri, 1 - mri, mri.copy())
-    mri_batch, pet_batch = sample_batch(pairs, np.random.default_rng(5), batch_size=6, crop=8)
+    mri_batch, pet_batch, uptake_crops = sample_batch(pairs, np.random.default_rng(5), batch_size=6, crop=8)
+    assert not uptake_crops.any()  # no uptake crops without the recipe's config
     assert mri_batch.shape == pet_batch.shape == (6, 1, 8, 8)
     # without augmentation the PET crop is taken at the same place with the same flips and turns
     np.testing.assert_allclose(pet_batch, 1 - mri_batch, atol=1e-6)
@@ -238,13 +265,14 @@ def test_sample_batch_mixes_the_input_kinds(rng: np.random.Generator) -> None:
     pairs = PairSet(["p", "s"], ["PET1", "SPECT1"], mri, spect_y, uptake)
     config = TrainConfig(data=Path(), output=None, uptake_share=0.5, pet_map_share=0.5, uptake_scale=1.0)
     config.spect_share, config.mri_gamma = 1.0, 1.0  # SPECT only, MRI untouched
-    _, pet_batch = sample_batch(pairs, np.random.default_rng(3), batch_size=40, crop=16, config=config)
+    _, pet_batch, uptake_crops = sample_batch(pairs, np.random.default_rng(3), batch_size=40, crop=16, config=config)
     kinds = {"uptake": uptake[1], "pet-map": colour_luminance(uptake[1], "aanlib"), "colour": spect_y[1]}
     seen = set()
-    for crop in pet_batch[:, 0]:
+    for crop, flagged in zip(pet_batch[:, 0], uptake_crops, strict=True):
         for kind, image in kinds.items():
             if any(np.allclose(crop, np.rot90(flipped, k)) for flipped in _flips(image) for k in range(4)):
                 seen.add(kind)
+                assert flagged == (kind == "uptake"), "the uptake flag names the uptake crops"
     assert seen == {"uptake", "pet-map", "colour"}
 
 
@@ -406,6 +434,6 @@ def test_train_command_defaults_are_the_recipe() -> None:
     options = inspect.signature(cli.train).parameters
     not_recipe = ("data", "output", "holdout", "threads", "overwrite")
     shared = [name for name in options if name in fields and name not in not_recipe]
-    assert len(shared) == 19  # every knob the command exposes
+    assert len(shared) == 20  # every knob the command exposes
     for name in shared:
         assert options[name].default == fields[name], name
