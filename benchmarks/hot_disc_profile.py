@@ -61,9 +61,11 @@ def measure(fuser: Any, mri_level: float, pet_level: float, model: Any = None) -
     if model is not None:
         import torch
 
+        from medfuse.model import HEAD_MAP_NAMES
+
         with torch.no_grad():
             maps = model.source_weights(torch.from_numpy(mri)[None, None], torch.from_numpy(pet)[None, None])
-        for name, values in zip(("w_mri", "w_pet", "w_max", "offset"), maps, strict=True):
+        for name, values in zip(HEAD_MAP_NAMES, maps, strict=True):
             at = values[0, 0].numpy()
             row[f"{name}_centre"], row[f"{name}_rim"] = float(at[centre].mean()), float(at.flat[rim_index])
     return row
@@ -76,21 +78,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from medfuse.inference import get_fuser, load_model
+    from medfuse.model import HEAD_MAP_NAMES
 
     fuser = get_fuser(args.method, weights=args.weights, device="cpu", threads=2)
     model = load_model(args.weights)[0] if args.method == "net" else None
     print(f"method {args.method}, weights sha256 {(fuser.weights_sha256 or '-')[:16]}")
     print(f"machine: {machine()}")
     print(f"disc {2 * RADIUS} px across, PET background {BACKGROUND}, blur {BLUR_PX:g} px")
-    weights_header = " | w_mri centre, rim | w_pet centre, rim | w_max centre, rim" if model is not None else ""
+    weight_names = HEAD_MAP_NAMES[:-1] if model is not None else ()  # the source weights, not the offset
+    weights_header = "".join(f" | {name} centre, rim" for name in weight_names)
     print("   MRI   PET | centre (its PET) | rim max (its PET) | halo min   far | rim - centre" + weights_header)
     for mri_level, pet_level in CASES:
         row = measure(fuser, mri_level, pet_level, model)
-        weights = ""
-        if model is not None:
-            weights = f" | {row['w_mri_centre']:+.2f}, {row['w_mri_rim']:+.2f}      "
-            weights += f"| {row['w_pet_centre']:+.2f}, {row['w_pet_rim']:+.2f}      "
-            weights += f"| {row['w_max_centre']:+.2f}, {row['w_max_rim']:+.2f}"
+        weights = "     ".join(f" | {row[f'{name}_centre']:+.2f}, {row[f'{name}_rim']:+.2f}" for name in weight_names)
         print(
             f"  {mri_level:4.2f}  {pet_level:4.2f} | {row['centre']:.3f} ({row['centre_pet']:.2f})  "
             f"| {row['rim']:.3f} ({row['rim_pet']:.2f})     "

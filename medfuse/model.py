@@ -38,8 +38,9 @@ from torch.nn import functional as F
 DEFAULT_CHANNELS = (8, 16, 32, 64)
 # Inputs below half an 8-bit grey level count as black: where both are black the output is exactly 0.
 BLACK_LEVEL = 0.5 / 255.0
-# The head's maps per output pixel: the weights of the MRI, the PET and their maximum, and an offset.
-HEAD_MAPS = 4
+# The head's maps per output pixel, in their order: the weights of the MRI, the PET and their maximum, and an offset.
+HEAD_MAP_NAMES = ("w_mri", "w_pet", "w_max", "offset")
+HEAD_MAPS = len(HEAD_MAP_NAMES)
 # Each input becomes UNSHUFFLE**2 channels at 1/UNSHUFFLE of the resolution before the first convolution.
 UNSHUFFLE = 2
 
