@@ -1,9 +1,9 @@
 """Uptake fidelity of fused volumes: the bundled example and phantoms, fused as `medfuse fuse` does, scored as
 `medfuse evaluate` scores volumes.
 
-    python benchmarks/volume_fidelity.py [--weights FILE] [--method net|laplacian|max] [--json FILE]
+    python benchmarks/volume_fidelity.py [--weights FILE] [--method net|laplacian|max] [--pet-blend S] [--json FILE]
 
-Cases (all fused with the default PET window):
+Cases (all fused with the default PET window and, unless ``--pet-blend`` says otherwise, the default PET blend):
 
 * ``example``: examples/mri.nii.gz + pet.nii.gz (T1 head, FDG with two lesions), registered (rigid);
 * ``head``: the analytic T1/FDG head of tests/synthetic.py (one lesion), 2 mm, already aligned;
@@ -25,7 +25,8 @@ spheres >= 1.5x).
 ``--method max`` is a reference, not a medfuse method: the voxel-wise maximum of the two inputs the network
 gets. A fusion that never exceeds its inputs can do no better on the spheres than this; where it stays under
 1.5x (the 10 mm sphere, whose PET the scanner's 6 mm blur has already flattened), only a fusion that adds
-the PET's local contrast on top of the anatomy (as the Laplacian pyramid does) gets there.
+the PET's local contrast on top of the anatomy (as the Laplacian pyramid does) gets there. The PET blend
+applies to every method, this reference included: ``--method max --pet-blend 0`` is the plain maximum.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=None, help="network weights (default: the bundled ones)")
     parser.add_argument("--method", default="net", help="net, laplacian or max (the inputs' maximum, a reference)")
+    parser.add_argument(
+        "--pet-blend", type=float, default=None, help="share of the PET blended into the fused volume (default: fuse's)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.method == "max"
         else get_fuser(args.method, weights=args.weights, device="cpu", threads=1)
     )
-    print(f"method {args.method}, weights sha256 {(fuser.weights_sha256 or '-')[:16]}")
+    blend = FuseOptions().pet_blend if args.pet_blend is None else args.pet_blend
+    print(f"method {args.method}, weights sha256 {(fuser.weights_sha256 or '-')[:16]}, PET blend {blend:g}")
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
     )
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, mri, pet, phantom in _cases():
         started = time.perf_counter()
         registered = name in ("example", "thigh in whole-body")
-        options = FuseOptions(register=RegisterMode.RIGID if registered else RegisterMode.NONE, threads=1)
+        register = RegisterMode.RIGID if registered else RegisterMode.NONE
+        options = FuseOptions(register=register, pet_blend=blend, threads=1)
         fused = fuse_images(mri, pet, options, fuser=fuser)
         per_slice, fidelity, _ = evaluate_volume_images(fused.fused, mri, fused.pet_on_mri)
         means = {k: float(np.mean([row[k] for row in per_slice.values()])) for k in next(iter(per_slice.values()))}

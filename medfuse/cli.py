@@ -26,7 +26,7 @@ from rich.text import Text
 from medfuse import __version__
 from medfuse.console import console, set_quiet, show_warning
 from medfuse.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_PROCESSING, MedfuseError
-from medfuse.options import FuseOptions, Method, OutputFormat, RegisterMode
+from medfuse.options import DEFAULT_PET_BLEND, FuseOptions, Method, OutputFormat, RegisterMode
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -146,6 +146,14 @@ def _fusion_options(
         tuple[float, float] | None,
         typer.Option("--pet-window", help="PET display window LOW HIGH in image units (default: percentiles)."),
     ] = None,
+    pet_blend: Annotated[
+        float,
+        typer.Option(
+            "--pet-blend",
+            help="Share of the PET blended into the fused volume voxel by voxel, so every voxel brightens with its "
+            "uptake (0: the network's output alone; 2-D images are never blended).",
+        ),
+    ] = DEFAULT_PET_BLEND,
     colormap: Annotated[str, typer.Option("--colormap", help="Colour map of the overlay.")] = "aanlib",
     no_overlay: Annotated[bool, typer.Option("--no-overlay", help="Do not write the colour overlay.")] = False,
     suv: Annotated[
@@ -165,6 +173,7 @@ def _fusion_options(
         register=RegisterMode.parse(register),
         frame=frame,
         pet_window=pet_window,
+        pet_blend=pet_blend,
         colormap=colormap,
         overlay=not no_overlay,
         overwrite=overwrite,

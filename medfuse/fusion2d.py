@@ -49,6 +49,7 @@ _VOLUME_ONLY_FLAGS = {
     "save_pet": "--save-pet",
     "frame": "--frame",
     "pet_window": "--pet-window",
+    "pet_blend": "--pet-blend",
     "colormap": "--colormap",
     "overlay": "--no-overlay",
     "preview": "--preview",

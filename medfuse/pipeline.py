@@ -26,8 +26,11 @@ How the 3-D volumes meet the 2-D network (it was trained on AANLIB slices):
   windowed value is lifted by a power (:func:`pet_window`) so that the network sees it at the levels it
   was trained on. (Before network v2 the network got the luminance of the aanlib colour image, which
   peaks at half the window: the hottest uptake came out darker than moderate uptake.)
-* The fused volume is the network's output, float32 in [0, 1], 0 outside the body: brighter where the
-  MRI is brighter and, at any MRI intensity, brighter where uptake is higher.
+* The fused volume is the network's output blended with ``--pet-blend`` (0.15) of the network's PET input,
+  voxel by voxel (:func:`blend_pet`), float32 in [0, 1], 0 outside the body: brighter where the MRI is
+  brighter and, at any MRI intensity, brighter where uptake is higher. The network learned the second
+  only approximately (how well depends on its training seed); the blend makes every voxel carry its own
+  uptake, so the ordering holds on a scan unlike the training data too.
 * The overlay is RGB uint8: the fused luminance with the chroma (Cb, Cr) of the windowed PET in the
   ``--colormap`` map, i.e. MRI anatomy with PET hot spots in warm colours. Out-of-gamut colours are
   clipped per channel (the usual YCbCr conversion) so that hot spots stay saturated on bright anatomy;
@@ -579,6 +582,14 @@ def pet_input(values: np.ndarray, window: PetWindow) -> np.ndarray:
     return lift(pet_display(values, window), window)
 
 
+def blend_pet(fused: np.ndarray, pet: np.ndarray, share: float) -> np.ndarray:
+    """``(1 - share) * fused + share * pet``, float32: the fused volume with ``share`` of the PET input carried
+    through voxel by voxel (``--pet-blend``), so it rises with uptake at every voxel; both in [0, 1], so is it."""
+    if share == 0.0:
+        return fused
+    return (np.float32(1.0 - share) * fused + np.float32(share) * pet).astype(np.float32)
+
+
 def fused_region(mri: sitk.Image) -> np.ndarray:
     """The voxels that are fused and scored (``medfuse evaluate``): the MRI's foreground dilated by 3 mm, (z, y, x)."""
     import SimpleITK as sitk
@@ -683,7 +694,7 @@ def _fuse_volume(
         return _Batch(batch, mask[batch, box[1], box[2]], mri_in, lift(display, pet_transfer), offsets)
 
     def store(prepared: _Batch, out: np.ndarray) -> None:
-        out = np.where(prepared.inside, out, np.float32(0.0))
+        out = np.where(prepared.inside, blend_pet(out, prepared.pet, options.pet_blend), np.float32(0.0))
         volumes["fused"][prepared.slices, box[1], box[2]] = out
         if prepared.colour_offsets is not None:  # the fused luminance with the PET's chroma, clipped per channel
             rgb = prepared.colour_offsets
@@ -823,6 +834,7 @@ def _report(
             "network_pet_input": (
                 f"PET windowed to [0, 1], rising with uptake, to the power {details['pet_window']['gamma']:.3g}"
             ),
+            "pet_blend": options.pet_blend,
             "overlay_colormap": options.colormap,
         },
         "timings_s": timings,

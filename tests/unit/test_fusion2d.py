@@ -183,8 +183,8 @@ def test_mixing_an_image_with_a_volume_or_a_folder_is_refused(tmp_path: Path) ->
 
 def test_volume_only_options_are_named_in_a_warning(tmp_path: Path) -> None:
     mri, pet = _save(tmp_path / "mri.png", _mri()), _save(tmp_path / "pet.png", _pet_rgb())
-    options = FuseOptions(method="laplacian", register="none", preview=tmp_path / "p.png")
-    with pytest.warns(UserWarning, match="--register, --preview apply to volumes only and were ignored"):
+    options = FuseOptions(method="laplacian", register="none", pet_blend=0.0, preview=tmp_path / "p.png")
+    with pytest.warns(UserWarning, match="--register, --pet-blend, --preview apply to volumes only and were ignored"):
         fusion2d.fuse_2d(mri, pet, tmp_path / "f.png", options)
     code, output = _fuse(str(mri), str(pet), "-o", str(tmp_path / "g.png"), "--colormap", "hot")
     assert code == 0 and "--colormap applies to volumes only and was ignored" in output

@@ -120,6 +120,28 @@ def test_default_pet_input_rises_with_uptake_without_clipping(mri: sitk.Image, p
     assert uptake.max() < 1.0, "the hottest voxels are compressed, not clipped to one value"
 
 
+@pytest.mark.parametrize("share", [0.0, FuseOptions().pet_blend, 0.5])
+def test_the_fused_volume_carries_its_share_of_the_pet_input_voxel_by_voxel(
+    mri: sitk.Image, pet: sitk.Image, share: float
+) -> None:
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    class AnatomyOnly(FakeFuser):  # a fusion that ignores the PET altogether
+        def fuse(self, mri_slices: np.ndarray, pet_slices: np.ndarray) -> np.ndarray:
+            seen.append((mri_slices, pet_slices))
+            return mri_slices.copy()
+
+    result = pipeline.fuse_images(mri, pet, FuseOptions(pet_blend=share), fuser=AnatomyOnly())
+    fused = sitk.GetArrayFromImage(result.fused)
+    (z0, _z1), (y0, y1), (x0, x1) = result.report["fusion"]["crop_zyx"]
+    mri_in = np.concatenate([m for m, _ in seen])
+    pet_in = np.concatenate([p for _, p in seen])
+    inside = pipeline.fused_region(mri)[z0 : z0 + len(mri_in), y0:y1, x0:x1]
+    expected = np.where(inside, (1 - share) * mri_in + share * pet_in, 0.0)
+    np.testing.assert_allclose(fused[z0 : z0 + len(mri_in), y0:y1, x0:x1], expected, atol=1e-6)
+    assert result.report["fusion"]["pet_blend"] == share
+
+
 def test_pet_display_is_linear_to_the_knee_then_compressed_and_the_lift_a_power() -> None:
     values = np.array([0.0, 4.5, 9.0, 10.0, 15.0, 30.0, 1e6])
     window = pipeline.PetWindow(0.0, 10.0, "test", knee=0.9)
@@ -363,6 +385,8 @@ def test_outputs_are_checked_before_any_work(files: tuple[Path, Path], tmp_path:
         pipeline.fuse_files(mri_path, pet_path, tmp_path / "f.nii.gz", FuseOptions(output_format="nrrd"), fuser=fuser)
     with pytest.raises(UsageError, match="--pet-window 5 1: LOW must be a number below HIGH"):
         pipeline.fuse_files(mri_path, pet_path, tmp_path / "f.nii.gz", FuseOptions(pet_window=(5, 1)), fuser=fuser)
+    with pytest.raises(UsageError, match="--pet-blend 1: use a share from 0"):
+        pipeline.fuse_files(mri_path, pet_path, tmp_path / "f.nii.gz", FuseOptions(pet_blend=1.0), fuser=fuser)
     with pytest.raises(UsageError, match="--register bspline: unknown mode"):
         pipeline.fuse_files(mri_path, pet_path, tmp_path / "f.nii.gz", FuseOptions(register="bspline"), fuser=fuser)
     with pytest.raises(UsageError, match="--colormap 'rainbow' is not a known colour map"):
