@@ -1,8 +1,9 @@
 """The bundled network on volumes: the fused brightness rises with uptake (issue 11's volume targets).
 
-On the bundled example (registered with its known transform, so no registration runs here) and on the
-NEMA-like phantom of tests/nema_phantom.py: within MRI-intensity deciles the fused mean rises with the PET
-decile, the hottest PET class is the brightest, and hot spheres stand out from the warm background.
+On the bundled example (registered with its known transform, so no registration runs here), on the
+NEMA-like phantom of tests/nema_phantom.py and on the thigh MRI inside a whole-body PET of tests/phantoms.py:
+within MRI-intensity deciles the fused mean rises with the PET decile, the hottest PET class is the brightest,
+and hot spheres stand out from the warm background.
 `fuse --save-pet` then `evaluate` on the outputs is the command-line path a user takes.
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from nema_phantom import central_slice_ratios, nema_phantom, sphere_ratios
+from phantoms import wholebody_pair
 from typer.testing import CliRunner
 
 from medfuse.cli import app
@@ -70,7 +72,7 @@ def test_nema_phantom_hot_spheres_stand_out_in_the_fused_volume(contrast: float)
     phantom = nema_phantom(contrast, spacing_mm=3.0)
     result = fuse_images(phantom.mri, phantom.pet, FuseOptions(register="none", threads=1))
     ratios = sphere_ratios(sitk.GetArrayFromImage(result.fused), phantom)
-    # 3 mm voxels: 13 mm 1.74 (4:1) and 1.91 (8:1); the 10 mm sphere 1.42 and 1.63 (model card: the PET's blur)
+    # 3 mm voxels: 13 mm 1.66 (4:1) and 1.83 (8:1); the 10 mm sphere 1.47 and 1.63 (model card: the PET's blur)
     assert all(ratios[diameter] >= 1.5 for diameter in (13.0, 17.0, 22.0, 28.0, 37.0)), ratios
     assert all(np.diff([ratios[d] for d in sorted(ratios)]) > 0), "bigger spheres (less partial volume) are brighter"
     fidelity = _fidelity(phantom.mri, result.pet_on_mri, result.fused)
@@ -89,10 +91,23 @@ def test_nema_phantom_on_a_flat_anatomy_is_mid_grey_with_the_spheres_standing_ou
     fused = sitk.GetArrayFromImage(result.fused)
     assert 0.4 < fused[phantom.background].mean() < 0.5
     ratios = sphere_ratios(fused, phantom)
-    # 3 mm voxels: 10 mm 1.44x, 13-37 mm 1.74-2.06x (2 mm voxels: 10 mm 1.56x, 13-37 mm 1.78-2.00x)
+    # 3 mm voxels: 10 mm 1.49x, 13-37 mm 1.68-2.09x (2 mm voxels: 10 mm 1.53x, 13-37 mm 1.75-2.09x)
     assert all(ratios[diameter] >= 1.5 for diameter in (13.0, 17.0, 22.0, 28.0, 37.0)), ratios
     assert all(np.diff([ratios[d] for d in sorted(ratios)]) > 0)
     assert _fidelity(phantom.mri, result.pet_on_mri, result.fused).rising_steps >= 0.9
+
+
+@pytest.mark.slow
+def test_a_thigh_in_a_whole_body_pet_rises_with_uptake_across_the_fat_muscle_border(tmp_path: Path) -> None:
+    """The PET's coarse voxels blur uptake across the thigh's fat-muscle border, so within the MRI deciles that
+    span it the PET deciles sort fat from muscle; the PET blend carries each voxel's uptake through (the
+    network alone: 85.6 % of steps rise here, with the blend 95.6 %)."""
+    pair = wholebody_pair(0)
+    sitk.WriteTransform(pair.truth, str(tmp_path / "truth.tfm"))  # placed by its known transform: no registration
+    result = fuse_images(pair.mri, pair.pet, FuseOptions(transform=tmp_path / "truth.tfm", threads=1))
+    fidelity = _fidelity(pair.mri, result.pet_on_mri, result.fused)
+    assert fidelity.rising_steps >= 0.9, fidelity.strata
+    assert fidelity.hottest_is_brightest, fidelity.class_means
 
 
 def test_central_slice_reading_takes_each_sphere_through_its_centre() -> None:
