@@ -344,6 +344,9 @@ CASES: dict[str, Case] = {
     "--pet-window LOW above HIGH": Case(
         _fuse("mri", "pet", "--pet-window", "5", "1"), EXIT_USAGE, lambda p: ("--pet-window 5 1",)
     ),
+    "--pet-blend of 1 or more": Case(
+        _fuse("mri", "pet", "--pet-blend", "1.5"), EXIT_USAGE, lambda p: ("--pet-blend 1.5", "from 0 (off) to below 1")
+    ),
     # outputs (5)
     "unknown output extension": Case(
         _fuse("mri", "pet", output="fused.xyz"), EXIT_OUTPUT, lambda p: ("fused.xyz", "unknown output extension")
