@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from medfuse.options import DEFAULT_PET_BLEND
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the phantom builders live with the tests
 
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, default=None, help="network weights (default: the bundled ones)")
     parser.add_argument("--method", default="net", help="net, laplacian or max (the inputs' maximum, a reference)")
     parser.add_argument(
-        "--pet-blend", type=float, default=None, help="share of the PET blended into the fused volume (default: fuse's)"
+        "--pet-blend", type=float, default=DEFAULT_PET_BLEND, help="share of the PET blended into the fused volume"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -107,8 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.method == "max"
         else get_fuser(args.method, weights=args.weights, device="cpu", threads=1)
     )
-    blend = FuseOptions().pet_blend if args.pet_blend is None else args.pet_blend
-    print(f"method {args.method}, weights sha256 {(fuser.weights_sha256 or '-')[:16]}, PET blend {blend:g}")
+    print(f"method {args.method}, weights sha256 {(fuser.weights_sha256 or '-')[:16]}, PET blend {args.pet_blend:g}")
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
     )
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         registered = name in ("example", "thigh in whole-body")
         register = RegisterMode.RIGID if registered else RegisterMode.NONE
-        options = FuseOptions(register=register, pet_blend=blend, threads=1)
+        options = FuseOptions(register=register, pet_blend=args.pet_blend, threads=1)
         fused = fuse_images(mri, pet, options, fuser=fuser)
         per_slice, fidelity, _ = evaluate_volume_images(fused.fused, mri, fused.pet_on_mri)
         means = {k: float(np.mean([row[k] for row in per_slice.values()])) for k in next(iter(per_slice.values()))}
