@@ -42,12 +42,13 @@ def fold_means(cv: dict, sets: tuple[str, ...]) -> np.ndarray:
 
 
 def ratios(run: dict, reference: dict, sets: tuple[str, ...]) -> np.ndarray:
-    """Per fold and metric: run ÷ reference (the two must be cross-validated over the same folds)."""
-    held_run = [fold["held_out"] for fold in run["folds"]]
-    held_ref = [fold["held_out"] for fold in reference["folds"]]
-    if held_run != held_ref:
-        raise SystemExit("the runs were not cross-validated over the same folds")
+    """Per fold and metric: run ÷ reference (cross-validated over the same folds, see `same_folds`)."""
     return fold_means(run, sets) / fold_means(reference, sets)
+
+
+def same_folds(run: dict, reference: dict) -> bool:
+    """Whether two runs left the same series out in the same order (ratios are only meaningful then)."""
+    return [fold["held_out"] for fold in run["folds"]] == [fold["held_out"] for fold in reference["folds"]]
 
 
 def _row(values: np.ndarray) -> str:
@@ -63,6 +64,9 @@ def main() -> None:
     args = parser.parse_args()
     reference = json.loads(args.reference.read_text())
     runs = [json.loads(path.read_text()) for path in args.runs]
+    for path, run in zip(args.runs, runs, strict=True):
+        if not same_folds(run, reference):
+            raise SystemExit(f"{path}: not cross-validated over the folds of {args.reference}")
     anchors = {"MRI-PET": args.pet_row, "MRI-SPECT": args.spect_row}
     print("metrics:", " / ".join(METRIC_NAMES))
     for benchmark, sets in BENCHMARK_SETS.items():
