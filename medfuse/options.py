@@ -83,7 +83,7 @@ class OutputFormat(Choice, option="--format", noun="format"):
 
 #: Share of the PET (the network's PET input) blended into the fused volume, voxel by voxel: every voxel then
 #: brightens with its own uptake whatever the fusion learned, and at 0.15 the fused volume rises with uptake
-#: within each MRI-intensity decile in >= 92 % of steps on the bundled example and every phantom, with each of
+#: within each MRI-intensity decile in >= 91 % of steps on the bundled example and every phantom, with each of
 #: four training seeds of the network (model card, "The PET blend"); it costs the anatomy 15 % of its contrast.
 DEFAULT_PET_BLEND = 0.15
 
