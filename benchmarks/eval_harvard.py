@@ -94,7 +94,7 @@ def run_method(method: str, args: argparse.Namespace, mri_dir: Path, pet_dir: Pa
     if method == "laplacian" and args.base_rule is not None:
         fuser = LaplacianFuser(args.base_rule)
     else:
-        fuser = load_fuser(options)
+        fuser = load_fuser(options, kind="colour")  # the atlas's PET and SPECT are pseudo-colour images
     out_dir = workdir / method
     out_dir.mkdir()
     start = time.perf_counter()

@@ -4,13 +4,15 @@
 The MRI must be grey (an RGB file with R = G = B counts as grey); the PET/SPECT may be grey or a
 pseudo-colour RGB. A colour PET goes through YCbCr: its luminance Y is fused with the MRI and RGB is
 rebuilt with the PET's own Cb/Cr, so the output keeps the PET's colours; a grey PET gives a grey output.
+The bundled network for each (:data:`medfuse.inference.BUNDLED`): a colour PET's luminance goes to the one
+trained on pseudo-colour luminance, a grey PET (brightness rising with uptake) to the volumes' one.
 Outputs are 8-bit, of the input size, in the format their extension names, written atomically.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -27,7 +29,7 @@ from medfuse.options import FuseOptions
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
-    from medfuse.inference import Fuser
+    from medfuse.inference import Fuser, InputKind
 
 FileKind = Literal["image", "dicom"]
 
@@ -192,6 +194,11 @@ class _Pair:
         y, cb, cr = colour.rgb_to_ycbcr(pet)
         return cls(mri, np.clip(y, 0.0, 1.0), (cb, cr))
 
+    @property
+    def kind(self) -> InputKind:
+        """The PET input this pair gives the network: a pseudo-colour luminance, or grey (uptake)."""
+        return "uptake" if self.pet_chroma is None else "colour"
+
     def compose(self, fused_y: np.ndarray) -> np.ndarray:
         """The output image: fused Y as grey, or RGB rebuilt from fused Y and the PET's Cb/Cr."""
         return fused_y if self.pet_chroma is None else colour.ycbcr_to_rgb(fused_y, *self.pet_chroma)
@@ -230,6 +237,24 @@ def fuse_arrays(mri: np.ndarray, pet: np.ndarray, fuser: Fuser) -> np.ndarray:
     return pair.compose(fuser.fuse(pair.mri, pair.pet_y))
 
 
+def _fusers(options: FuseOptions, fuser: Fuser | None) -> Callable[[InputKind], Fuser]:
+    """The fuser for each kind of PET input: ``fuser`` for every kind when given, else the one ``options``
+    name for that kind, loaded once on first use."""
+    if fuser is not None:
+        given = fuser
+        return lambda kind: given
+    from medfuse.inference import load_fuser
+
+    loaded: dict[InputKind, Fuser] = {}
+
+    def for_kind(kind: InputKind) -> Fuser:
+        if kind not in loaded:
+            loaded[kind] = load_fuser(options, kind)
+        return loaded[kind]
+
+    return for_kind
+
+
 def _warn_ignored_options(options: FuseOptions) -> None:
     defaults = FuseOptions()
     ignored = [flag for name, flag in _VOLUME_ONLY_FLAGS.items() if getattr(options, name) != getattr(defaults, name)]
@@ -248,11 +273,7 @@ def fuse_image_files(
     output = check_output_path(output, allowed=IMAGE_EXTENSIONS, inputs=[mri, pet], overwrite=options.overwrite)
     check_distinct_inputs(mri, pet)
     pair = _load_pair(mri, pet)
-    if fuser is None:
-        from medfuse.inference import load_fuser
-
-        fuser = load_fuser(options)
-    fused = pair.compose(fuser.fuse(pair.mri, pair.pet_y))
+    fused = pair.compose(_fusers(options, fuser)(pair.kind).fuse(pair.mri, pair.pet_y))
     with output_transaction(overwrite=options.overwrite) as transaction:
         transaction.write(output, lambda temp: write_image(temp, fused))
     return output
@@ -273,16 +294,16 @@ def _chunks(pairs: list[tuple[Path, Path]], size: int) -> Iterator[list[tuple[Pa
         yield pairs[start : start + size]
 
 
-def _fuse_batch(loaded: list[_Pair], fuser: Fuser) -> list[np.ndarray]:
-    """Fuse pairs, stacking those of equal size into one (N, H, W) call; results in input order."""
+def _fuse_batch(loaded: list[_Pair], fusers: Callable[[InputKind], Fuser]) -> list[np.ndarray]:
+    """Fuse pairs, stacking those of equal size and PET kind into one (N, H, W) call; results in input order."""
     results: dict[int, np.ndarray] = {}
-    by_shape: dict[tuple[int, ...], list[int]] = {}
+    groups: dict[tuple[InputKind, tuple[int, ...]], list[int]] = {}
     for index, pair in enumerate(loaded):
-        by_shape.setdefault(pair.mri.shape, []).append(index)
-    for indices in by_shape.values():
+        groups.setdefault((pair.kind, pair.mri.shape), []).append(index)
+    for (kind, _shape), indices in groups.items():
         mri = np.stack([loaded[i].mri for i in indices])
         pet = np.stack([loaded[i].pet_y for i in indices])
-        for i, fused_y in zip(indices, fuser.fuse(mri, pet), strict=True):
+        for i, fused_y in zip(indices, fusers(kind).fuse(mri, pet), strict=True):
             results[i] = loaded[i].compose(fused_y)
     return [results[i] for i in range(len(loaded))]
 
@@ -292,9 +313,9 @@ def fuse_image_folders(
 ) -> list[Path]:
     """Fuse every MRI/PET pair of same-named images into ``out_dir`` under that name; returns the outputs.
 
-    The fuser (``fuser``, else the one ``options`` names) is loaded once and fed ``options.batch_size``
-    pairs at a time. Files without a partner are named in a warning. All outputs appear together when
-    every pair is done, or none on failure.
+    The fuser (``fuser``, else the one ``options`` names for each PET kind) is loaded once and fed
+    ``options.batch_size`` pairs at a time. Files without a partner are named in a warning. All outputs
+    appear together when every pair is done, or none on failure.
     """
     mri_dir, pet_dir = Path(mri_dir), Path(pet_dir)
     out_dir = check_output_path(out_dir, inputs=[mri_dir, pet_dir], overwrite=options.overwrite, is_dir=True)
@@ -308,16 +329,13 @@ def fuse_image_folders(
             f" and {len(unpaired) - 5} more" if len(unpaired) > 5 else ""
         )
         warn(f"{len(unpaired)} images have no partner of the same name and were skipped: {shown}.")
-    if fuser is None:
-        from medfuse.inference import load_fuser
-
-        fuser = load_fuser(options)
+    fusers = _fusers(options, fuser)
     outputs = []
     with output_transaction(overwrite=options.overwrite) as transaction, make_progress() as progress:
         task = progress.add_task("Fusing images", total=len(pairs))
         for chunk in _chunks(pairs, options.batch_size):
             loaded = [_load_pair(mri, pet) for mri, pet in chunk]
-            for (mri, _pet), fused in zip(chunk, _fuse_batch(loaded, fuser), strict=True):
+            for (mri, _pet), fused in zip(chunk, _fuse_batch(loaded, fusers), strict=True):
                 outputs.append(transaction.write(out_dir / mri.name, functools.partial(write_image, image=fused)))
             progress.advance(task, len(chunk))
     return outputs

@@ -5,11 +5,16 @@ is pinned here and checked before every load; a user file given with ``--weights
 a ``<file>.sha256`` sidecar when one exists. Every problem with a weights file becomes a
 :class:`~medfuse.errors.WeightsError` naming it.
 
-The bundled weights also ship as the ONNX graph of the network's inference form
-(``fusionnet_v2.onnx``, SHA-256 pinned too, naming in its metadata the weights it was exported from;
-rebuilt with ``python -m medfuse.inference``). On the CPU with ONNX Runtime (the default) that graph
-is run directly, so a run never imports torch: a second less at every start (a CLI run, each batch
-worker) and almost half a second less at exit. Other weights, CUDA and ``backend="torch"`` load the
+Two weight files ship, one per kind of PET input (:data:`BUNDLED`): ``fusionnet_v2`` for volumes, whose
+PET reaches the network as windowed uptake, and ``fusionnet_v2_2d`` for 2-D images, whose PET is the
+luminance of a pseudo-colour picture (the fusion benchmarks' convention, not monotonic in uptake).
+Each is trained for its input alone (model card). A ``--weights`` file serves both kinds.
+
+Each bundled file also ships as the ONNX graph of the network's inference form (``<name>.onnx``,
+SHA-256 pinned too, naming in its metadata the weights it was exported from; rebuilt with
+``python -m medfuse.inference``). On the CPU with ONNX Runtime (the default) that graph is run
+directly, so a run never imports torch: a second less at every start (a CLI run, each batch worker)
+and almost half a second less at exit. Other weights, CUDA and ``backend="torch"`` load the
 safetensors file into PyTorch.
 
 On the CPU every slice is computed by one thread from start to end, and ``threads`` slices run side
@@ -25,8 +30,9 @@ from __future__ import annotations
 import hashlib
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -41,10 +47,35 @@ if TYPE_CHECKING:
     from medfuse.model import FusionNet
     from medfuse.runtime import OnnxRunner, SliceRunner
 
-BUNDLED_WEIGHTS_NAME = "fusionnet_v2.safetensors"
-BUNDLED_WEIGHTS_SHA256 = "b43177d4f7269b66db375fd26320e4537f36ef5d42c24de6a586f881333d1a13"
-BUNDLED_GRAPH_NAME = "fusionnet_v2.onnx"
-BUNDLED_GRAPH_SHA256 = "b35f0133e79950b26ffbd543debf12c8b04a1444628b62d3e1e4e44eed29d0a9"
+#: The PET input a network is fed: windowed uptake (volumes) or a pseudo-colour image's luminance (2-D images).
+InputKind = Literal["uptake", "colour"]
+
+
+@dataclass(frozen=True)
+class BundledNetwork:
+    """A weights file shipped with medfuse and its ONNX graph, each with its pinned SHA-256."""
+
+    weights_name: str
+    weights_sha256: str
+    graph_name: str
+    graph_sha256: str
+
+
+#: The bundled network of each input kind.
+BUNDLED: dict[InputKind, BundledNetwork] = {
+    "uptake": BundledNetwork(
+        "fusionnet_v2.safetensors",
+        "b43177d4f7269b66db375fd26320e4537f36ef5d42c24de6a586f881333d1a13",
+        "fusionnet_v2.onnx",
+        "b35f0133e79950b26ffbd543debf12c8b04a1444628b62d3e1e4e44eed29d0a9",
+    ),
+    "colour": BundledNetwork(
+        "fusionnet_v2_2d.safetensors",
+        "161a8c5c22c8a0924e4f544ea3197db4c23e648692bd0fe331d1e6108415f5be",
+        "fusionnet_v2_2d.onnx",
+        "443e468b3a4a4ce65725d23886caee6bece05a60da977445a39759395b253392",
+    ),
+}
 #: Keys of the bundled graph's metadata: the SHA-256 of the weights it holds, and the network's stride.
 GRAPH_WEIGHTS_KEY, GRAPH_STRIDE_KEY = "medfuse.weights_sha256", "medfuse.stride"
 
@@ -76,20 +107,21 @@ class Fuser(Protocol):
         ...
 
 
-def bundled_weights_path() -> Path:
-    """The weights shipped with medfuse: inside the installed package, else the repository's ``weights/``."""
+def bundled_weights_path(kind: InputKind = "uptake") -> Path:
+    """The bundled weights of ``kind``: inside the installed package, else the repository's ``weights/``."""
     import medfuse
 
+    name = BUNDLED[kind].weights_name
     package_dir = Path(medfuse.__file__).resolve().parent
     for folder in (package_dir / "_weights", package_dir.parent / "weights"):
-        if (folder / BUNDLED_WEIGHTS_NAME).is_file():
-            return folder / BUNDLED_WEIGHTS_NAME
-    return package_dir / "_weights" / BUNDLED_WEIGHTS_NAME
+        if (folder / name).is_file():
+            return folder / name
+    return package_dir / "_weights" / name
 
 
-def _expected_sha256(path: Path, bundled: bool) -> str | None:
-    if bundled:
-        return BUNDLED_WEIGHTS_SHA256
+def _expected_sha256(path: Path, bundled: BundledNetwork | None) -> str | None:
+    if bundled is not None:
+        return bundled.weights_sha256
     sidecar = path.with_name(path.name + ".sha256")
     if not sidecar.is_file():
         return None
@@ -127,8 +159,8 @@ def _checked_bytes(path: Path, kind: str, expected: str | None, remedy: str) -> 
     return data, digest
 
 
-def load_model(weights: str | Path | None = None) -> tuple[FusionNet, str]:
-    """Build a FusionNet from a safetensors file (default: the bundled one) after checking its SHA-256.
+def load_model(weights: str | Path | None = None, kind: InputKind = "uptake") -> tuple[FusionNet, str]:
+    """Build a FusionNet from a safetensors file (default: the bundled one of ``kind``) after checking its SHA-256.
 
     Returns the model in eval mode on the CPU and the file's SHA-256.
     """
@@ -137,9 +169,9 @@ def load_model(weights: str | Path | None = None) -> tuple[FusionNet, str]:
 
     from medfuse.model import HEAD_MAPS, UNSHUFFLE, FusionNet
 
-    bundled = weights is None
-    path = bundled_weights_path() if weights is None else Path(weights)
-    if bundled and not path.is_file():
+    bundled = BUNDLED[kind] if weights is None else None
+    path = bundled_weights_path(kind) if weights is None else Path(weights)
+    if bundled is not None and not path.is_file():
         raise WeightsError(f"{path}: the bundled weights are missing; reinstall medfuse or pass --weights FILE.")
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found; check the --weights path.")
@@ -166,30 +198,32 @@ def load_model(weights: str | Path | None = None) -> tuple[FusionNet, str]:
     return model.eval(), digest
 
 
-def load_bundled_graph() -> tuple[OnnxRunner, int] | None:
-    """The bundled network as an ONNX Runtime runner and its stride, without torch (``None``: no graph file).
+def load_bundled_graph(kind: InputKind = "uptake") -> tuple[OnnxRunner, int] | None:
+    """The bundled network of ``kind`` as an ONNX Runtime runner and its stride, without torch (``None``: no
+    graph file).
 
     The graph's SHA-256 is checked like the weights', and its metadata must name the bundled weights.
     """
     from medfuse.runtime import OnnxRunner
 
-    path = bundled_weights_path().with_name(BUNDLED_GRAPH_NAME)
+    bundled = BUNDLED[kind]
+    path = bundled_weights_path(kind).with_name(bundled.graph_name)
     if not path.is_file():
         return None
-    data, _digest = _checked_bytes(path, "network graph", BUNDLED_GRAPH_SHA256, "reinstall medfuse")
+    data, _digest = _checked_bytes(path, "network graph", bundled.graph_sha256, "reinstall medfuse")
     runner = OnnxRunner(data)
-    if runner.metadata.get(GRAPH_WEIGHTS_KEY) != BUNDLED_WEIGHTS_SHA256:
+    if runner.metadata.get(GRAPH_WEIGHTS_KEY) != bundled.weights_sha256:
         raise WeightsError(
-            f"{path}: exported from other weights than {BUNDLED_WEIGHTS_NAME}; rebuild it with "
+            f"{path}: exported from other weights than {bundled.weights_name}; rebuild it with "
             "python -m medfuse.inference."
         )
     return runner, int(runner.metadata[GRAPH_STRIDE_KEY])
 
 
 def export_bundled_graph(weights: Path, output: Path) -> str:
-    """Write the ONNX graph of ``weights``' inference form to ``output`` (what ships as ``fusionnet_v2.onnx``).
+    """Write the ONNX graph of ``weights``' inference form to ``output`` (what ships as ``<name>.onnx``).
 
-    Returns the graph's SHA-256, to pin as :data:`BUNDLED_GRAPH_SHA256`.
+    Returns the graph's SHA-256, to pin in :data:`BUNDLED`.
     """
     from medfuse.runtime import export_onnx
 
@@ -201,7 +235,10 @@ def export_bundled_graph(weights: Path, output: Path) -> str:
 
 
 class NetFuser:
-    """The trained network behind the fuser interface (see docs/ARCHITECTURE.md); build once, reuse."""
+    """The trained network behind the fuser interface (see docs/ARCHITECTURE.md); build once, reuse.
+
+    ``weights`` None: the bundled network for PET input of ``kind``.
+    """
 
     method = "net"
 
@@ -212,6 +249,7 @@ class NetFuser:
         threads: int | None = None,
         batch_size: int = 16,
         backend: str | None = None,
+        kind: InputKind = "uptake",
     ) -> None:
         from medfuse.runtime import CPU_BACKENDS, DEFAULT_CPU_BACKEND
 
@@ -229,20 +267,26 @@ class NetFuser:
         fallback = None
         if weights is None and backend == "onnxruntime" and not uses_cuda(device):
             try:
-                bundled = load_bundled_graph()
+                bundled = load_bundled_graph(kind)
             except ImportError as exc:
                 bundled, fallback = None, f"ONNX Runtime unavailable ({exc.name or exc} not installed)"
             if bundled is not None:
                 self._runner: SliceRunner = bundled[0]
                 self.stride = bundled[1]
-                self.weights_sha256: str = BUNDLED_WEIGHTS_SHA256
+                self.weights_sha256: str = BUNDLED[kind].weights_sha256
                 self.backend = self._runner.name
                 self.threads = threads or usable_cpus()
                 return
-        self._load_into_torch(weights, device, threads, backend, fallback)
+        self._load_into_torch(weights, kind, device, threads, backend, fallback)
 
     def _load_into_torch(
-        self, weights: str | Path | None, device: str, threads: int | None, backend: str, fallback: str | None
+        self,
+        weights: str | Path | None,
+        kind: InputKind,
+        device: str,
+        threads: int | None,
+        backend: str,
+        fallback: str | None,
     ) -> None:
         """Load the safetensors weights into PyTorch: on CUDA, or on the CPU as ``backend`` (exported to ONNX
         in memory for ONNX Runtime, unless ``fallback`` already says why not)."""
@@ -253,7 +297,7 @@ class NetFuser:
         if threads is not None:
             torch.set_num_threads(threads)
         torch_device = resolve_device(device)
-        trained, self.weights_sha256 = load_model(weights)
+        trained, self.weights_sha256 = load_model(weights, kind)
         model = trained.for_inference()  # the same function in fewer operations
         self.threads = threads or torch.get_num_threads()
         self.stride = trained.stride
@@ -319,9 +363,10 @@ class NetFuser:
         return np.stack(list(self._pool.map(one_slice, range(len(mri)))))
 
 
-def load_fuser(options: FuseOptions) -> Fuser:
-    """The fuser ``options`` name (method, weights, device, threads, batch size), checked and loaded once."""
-    return get_fuser(options.method, options.weights, options.device, options.threads, options.batch_size)
+def load_fuser(options: FuseOptions, kind: InputKind = "uptake") -> Fuser:
+    """The fuser ``options`` name (method, weights, device, threads, batch size) for PET input of ``kind``,
+    checked and loaded once."""
+    return get_fuser(options.method, options.weights, options.device, options.threads, options.batch_size, kind)
 
 
 def get_fuser(
@@ -330,18 +375,21 @@ def get_fuser(
     device: str = "auto",
     threads: int | None = None,
     batch_size: int = 16,
+    kind: InputKind = "uptake",
 ) -> Fuser:
-    """The fuser for ``--method``: the network (:class:`NetFuser`) or the Laplacian baseline."""
+    """The fuser for ``--method``: the network (:class:`NetFuser`; bundled: the one for ``kind``) or the
+    Laplacian baseline."""
     method = Method.parse(method)
     check_device(method, device)
     if method is Method.NET:
-        return NetFuser(weights=weights, device=device, threads=threads, batch_size=batch_size)
+        return NetFuser(weights=weights, device=device, threads=threads, batch_size=batch_size, kind=kind)
     from medfuse.laplacian import LaplacianFuser
 
     return LaplacianFuser()
 
 
-if __name__ == "__main__":  # python -m medfuse.inference: rebuild the bundled graph after retraining
-    _weights = bundled_weights_path()
-    _sha = export_bundled_graph(_weights, _weights.with_name(BUNDLED_GRAPH_NAME))
-    print(f"wrote {_weights.with_name(BUNDLED_GRAPH_NAME)}; pin BUNDLED_GRAPH_SHA256 = {_sha!r}")
+if __name__ == "__main__":  # python -m medfuse.inference: rebuild the bundled graphs after retraining
+    for _kind, _bundled in BUNDLED.items():
+        _weights = bundled_weights_path(_kind)
+        _sha = export_bundled_graph(_weights, _weights.with_name(_bundled.graph_name))
+        print(f"wrote {_weights.with_name(_bundled.graph_name)}; pin its graph_sha256 = {_sha!r}")

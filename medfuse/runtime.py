@@ -7,7 +7,7 @@ end by one thread, so results are bit-identical whatever ``--threads`` or ``--ba
 * ``onnxruntime`` (the default): the network as an ONNX graph, run by an ONNX Runtime session with one
   intra-op thread. Its kernels and graph fusions (convolution + activation, no per-layer Python
   dispatch) make the network up to 2x faster than eager PyTorch; benchmarks/bench_model.py compares
-  them. The bundled weights come with their graph (``weights/fusionnet_v2.onnx``, see
+  them. The bundled weights come with their graphs (``weights/fusionnet_v2.onnx`` and ``_2d.onnx``, see
   :mod:`medfuse.inference`), so the default run never imports torch; other weights are exported to
   ONNX in memory when loaded (``torch.onnx``, traced from the loaded module, so any network built
   from standard layers works; nothing is written to disk).

@@ -36,7 +36,8 @@ brain slices have few broad plateaus of uptake, and body lesions often are one (
 Validation is by series (neighbouring slices of a series are near copies): :func:`cross_validate`
 holds out one PET-MRI series and one group of SPECT-MRI series per fold (:data:`CV_FOLDS`), trains the
 recipe on the rest and scores the held-out pairs; the shipped weights are the same recipe trained on
-every series. Training is deterministic for a given seed and thread count.
+every series (the 2-D file without the ordering loss). Training is deterministic for a given seed and
+thread count.
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ VALIDATION_SETS = (
 
 @dataclass
 class TrainConfig:
-    """Every knob of a training run; the defaults reproduce the bundled weights."""
+    """Every knob of a training run; the defaults reproduce the bundled volumes' weights (with
+    ``order_weight=0`` the 2-D ones)."""
 
     data: Path
     output: Path | None

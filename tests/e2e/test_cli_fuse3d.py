@@ -157,12 +157,13 @@ def test_info_lists_and_describes_dicom_series(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_default_method_is_the_bundled_network(pair: tuple[Path, Path], tmp_path: Path) -> None:
-    from medfuse.inference import BUNDLED_WEIGHTS_SHA256
+    from medfuse.inference import BUNDLED
 
     mri, pet = pair
     result = fuse(mri, pet, "-o", tmp_path / "fused.nii.gz", "--report", tmp_path / "report.json", "--threads", "1")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["fusion"]["method"] == "net" and report["fusion"]["weights_sha256"] == BUNDLED_WEIGHTS_SHA256
+    assert report["fusion"]["method"] == "net"
+    assert report["fusion"]["weights_sha256"] == BUNDLED["uptake"].weights_sha256  # volumes: the uptake network
     fused = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "fused.nii.gz")))
     assert np.isfinite(fused).all() and fused.min() >= 0.0 and fused.max() <= 1.0 and fused.max() > 0.2

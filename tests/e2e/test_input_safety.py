@@ -8,6 +8,7 @@ with a DICOM export), 2-D ``fuse`` on files and on folders, ``preview``, ``info`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -115,11 +116,12 @@ def test_bundled_weights_are_verified_before_they_are_loaded(
     monkeypatch.setattr(safetensors.torch, "load", lambda data: loads.append(len(data)))
     monkeypatch.setattr(onnxruntime, "InferenceSession", lambda data, *args, **kwargs: loads.append(len(data)))
     other = hashlib.sha256(b"other weights").hexdigest()
+    bundled = inference.BUNDLED["uptake"]
     if form == "graph":
-        monkeypatch.setattr(inference, "BUNDLED_GRAPH_SHA256", other)
+        monkeypatch.setitem(inference.BUNDLED, "uptake", dataclasses.replace(bundled, graph_sha256=other))
     else:
-        monkeypatch.setattr(inference, "load_bundled_graph", lambda: None)
-        monkeypatch.setattr(inference, "BUNDLED_WEIGHTS_SHA256", other)
+        monkeypatch.setattr(inference, "load_bundled_graph", lambda kind: None)
+        monkeypatch.setitem(inference.BUNDLED, "uptake", dataclasses.replace(bundled, weights_sha256=other))
     result = runner.invoke(app, ["fuse", str(studies / "mri.nii.gz"), str(studies / "pet.mha"), "-o",
                                  str(tmp_path / "f.nii.gz")])  # fmt: skip
     assert result.exit_code == EXIT_WEIGHTS, result.output

@@ -249,12 +249,35 @@ class RecordingFuser(LaplacianFuser):
         return super().fuse(mri, pet)
 
 
-def test_fuse_folders_batches_pairs_of_equal_size(tmp_path: Path, folders: tuple[Path, Path]) -> None:
+def test_fuse_folders_batches_pairs_of_equal_size_and_pet_kind(tmp_path: Path, folders: tuple[Path, Path]) -> None:
     mri, pet = folders
+    _save(mri / "04.png", _mri())
+    _save(pet / "04.png", _pet_rgb())
     fuser = RecordingFuser()
     with pytest.warns(UserWarning):  # the unpaired files, the new output folder
-        fusion2d.fuse_image_folders(mri, pet, tmp_path / "out", FuseOptions(batch_size=2), fuser=fuser)
-    assert fuser.calls == [(2, 40, 48), (1, 32, 32)]
+        fusion2d.fuse_image_folders(mri, pet, tmp_path / "out", FuseOptions(batch_size=16), fuser=fuser)
+    assert fuser.calls == [(2, 40, 48), (1, 40, 48), (1, 32, 32)]  # 01 and 04 (colour), 02 (grey), 03
+
+
+@pytest.mark.slow
+def test_each_pet_kind_goes_to_its_bundled_network(tmp_path: Path, folders: tuple[Path, Path]) -> None:
+    """A pseudo-colour PET's luminance is fused by the network trained on such luminance, a grey PET
+    (brightness rising with uptake) by the volumes' network, in one folder run."""
+    from medfuse.inference import NetFuser
+
+    mri, pet = folders
+    with pytest.warns(UserWarning):
+        fusion2d.fuse_image_folders(mri, pet, tmp_path / "out", FuseOptions(device="cpu", threads=1))
+    colour_net, uptake_net = NetFuser(device="cpu", kind="colour"), NetFuser(device="cpu", kind="uptake")
+    grey_pet = _pet_rgb().mean(axis=-1).astype(np.uint8) / 255.0
+    for name, pet_image, right, wrong in (
+        ("01.png", _pet_rgb() / 255.0, colour_net, uptake_net),
+        ("02.png", grey_pet, uptake_net, colour_net),
+    ):
+        expected = fusion2d.fuse_arrays(_mri() / 255.0, pet_image, right)
+        written = np.asarray(Image.open(tmp_path / "out" / name)) / 255.0
+        np.testing.assert_allclose(written, expected, atol=0.5 / 255 + 1e-6, err_msg=name)
+        assert np.abs(fusion2d.fuse_arrays(_mri() / 255.0, pet_image, wrong) - expected).max() > 2 / 255, name
 
 
 def test_fuse_folders_is_all_or_nothing(tmp_path: Path, folders: tuple[Path, Path]) -> None:

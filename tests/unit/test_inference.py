@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -198,23 +199,26 @@ def test_malformed_sidecar_is_refused(tiny_weights: Path) -> None:
         load_model(tiny_weights)
 
 
-def test_bundled_weights_match_the_pinned_hash() -> None:
-    path = inference.bundled_weights_path()
+@pytest.mark.parametrize("kind", ["uptake", "colour"])
+def test_bundled_weights_match_the_pinned_hash(kind: inference.InputKind) -> None:
+    path = inference.bundled_weights_path(kind)
     assert path.is_file(), f"bundled weights missing at {path}"
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == inference.BUNDLED_WEIGHTS_SHA256
-    model, digest = load_model()
-    assert digest == inference.BUNDLED_WEIGHTS_SHA256
+    assert path.name == inference.BUNDLED[kind].weights_name
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == inference.BUNDLED[kind].weights_sha256
+    model, digest = load_model(kind=kind)
+    assert digest == inference.BUNDLED[kind].weights_sha256
     assert model.stride >= 4
 
 
 def test_bundled_weights_with_a_wrong_pin_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inference, "BUNDLED_WEIGHTS_SHA256", "0" * 64)
-    with pytest.raises(WeightsError, match=r"SHA-256 mismatch \(expected 000000000000…"):
-        load_model()
+    wrong = dataclasses.replace(inference.BUNDLED["colour"], weights_sha256="0" * 64)
+    monkeypatch.setitem(inference.BUNDLED, "colour", wrong)
+    with pytest.raises(WeightsError, match=r"fusionnet_v2_2d.safetensors: SHA-256 mismatch \(expected 000000000000…"):
+        load_model(kind="colour")
 
 
 def test_missing_bundled_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(inference, "bundled_weights_path", lambda: tmp_path / "gone.safetensors")
+    monkeypatch.setattr(inference, "bundled_weights_path", lambda kind: tmp_path / "gone.safetensors")
     with pytest.raises(WeightsError, match=r"gone\.safetensors: the bundled weights are missing; reinstall medfuse"):
         load_model()
 
@@ -316,9 +320,10 @@ def test_bad_batch_size_and_threads(tiny_weights: Path) -> None:
         get_fuser("net", weights=tiny_weights, threads=0)
 
 
-def test_bundled_network_keeps_black_background_black() -> None:
-    """The trained network must not add haze where both sources are black."""
-    fuser = get_fuser("net", device="cpu")
+@pytest.mark.parametrize("kind", ["uptake", "colour"])
+def test_bundled_network_keeps_black_background_black(kind: inference.InputKind) -> None:
+    """Neither trained network may add haze where both sources are black."""
+    fuser = get_fuser("net", device="cpu", kind=kind)
     mri = np.zeros((64, 64), np.float32)
     pet = np.zeros((64, 64), np.float32)
     mri[16:48, 16:48] = 0.6
@@ -331,13 +336,14 @@ def test_bundled_network_keeps_black_background_black() -> None:
 
 @pytest.mark.slow
 def test_bundled_network_on_atlas_slices(harvard_dir: Path) -> None:
-    """On three slices of PET series 41 the network keeps edges (Qabf) and a black background."""
+    """On three slices of PET series 41 (colour luminance) the 2-D network keeps edges (Qabf) and a black
+    background."""
     from medfuse.metrics import luminance_255, qabf
     from medfuse.training import load_pairs, training_split
 
     _, val = training_split(load_pairs(harvard_dir, "PET"), ("PET41",))
     mri, pet = val.mri[30:33], val.functional[30:33]
-    fused = get_fuser("net", device="cpu", threads=2).fuse(mri, pet)
+    fused = get_fuser("net", device="cpu", threads=2, kind="colour").fuse(mri, pet)
     assert np.all(fused[np.maximum(mri, pet) < 0.5 / 255] == 0)
     triples = zip(fused, mri, pet, strict=True)
     scores = [qabf(luminance_255(f), luminance_255(a), luminance_255(b)) for f, a, b in triples]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from torch.nn import functional as F
 
 from medfuse import runtime
 from medfuse.errors import UsageError
-from medfuse.inference import NetFuser, load_model
+from medfuse.inference import InputKind, NetFuser, load_model
 from medfuse.model import FusionNet
 
 
@@ -58,15 +60,17 @@ def test_onnxruntime_is_the_default_and_matches_float32_pytorch() -> None:
     assert float(np.max(np.abs(torch_fuser.fuse(mri, pet) - expected))) <= 1e-5
 
 
-def test_the_bundled_graph_is_the_bundled_weights_and_needs_no_torch(tmp_path: Path) -> None:
-    """The committed ONNX graph names the committed weights and computes what they compute in PyTorch."""
+@pytest.mark.parametrize("kind", ["uptake", "colour"])
+def test_the_bundled_graph_is_the_bundled_weights_and_needs_no_torch(tmp_path: Path, kind: InputKind) -> None:
+    """Each committed ONNX graph names its committed weights and computes what they compute in PyTorch."""
     from medfuse import inference
 
-    loaded = inference.load_bundled_graph()
-    assert loaded is not None, "weights/fusionnet_v2.onnx is missing: python -m medfuse.inference"
+    bundled = inference.BUNDLED[kind]
+    loaded = inference.load_bundled_graph(kind)
+    assert loaded is not None, f"weights/{bundled.graph_name} is missing: python -m medfuse.inference"
     runner, stride = loaded
-    assert runner.metadata[inference.GRAPH_WEIGHTS_KEY] == inference.BUNDLED_WEIGHTS_SHA256
-    model, _ = load_model()
+    assert runner.metadata[inference.GRAPH_WEIGHTS_KEY] == bundled.weights_sha256
+    model, _ = load_model(kind=kind)
     assert stride == model.stride
     inference_form = model.for_inference()
     mri, pet = _brain_slices(2, 96, 128)
@@ -77,7 +81,7 @@ def test_the_bundled_graph_is_the_bundled_weights_and_needs_no_torch(tmp_path: P
         np.testing.assert_allclose(runner(a, b), expected, atol=1e-5)
     # Rebuilding it from the weights gives the same graph (the command the model card names).
     rebuilt = tmp_path / "graph.onnx"
-    assert inference.export_bundled_graph(inference.bundled_weights_path(), rebuilt) == inference.BUNDLED_GRAPH_SHA256
+    assert inference.export_bundled_graph(inference.bundled_weights_path(kind), rebuilt) == bundled.graph_sha256
 
 
 @pytest.mark.slow
@@ -101,18 +105,20 @@ def test_a_damaged_or_stale_bundled_graph_is_refused(tmp_path: Path, monkeypatch
     from medfuse import inference
     from medfuse.errors import WeightsError
 
-    graph = inference.bundled_weights_path().with_name(inference.BUNDLED_GRAPH_NAME).read_bytes()
-    weights = tmp_path / inference.BUNDLED_WEIGHTS_NAME
-    monkeypatch.setattr(inference, "bundled_weights_path", lambda: weights)
+    bundled = inference.BUNDLED["uptake"]
+    graph = inference.bundled_weights_path().with_name(bundled.graph_name).read_bytes()
+    weights = tmp_path / bundled.weights_name
+    monkeypatch.setattr(inference, "bundled_weights_path", lambda kind: weights)
     assert inference.load_bundled_graph() is None  # no graph beside the weights: they load into PyTorch
     damaged = bytearray(graph)
     damaged[len(damaged) // 2] ^= 0xFF
-    (tmp_path / inference.BUNDLED_GRAPH_NAME).write_bytes(bytes(damaged))
+    (tmp_path / bundled.graph_name).write_bytes(bytes(damaged))
     with pytest.raises(WeightsError, match=r"fusionnet_v2.onnx: SHA-256 mismatch .*reinstall medfuse"):
         NetFuser(device="cpu")
     stale = runtime.export_onnx(FusionNet((4, 8, 16)).eval(), 16, {inference.GRAPH_WEIGHTS_KEY: "0" * 64})
-    (tmp_path / inference.BUNDLED_GRAPH_NAME).write_bytes(stale)
-    monkeypatch.setattr(inference, "BUNDLED_GRAPH_SHA256", __import__("hashlib").sha256(stale).hexdigest())
+    (tmp_path / bundled.graph_name).write_bytes(stale)
+    stale_pin = dataclasses.replace(bundled, graph_sha256=hashlib.sha256(stale).hexdigest())
+    monkeypatch.setitem(inference.BUNDLED, "uptake", stale_pin)
     with pytest.raises(WeightsError, match=r"exported from other weights than fusionnet_v2.safetensors"):
         NetFuser(device="cpu")
 

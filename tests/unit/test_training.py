@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from medfuse.cli import app
 from medfuse.colour import colormap_values, rgb_to_ycbcr
 from medfuse.errors import OutputError, UnreadableInputError, UsageError
-from medfuse.inference import load_model
+from medfuse.inference import InputKind, bundled_weights_path, load_model
 from medfuse.training import (
     CV_FOLDS,
     PairSet,
@@ -422,6 +422,18 @@ def test_edge_transfer_loss_matches_the_qabf_metric_and_its_descent_raises_the_m
         config,
     )
     assert 0.0 < parts["qabf"] < 1.0
+
+
+@pytest.mark.parametrize(("kind", "changes"), [("uptake", {}), ("colour", {"order_weight": 0.0})])
+def test_bundled_weights_store_the_documented_training_command(kind: InputKind, changes: dict[str, float]) -> None:
+    """Each bundled file was trained on every series with `medfuse train`'s defaults and ``--threads 1``, the
+    2-D one with ``--order-weight 0`` (the model card's commands), as its stored recipe says."""
+    from medfuse import training
+
+    with safe_open(str(bundled_weights_path(kind)), "pt") as weights:
+        stored = json.loads(weights.metadata()["medfuse"])
+    documented = TrainConfig(data=Path(), output=None, threads=1, **changes)
+    assert stored["recipe"] == training._recipe(documented) and stored["held_out"] == []
 
 
 def test_train_command_defaults_are_the_recipe() -> None:
