@@ -122,7 +122,12 @@ def _fusion_options(
         str, typer.Option("--method", help=f"{Method.choices()}: the trained network, or the classical baseline.")
     ] = Method.NET,
     weights: Annotated[
-        Path | None, typer.Option("--weights", help="Network weights file (default: the bundled ones).")
+        Path | None,
+        typer.Option(
+            "--weights",
+            help="Network weights file for every input (default: the bundled ones, one for volumes and grey PET "
+            "images, one for pseudo-colour PET images).",
+        ),
     ] = None,
     device: Annotated[
         str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto = CUDA when present).")
