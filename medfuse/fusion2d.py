@@ -239,18 +239,19 @@ def fuse_arrays(mri: np.ndarray, pet: np.ndarray, fuser: Fuser) -> np.ndarray:
 
 def _fusers(options: FuseOptions, fuser: Fuser | None) -> Callable[[InputKind], Fuser]:
     """The fuser for each kind of PET input: ``fuser`` for every kind when given, else the one ``options``
-    name for that kind, loaded once on first use."""
+    name for that kind, loaded once on first use (a ``--weights`` file once for every kind)."""
     if fuser is not None:
         given = fuser
         return lambda kind: given
     from medfuse.inference import load_fuser
 
-    loaded: dict[InputKind, Fuser] = {}
+    loaded: dict[InputKind | None, Fuser] = {}
 
     def for_kind(kind: InputKind) -> Fuser:
-        if kind not in loaded:
-            loaded[kind] = load_fuser(options, kind)
-        return loaded[kind]
+        key = kind if options.weights is None else None
+        if key not in loaded:
+            loaded[key] = load_fuser(options, kind)
+        return loaded[key]
 
     return for_kind
 

@@ -259,6 +259,20 @@ def test_fuse_folders_batches_pairs_of_equal_size_and_pet_kind(tmp_path: Path, f
     assert fuser.calls == [(2, 40, 48), (1, 40, 48), (1, 32, 32)]  # 01 and 04 (colour), 02 (grey), 03
 
 
+@pytest.mark.parametrize(("weights", "loads"), [(None, ["colour", "uptake"]), (Path("own.safetensors"), ["colour"])])
+def test_fuse_folders_loads_each_fuser_once(
+    tmp_path: Path, folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, weights: Path | None, loads: list[str]
+) -> None:
+    """A bundled network is loaded once per PET kind the folder holds; a --weights file once for all kinds."""
+    from medfuse import inference
+
+    loaded: list[str] = []
+    monkeypatch.setattr(inference, "load_fuser", lambda options, kind: loaded.append(kind) or LaplacianFuser())
+    with pytest.warns(UserWarning):
+        fusion2d.fuse_image_folders(*folders, tmp_path / "out", FuseOptions(weights=weights, batch_size=1))
+    assert loaded == loads
+
+
 @pytest.mark.slow
 def test_each_pet_kind_goes_to_its_bundled_network(tmp_path: Path, folders: tuple[Path, Path]) -> None:
     """A pseudo-colour PET's luminance is fused by the network trained on such luminance, a grey PET
